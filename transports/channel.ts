@@ -1,0 +1,340 @@
+/**
+ * The channel protocol: one producer's byte stream to one consumer over a Connection, with the
+ * guarantees users rely on — written once, on top of every transport.
+ *
+ * ```
+ *  producer (ChannelWriter)                      consumer (ChannelReader)
+ *    HELLO { v: 1, ...metadata }   ───────────▶    'hello' event, `reader.hello`
+ *    DATA  bytes                   ───────────▶    pushed as they arrive (streaming)
+ *    ...
+ *    END   { length, checksum }    ───────────▶    verified against what arrived
+ *                                  ◀───────────    ACK { length }      → reader ends ('end')
+ *    writer's end() callback fires                 or ABORT { code: SLUICE_CORRUPT, ... }
+ * ```
+ *
+ * - **Exact bytes or an error.** The reader reports end-of-stream only after the trailer's
+ *   length and CRC-32 matched. A connection that ends without a trailer is `SLUICE_TRUNCATED`;
+ *   a mismatch is `SLUICE_CORRUPT` on both sides; an ABORT from the producer is
+ *   `SLUICE_PRODUCER_ABORTED`; bytes that are not the protocol are `SLUICE_PROTOCOL`.
+ * - **The producer learns the outcome.** `writer.end()` (and `finished(writer)`,
+ *   `pipeline(..., writer)`) completes only when the consumer acknowledged the verified stream;
+ *   if the consumer goes away or refuses first, the writer errors with `SLUICE_CONSUMER_GONE`
+ *   (or the code the consumer sent).
+ * - **Back-pressure, bounded memory.** The writer's `write()` returns false while the medium is
+ *   full; the reader stops reading the medium while its own buffer (`highWaterMark`) is full.
+ *   Neither side buffers more than its high-water mark plus one frame.
+ */
+import { Readable, Writable, finished } from 'node:stream';
+import { crc32 } from './checksum.js';
+import {
+  DEFAULT_MAX_FRAME_PAYLOAD,
+  FrameDecoder,
+  FrameType,
+  WIRE_VERSION,
+  encodeControl,
+  encodeHeader,
+  frameTypeName,
+  type FrameSink,
+} from './codec.js';
+import { ErrorCodes, ProtocolError, SluiceError, StreamError, fromSystemError, isErrorCode } from './errors.js';
+import type { Connection } from './transport.js';
+
+/** How long a closing side waits for its last control frame to flush before it cuts the connection, ms. */
+const FAREWELL_GRACE_MS = 2_000;
+
+export interface ChannelWriterOptions {
+  /** Metadata for the consumer, sent in the HELLO frame (run, channel, offset, ...). Default {}. */
+  hello?: Record<string, unknown>;
+  /** Largest DATA frame payload, bytes; larger writes are split. Default 1 MiB. */
+  maxFramePayload?: number;
+  /** The writer's own buffer before `write()` returns false, bytes. Default 64 KiB. */
+  highWaterMark?: number;
+  /** Channel id in frame headers. Default 0 (a connection that carries one channel). */
+  channel?: number;
+}
+
+export interface ChannelReaderOptions {
+  /** Largest DATA frame payload accepted, bytes. Default 1 MiB. */
+  maxFramePayload?: number;
+  /** The reader's buffer before it stops reading the medium, bytes. Default 64 KiB. */
+  highWaterMark?: number;
+  /** Channel id expected in frame headers. Default 0. */
+  channel?: number;
+}
+
+/** Send a last control frame and close: flush what can be flushed, within a grace period. */
+function farewell(conn: Connection, frame: Buffer | undefined): void {
+  const out = conn.output;
+  if (!frame || out.destroyed || out.writableEnded) return conn.destroy();
+  const timer = setTimeout(() => conn.destroy(), FAREWELL_GRACE_MS);
+  timer.unref();
+  out.on('error', () => undefined);
+  out.end(frame);
+  finished(out, { readable: false }, () => {
+    clearTimeout(timer);
+    conn.destroy();
+  });
+}
+
+function abortFrame(channel: number, err: Error | null | undefined, fallback: string): Buffer {
+  const code = err && isErrorCode((err as SluiceError).code) ? (err as SluiceError).code : fallback;
+  return encodeControl(FrameType.ABORT, channel, { code, message: err?.message ?? 'stream abandoned' });
+}
+
+/** The producer's end of a channel: a Writable of bytes. */
+export class ChannelWriter extends Writable {
+  /** Payload bytes accepted so far. */
+  length = 0;
+  private checksum = 0;
+  private readonly maxFramePayload: number;
+  private readonly channel: number;
+  private readonly decoder = new FrameDecoder();
+  /** set once the consumer's verdict (or the medium's failure) is known */
+  private verdict: 'pending' | 'acked' | Error = 'pending';
+  private finalCallback: ((err?: Error | null) => void) | undefined;
+  private drainCallback: ((err?: Error | null) => void) | undefined;
+
+  constructor(
+    private readonly conn: Connection,
+    options: ChannelWriterOptions = {},
+  ) {
+    super({ highWaterMark: options.highWaterMark ?? 64 * 1024, decodeStrings: true });
+    this.maxFramePayload = options.maxFramePayload ?? DEFAULT_MAX_FRAME_PAYLOAD;
+    this.channel = options.channel ?? 0;
+    const { input, output } = conn;
+    output.on('drain', () => this.release(null));
+    output.on('error', (err) => this.fail(fromSystemError(err, 'producer', { channel: this.channel })));
+    input.on('data', (chunk: Buffer) => {
+      try {
+        this.decoder.push(chunk, this.sink);
+      } catch (err) {
+        this.fail(err as Error);
+      }
+    });
+    input.on('end', () => this.fail(new StreamError(ErrorCodes.CONSUMER_GONE, 'consumer closed the channel before verifying the stream')));
+    input.on('error', (err) => this.fail(fromSystemError(err, 'producer', { channel: this.channel })));
+    output.write(encodeControl(FrameType.HELLO, this.channel, { ...options.hello, v: WIRE_VERSION }));
+  }
+
+  private readonly sink: FrameSink = {
+    data: () => {
+      throw new ProtocolError('consumer sent DATA on a producer channel');
+    },
+    control: (type, _channel, fields) => {
+      if (type === FrameType.ACK) {
+        if (fields.length !== this.length || !this.writableEnded) {
+          return this.fail(new StreamError(ErrorCodes.CORRUPT, `consumer acknowledged ${String(fields.length)} bytes, ${this.length} were sent`));
+        }
+        this.verdict = 'acked';
+        const cb = this.finalCallback;
+        this.finalCallback = undefined;
+        cb?.();
+        return;
+      }
+      if (type === FrameType.ABORT) {
+        const code = isErrorCode(fields.code) && fields.code !== ErrorCodes.PRODUCER_ABORTED ? fields.code : ErrorCodes.CONSUMER_GONE;
+        const error =
+          code === ErrorCodes.PROTOCOL
+            ? new ProtocolError(`consumer refused the stream: ${String(fields.message)}`)
+            : new StreamError(code, `consumer ended the stream: ${String(fields.message)}`, { details: { consumerCode: fields.code } });
+        return this.fail(error);
+      }
+      throw new ProtocolError(`unexpected ${frameTypeName(type)} frame from the consumer`);
+    },
+  };
+
+  /** The medium failed or the consumer gave its verdict against us. */
+  private fail(err: Error): void {
+    if (this.verdict !== 'pending') return;
+    this.verdict = err;
+    this.release(err);
+    const cb = this.finalCallback;
+    this.finalCallback = undefined;
+    if (cb) cb(err);
+    else this.destroy(err);
+  }
+
+  private release(err: Error | null): void {
+    const cb = this.drainCallback;
+    this.drainCallback = undefined;
+    cb?.(err);
+  }
+
+  private frame(chunk: Buffer): boolean {
+    const out = this.conn.output;
+    let ok = true;
+    for (let offset = 0; offset < chunk.length; offset += this.maxFramePayload) {
+      const piece = offset === 0 && chunk.length <= this.maxFramePayload ? chunk : chunk.subarray(offset, offset + this.maxFramePayload);
+      out.write(encodeHeader(FrameType.DATA, this.channel, piece.length));
+      ok = out.write(piece);
+    }
+    return ok;
+  }
+
+  private afterWrite(ok: boolean, callback: (err?: Error | null) => void): void {
+    if (this.verdict instanceof Error) return callback(this.verdict);
+    if (ok) callback();
+    else this.drainCallback = callback;
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    if (this.verdict instanceof Error) return callback(this.verdict);
+    if (chunk.length === 0) return callback();
+    this.length += chunk.length;
+    this.checksum = crc32(chunk, this.checksum);
+    const out = this.conn.output;
+    out.cork();
+    const ok = this.frame(chunk);
+    out.uncork();
+    this.afterWrite(ok, callback);
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (err?: Error | null) => void): void {
+    if (this.verdict instanceof Error) return callback(this.verdict);
+    const out = this.conn.output;
+    out.cork();
+    let ok = true;
+    for (const { chunk } of chunks) {
+      if (chunk.length === 0) continue;
+      this.length += chunk.length;
+      this.checksum = crc32(chunk, this.checksum);
+      ok = this.frame(chunk);
+    }
+    out.uncork();
+    this.afterWrite(ok, callback);
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    if (this.verdict instanceof Error) return callback(this.verdict);
+    this.finalCallback = callback;
+    this.conn.output.end(encodeControl(FrameType.END, this.channel, { length: this.length, checksum: this.checksum }));
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.release(err ?? new StreamError(ErrorCodes.PRODUCER_ABORTED, 'producer destroyed the stream'));
+    if (this.verdict === 'acked') {
+      this.conn.destroy();
+    } else if (this.verdict instanceof Error) {
+      // the medium failed or the consumer refused: nobody left to tell
+      this.conn.destroy();
+    } else {
+      this.verdict = err ?? new StreamError(ErrorCodes.PRODUCER_ABORTED, 'producer destroyed the stream');
+      farewell(this.conn, abortFrame(this.channel, err, ErrorCodes.PRODUCER_ABORTED));
+    }
+    callback(err);
+  }
+}
+
+/** The consumer's end of a channel: a Readable of the producer's bytes, also an AsyncIterable<Buffer>. */
+export class ChannelReader extends Readable {
+  /** The producer's HELLO metadata, once it arrived (see the 'hello' event). */
+  hello: Record<string, unknown> | undefined;
+  /** Payload bytes received so far. */
+  length = 0;
+  private checksum = 0;
+  private readonly channel: number;
+  private readonly decoder: FrameDecoder;
+  private state: 'open' | 'verified' | 'failed' = 'open';
+  private inputPaused = false;
+
+  constructor(
+    private readonly conn: Connection,
+    options: ChannelReaderOptions = {},
+  ) {
+    super({ highWaterMark: options.highWaterMark ?? 64 * 1024 });
+    this.channel = options.channel ?? 0;
+    this.decoder = new FrameDecoder({ maxFramePayload: options.maxFramePayload ?? DEFAULT_MAX_FRAME_PAYLOAD });
+    const { input, output } = conn;
+    output.on('error', () => undefined); // the producer may be gone when we answer; our verdict stands
+    input.on('data', (chunk: Buffer) => {
+      if (this.state !== 'open') return;
+      try {
+        this.decoder.push(chunk, this.sink);
+      } catch (err) {
+        this.fail(err as Error);
+      }
+    });
+    input.on('end', () => {
+      if (this.state === 'open') this.fail(new StreamError(ErrorCodes.TRUNCATED, `stream ended after ${this.length} bytes without its trailer`, { details: { length: this.length } }));
+    });
+    input.on('error', (err) => {
+      if (this.state === 'open') this.fail(fromSystemError(err, 'consumer', { channel: this.channel, length: this.length }));
+    });
+    input.resume();
+  }
+
+  private readonly sink: FrameSink = {
+    data: (channel, bytes) => {
+      if (channel !== this.channel) throw new ProtocolError(`DATA for channel ${channel} on channel ${this.channel}`);
+      if (!this.hello) throw new ProtocolError('DATA before HELLO');
+      this.length += bytes.length;
+      this.checksum = crc32(bytes, this.checksum);
+      if (!this.push(bytes) && !this.inputPaused) {
+        this.inputPaused = true;
+        this.conn.input.pause();
+      }
+    },
+    control: (type, channel, fields) => {
+      if (channel !== this.channel) throw new ProtocolError(`${frameTypeName(type)} for channel ${channel} on channel ${this.channel}`);
+      switch (type) {
+        case FrameType.HELLO:
+          if (this.hello) throw new ProtocolError('second HELLO');
+          if (fields.v !== WIRE_VERSION) throw new ProtocolError(`producer speaks channel protocol ${String(fields.v)}, this side ${WIRE_VERSION}`);
+          this.hello = fields;
+          this.emit('hello', fields);
+          return;
+        case FrameType.END:
+          if (!this.hello) throw new ProtocolError('END before HELLO');
+          return this.verify(fields);
+        case FrameType.ABORT:
+          return this.fail(
+            new StreamError(ErrorCodes.PRODUCER_ABORTED, `producer aborted the stream after ${this.length} bytes: ${String(fields.message)}`, {
+              details: { producerCode: fields.code, length: this.length },
+            }),
+            false,
+          );
+        default:
+          throw new ProtocolError(`unexpected ${frameTypeName(type)} frame from the producer`);
+      }
+    },
+  };
+
+  private verify(fields: Record<string, unknown>): void {
+    if (fields.length !== this.length || fields.checksum !== this.checksum) {
+      return this.fail(
+        new StreamError(
+          ErrorCodes.CORRUPT,
+          `stream does not match its trailer: received ${this.length} bytes with CRC-32 ${this.checksum}, trailer says ${String(fields.length)} bytes with ${String(fields.checksum)}`,
+          { details: { length: this.length, checksum: this.checksum, expectedLength: fields.length, expectedChecksum: fields.checksum } },
+        ),
+      );
+    }
+    this.state = 'verified';
+    farewell(this.conn, encodeControl(FrameType.ACK, this.channel, { length: this.length }));
+    this.push(null);
+  }
+
+  /** Something went wrong: tell the producer (unless it told us), error the stream. */
+  private fail(err: Error, tellProducer = true): void {
+    if (this.state !== 'open') return;
+    this.state = 'failed';
+    farewell(this.conn, tellProducer ? abortFrame(this.channel, err, ErrorCodes.CONSUMER_GONE) : undefined);
+    this.destroy(err);
+  }
+
+  override _read(): void {
+    if (this.inputPaused) {
+      this.inputPaused = false;
+      this.conn.input.resume();
+    }
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    if (this.state === 'open') {
+      // the consumer gave up before the end: the producer must learn it
+      this.state = 'failed';
+      farewell(this.conn, abortFrame(this.channel, err ?? new StreamError(ErrorCodes.CONSUMER_GONE, 'consumer closed the stream'), ErrorCodes.CONSUMER_GONE));
+    }
+    callback(err);
+  }
+}

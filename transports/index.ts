@@ -1,0 +1,10 @@
+/** Sluice's wire and media. Imports nothing from server/ or client/. */
+export * from './errors.js';
+export * from './codec.js';
+export * from './checksum.js';
+export * from './transport.js';
+export * from './channel.js';
+export * from './records.js';
+export { UnixTransport, unixTransport } from './unix.js';
+export { FifoTransport, fifoTransport } from './fifo.js';
+export { MemoryTransport } from './memory.js';

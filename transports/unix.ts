@@ -1,0 +1,119 @@
+/**
+ * `unix`: Unix domain stream sockets. One socket file per endpoint; a listener accepts any number
+ * of connections. Both directions share the socket, so a Connection's input and output are the
+ * same `net.Socket`.
+ */
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import { ConnectError, ErrorCodes, RequestError } from './errors.js';
+import { DEFAULT_DIAL_TIMEOUT_MS, type Connection, type DialOptions, type Listener, type ListenOptions, type Transport } from './transport.js';
+import { AcceptQueue, retryUntil } from './waiting.js';
+
+/** Linux's sun_path holds 108 bytes including the terminating NUL. */
+export const MAX_UNIX_PATH_BYTES = 107;
+
+function socketConnection(socket: net.Socket): Connection {
+  return {
+    input: socket,
+    output: socket,
+    destroy: (error?: Error) => socket.destroy(error),
+  };
+}
+
+function checkPath(endpoint: string): void {
+  if (Buffer.byteLength(endpoint) > MAX_UNIX_PATH_BYTES) {
+    throw new RequestError(ErrorCodes.INVALID, `unix socket path is ${Buffer.byteLength(endpoint)} bytes, over the limit of ${MAX_UNIX_PATH_BYTES}: use a shorter directory`, {
+      details: { endpoint },
+    });
+  }
+}
+
+/** A socket file left by a process that died: nothing accepts on it, so it can be replaced. */
+async function removeIfStale(endpoint: string): Promise<void> {
+  let stat;
+  try {
+    stat = await fs.lstat(endpoint);
+  } catch {
+    return;
+  }
+  if (!stat.isSocket()) {
+    throw new RequestError(ErrorCodes.INVALID, `${endpoint} exists and is not a socket; refusing to replace it`, { details: { endpoint } });
+  }
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(endpoint);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw new ConnectError(ErrorCodes.INVALID, `${endpoint} is already served by another process`, { details: { endpoint } });
+  await fs.unlink(endpoint).catch(() => undefined);
+}
+
+class UnixListener implements Listener {
+  private readonly queue: AcceptQueue;
+  private closed = false;
+
+  constructor(
+    readonly endpoint: string,
+    private readonly server: net.Server,
+  ) {
+    this.queue = new AcceptQueue(endpoint);
+    server.on('connection', (socket) => this.queue.offer(socketConnection(socket)));
+  }
+
+  accept(options?: { signal?: AbortSignal }): Promise<Connection> {
+    return this.queue.take(options);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue.close();
+    // server.close() waits for accepted connections to end; we only stop listening.
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await fs.unlink(this.endpoint).catch(() => undefined);
+  }
+}
+
+export class UnixTransport implements Transport {
+  readonly path = 'unix' as const;
+
+  async listen(endpoint: string, options: ListenOptions = {}): Promise<Listener> {
+    checkPath(endpoint);
+    await removeIfStale(endpoint);
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(endpoint, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    }).catch((err: unknown) => {
+      throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot listen on ${endpoint}: ${(err as Error).message}`, { cause: err, details: { endpoint } });
+    });
+    await fs.chmod(endpoint, options.mode ?? 0o600);
+    return new UnixListener(endpoint, server);
+  }
+
+  dial(endpoint: string, options: DialOptions = {}): Promise<Connection> {
+    checkPath(endpoint);
+    const attempt = () =>
+      new Promise<Connection>((resolve, reject) => {
+        const socket = net.connect({ path: endpoint, allowHalfOpen: true });
+        socket.once('connect', () => {
+          socket.off('error', reject);
+          resolve(socketConnection(socket));
+        });
+        socket.once('error', reject);
+      });
+    return retryUntil('dial unix', attempt, (err) => ['ENOENT', 'ECONNREFUSED'].includes((err as NodeJS.ErrnoException).code ?? ''), {
+      signal: options.signal,
+      timeoutMs: options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS,
+      endpoint,
+    });
+  }
+}
+
+export const unixTransport = new UnixTransport();
