@@ -13,7 +13,7 @@
  * ```
  *
  * - **Exact bytes or an error.** The reader reports end-of-stream only after the trailer's
- *   length and CRC-32 matched. A connection that ends without a trailer is `SLUICE_TRUNCATED`;
+ *   length and XXH3-64 checksum matched. A connection that ends without a trailer is `SLUICE_TRUNCATED`;
  *   a mismatch is `SLUICE_CORRUPT` on both sides; an ABORT from the producer is
  *   `SLUICE_PRODUCER_ABORTED`; bytes that are not the protocol are `SLUICE_PROTOCOL`.
  * - **The producer learns the outcome.** `writer.end()` (and `finished(writer)`,
@@ -25,7 +25,7 @@
  *   Neither side buffers more than its high-water mark plus one frame.
  */
 import { Readable, Writable, finished } from 'node:stream';
-import { crc32 } from './checksum.js';
+import { StreamChecksum } from './checksum.js';
 import {
   DEFAULT_MAX_FRAME_PAYLOAD,
   FrameDecoder,
@@ -85,7 +85,7 @@ function abortFrame(channel: number, err: Error | null | undefined, fallback: st
 export class ChannelWriter extends Writable {
   /** Payload bytes accepted so far. */
   length = 0;
-  private checksum = 0;
+  private readonly checksum = new StreamChecksum();
   private readonly maxFramePayload: number;
   private readonly channel: number;
   private readonly decoder = new FrameDecoder();
@@ -181,7 +181,7 @@ export class ChannelWriter extends Writable {
     if (this.verdict instanceof Error) return callback(this.verdict);
     if (chunk.length === 0) return callback();
     this.length += chunk.length;
-    this.checksum = crc32(chunk, this.checksum);
+    this.checksum.update(chunk);
     const out = this.conn.output;
     out.cork();
     const ok = this.frame(chunk);
@@ -197,7 +197,7 @@ export class ChannelWriter extends Writable {
     for (const { chunk } of chunks) {
       if (chunk.length === 0) continue;
       this.length += chunk.length;
-      this.checksum = crc32(chunk, this.checksum);
+      this.checksum.update(chunk);
       ok = this.frame(chunk);
     }
     out.uncork();
@@ -207,7 +207,7 @@ export class ChannelWriter extends Writable {
   override _final(callback: (err?: Error | null) => void): void {
     if (this.verdict instanceof Error) return callback(this.verdict);
     this.finalCallback = callback;
-    this.conn.output.end(encodeControl(FrameType.END, this.channel, { length: this.length, checksum: this.checksum }));
+    this.conn.output.end(encodeControl(FrameType.END, this.channel, { length: this.length, checksum: this.checksum.digest() }));
   }
 
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
@@ -231,7 +231,7 @@ export class ChannelReader extends Readable {
   hello: Record<string, unknown> | undefined;
   /** Payload bytes received so far. */
   length = 0;
-  private checksum = 0;
+  private readonly checksum = new StreamChecksum();
   private readonly channel: number;
   private readonly decoder: FrameDecoder;
   private state: 'open' | 'verified' | 'failed' = 'open';
@@ -268,7 +268,7 @@ export class ChannelReader extends Readable {
       if (channel !== this.channel) throw new ProtocolError(`DATA for channel ${channel} on channel ${this.channel}`);
       if (!this.hello) throw new ProtocolError('DATA before HELLO');
       this.length += bytes.length;
-      this.checksum = crc32(bytes, this.checksum);
+      this.checksum.update(bytes);
       if (!this.push(bytes) && !this.inputPaused) {
         this.inputPaused = true;
         this.conn.input.pause();
@@ -300,12 +300,13 @@ export class ChannelReader extends Readable {
   };
 
   private verify(fields: Record<string, unknown>): void {
-    if (fields.length !== this.length || fields.checksum !== this.checksum) {
+    const checksum = this.checksum.digest();
+    if (fields.length !== this.length || fields.checksum !== checksum) {
       return this.fail(
         new StreamError(
           ErrorCodes.CORRUPT,
-          `stream does not match its trailer: received ${this.length} bytes with CRC-32 ${this.checksum}, trailer says ${String(fields.length)} bytes with ${String(fields.checksum)}`,
-          { details: { length: this.length, checksum: this.checksum, expectedLength: fields.length, expectedChecksum: fields.checksum } },
+          `stream does not match its trailer: received ${this.length} bytes with checksum ${checksum}, trailer says ${String(fields.length)} bytes with ${String(fields.checksum)}`,
+          { details: { length: this.length, checksum, expectedLength: fields.length, expectedChecksum: fields.checksum } },
         ),
       );
     }

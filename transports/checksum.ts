@@ -1,19 +1,38 @@
 /**
- * The stream trailer's checksum: CRC-32 (IEEE 802.3 polynomial, the same value as zlib's and
- * Node's `zlib.crc32`), computed incrementally over every payload byte of a stream.
+ * The stream trailer's checksum: XXH3-64 (seed 0) over every payload byte of a stream, written
+ * in the trailer as 16 lowercase hex digits (the canonical big-endian form `xxhsum -H3` prints).
  *
- * Chosen by measurement (`node dist/bench/checksum.js`, figures in README.md): the native
- * `@node-rs/crc32` (hardware carry-less multiply) runs at ~10 GB/s on 64 KiB chunks here, several
- * times the fastest transport, so it never dominates throughput; Node 20's built-in
- * `zlib.crc32` reaches ~3-4 GB/s. Together with the exact length it catches truncation,
- * duplication, reordering and bit errors; it is not a defence against a malicious producer,
- * which the run token and peer authentication are for.
+ * Chosen by measurement (`node dist/bench/checksum.js --contended`, figures in README.md), under
+ * the condition that matters: both cores busy, as they are while a producer and a consumer
+ * stream. `xxhash-addon` is the reference C xxHash with run-time AVX2 dispatch, prebuilt: ~16-19
+ * GB/s on 64 KiB chunks with both cores busy, ~4 GB/s on 1 KiB pieces. The Rust build in
+ * `@node-rs/xxhash` runs at half that (no AVX2), the fastest CRC-32 (`@node-rs/crc32`) at a
+ * third, a cryptographic hash at a tenth. On 2 cores every cycle a channel spends is a cycle
+ * the bytes do not move, so this choice is most of the difference between framed and raw.
+ *
+ * With the exact length beside it, this catches truncation, duplication, reordering and bit
+ * errors. It is not a defence against a malicious producer: the run token and the peer
+ * handshake are.
  */
-import crc from '@node-rs/crc32';
+import xxhash from 'xxhash-addon';
 
-const native = crc.crc32;
+const SEED = Buffer.alloc(8);
 
-/** Continue a CRC-32 over `bytes`, starting from `previous` (0 for an empty stream). */
-export function crc32(bytes: Uint8Array, previous = 0): number {
-  return native(bytes as Buffer, previous) >>> 0;
+/** Incremental XXH3-64 of a byte stream. */
+export class StreamChecksum {
+  private readonly hasher = new xxhash.XXHash3(SEED);
+
+  update(bytes: Buffer): void {
+    this.hasher.update(bytes);
+  }
+
+  /** The digest of everything so far, as 16 hex digits. Updating afterwards continues the stream. */
+  digest(): string {
+    return this.hasher.digest().toString('hex');
+  }
+}
+
+/** The checksum of one buffer, as the trailer would carry it. */
+export function checksumOf(bytes: Buffer): string {
+  return xxhash.XXHash3.hash(bytes).toString('hex');
 }

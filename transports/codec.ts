@@ -61,8 +61,8 @@ export interface HelloFields {
 export interface EndFields {
   /** total payload bytes of the stream */
   length: number;
-  /** CRC-32 (IEEE) of all payload bytes, as an unsigned 32-bit integer */
-  checksum: number;
+  /** XXH3-64 (seed 0) of all payload bytes, 16 lowercase hex digits */
+  checksum: string;
 }
 export interface AckFields {
   length: number;
@@ -248,7 +248,9 @@ export class FrameDecoder {
     } catch (err) {
       throw new ProtocolError(`undecodable ${frameTypeName(this.type)} frame`, { cause: err });
     }
-    if (typeof fields !== 'object' || fields === null || Array.isArray(fields) || Buffer.isBuffer(fields)) {
+    // a plain map only: msgpackr also turns timestamps, 0xc1 and extensions into objects
+    const proto = typeof fields === 'object' && fields !== null ? Object.getPrototypeOf(fields) : undefined;
+    if (proto !== Object.prototype && proto !== null) {
       throw new ProtocolError(`${frameTypeName(this.type)} frame does not hold a map`);
     }
     sink.control(this.type, this.channel, fields as Record<string, unknown>);

@@ -5,6 +5,6 @@ export * from './checksum.js';
 export * from './transport.js';
 export * from './channel.js';
 export * from './records.js';
-export { UnixTransport, unixTransport } from './unix.js';
-export { FifoTransport, fifoTransport } from './fifo.js';
+export { UnixTransport, unixTransport, MAX_UNIX_PATH_BYTES } from './unix.js';
+export { FifoTransport, fifoTransport, ACK_SUFFIX } from './fifo.js';
 export { MemoryTransport } from './memory.js';

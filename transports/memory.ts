@@ -20,6 +20,7 @@ function resetError(): Error {
 /** One direction: what is written to `writable` comes out of `readable`. */
 function pipe(highWaterMark: number): { readable: Readable; writable: Writable } {
   let resumeWriter: (() => void) | undefined;
+  let ended = false;
   const readable = new Readable({
     highWaterMark,
     read() {
@@ -36,11 +37,13 @@ function pipe(highWaterMark: number): { readable: Readable; writable: Writable }
       else resumeWriter = () => callback();
     },
     final(callback) {
+      ended = true;
       if (!readable.destroyed) readable.push(null);
       callback();
     },
     destroy(error, callback) {
-      if (!readable.readableEnded && !readable.destroyed) readable.destroy(resetError());
+      // like a socket: what was sent before a clean end stays readable; otherwise a reset
+      if (!ended && !readable.destroyed) readable.destroy(resetError());
       const cb = resumeWriter;
       resumeWriter = undefined;
       cb?.();
@@ -58,18 +61,17 @@ function pipe(highWaterMark: number): { readable: Readable; writable: Writable }
 function connectionPair(highWaterMark: number): [Connection, Connection] {
   const there = pipe(highWaterMark);
   const back = pipe(highWaterMark);
-  const make = (input: Readable, output: Writable, peerInput: Readable, peerOutput: Writable): Connection => ({
+  // Destroying one end resets the peer's input (unless this end had ended cleanly) and fails
+  // the peer's next write: what a socket's peer sees when this process dies.
+  const make = (input: Readable, output: Writable): Connection => ({
     input,
     output,
     destroy(error?: Error) {
       input.destroy(error);
       output.destroy(error);
-      // the peer sees what a socket's peer sees when this process dies: a reset
-      if (!peerInput.readableEnded) peerInput.destroy(resetError());
-      if (!peerOutput.writableFinished) peerOutput.destroy(resetError());
     },
   });
-  return [make(back.readable, there.writable, there.readable, back.writable), make(there.readable, back.writable, back.readable, there.writable)];
+  return [make(back.readable, there.writable), make(there.readable, back.writable)];
 }
 
 class MemoryListener implements Listener {

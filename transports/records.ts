@@ -1,48 +1,124 @@
 /**
- * Records: msgpack-encoded values carried on a channel's byte stream, back to back. msgpack
- * values delimit themselves, so records need no framing of their own and travel unchanged on
- * every path — pipe, socket, peer link, store segments — and can be split anywhere in transit.
+ * Records: msgpack-encoded values carried in a channel's byte stream, each behind a 4-byte
+ * big-endian length:
+ *
+ * ```
+ *   u32 length | msgpack value (length bytes) | u32 length | msgpack value | ...
+ * ```
+ *
+ * Records are part of the bytes, not of the frames, so they travel unchanged on every path —
+ * pipe, socket, peer link, store segments — and may be split anywhere in transit. The length
+ * prefix makes the size limit exact (checked before a byte of the body is buffered), keeps
+ * decoding linear (each record is parsed once, when complete), and lets the decoder insist that
+ * a record is exactly one msgpack value.
+ *
+ * Values are plain msgpack (maps, arrays, strings, numbers, binary, nil, booleans); typed arrays
+ * and DataViews use msgpackr's typed-array extension so they come back as they went, byte for
+ * byte. A decoded binary value is a view of the received bytes.
  */
-import { packr } from './codec.js';
-import { ProtocolError } from './errors.js';
+import { C1, Packr } from 'msgpackr';
+import { ErrorCodes, ProtocolError, RequestError } from './errors.js';
 
-/** Largest record accepted by default, bytes. */
+/** Largest record accepted by default (the msgpack body, without its length), bytes. */
 export const DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024;
+export const RECORD_HEADER_BYTES = 4;
 
-/** Encode one value as a record (plain msgpack). */
-export function encodeRecord(value: unknown): Buffer {
-  return packr.pack(value);
+const recordPackr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: true, int64AsType: 'number' });
+
+/** Encode one value as a record: its length, then its msgpack bytes, in one new buffer. */
+export function encodeRecord(value: unknown, maxRecordBytes = DEFAULT_MAX_RECORD_BYTES): Buffer {
+  const body = recordPackr.pack(value);
+  if (body.length > maxRecordBytes) {
+    throw new RequestError(ErrorCodes.INVALID, `record of ${body.length} bytes exceeds the limit of ${maxRecordBytes}`, { details: { maxRecordBytes } });
+  }
+  // a new buffer: msgpackr's output is a view of a scratch buffer it reuses
+  const out = Buffer.allocUnsafe(RECORD_HEADER_BYTES + body.length);
+  out.writeUInt32BE(body.length, 0);
+  body.copy(out, RECORD_HEADER_BYTES);
+  return out;
+}
+
+/** msgpack's never-used byte 0xc1 decodes to msgpackr's C1 marker: refuse it wherever it hides. */
+function holdsC1(value: unknown, depth = 0): boolean {
+  if (value === C1) return true;
+  if (typeof value !== 'object' || value === null || depth > 64 || ArrayBuffer.isView(value)) return false;
+  for (const v of Array.isArray(value) ? value : Object.values(value)) if (holdsC1(v, depth + 1)) return true;
+  return false;
+}
+
+function decodeBody(body: Buffer): unknown {
+  let value: unknown;
+  try {
+    value = recordPackr.unpack(body);
+  } catch (err) {
+    throw new ProtocolError('a record is not one msgpack value', { cause: err });
+  }
+  if (body.includes(0xc1) && holdsC1(value)) throw new ProtocolError('a record holds the never-used msgpack byte 0xc1');
+  return value;
 }
 
 /** Turns a byte stream back into values; chunks may split records anywhere. */
 export class RecordDecoder {
-  private partial: Buffer | undefined;
+  private readonly header = Buffer.alloc(RECORD_HEADER_BYTES);
+  private headerHave = 0;
+  /** body length of the record being read, or -1 while reading a header */
+  private bodyLength = -1;
+  private parts: Buffer[] = [];
+  private have = 0;
 
   constructor(private readonly maxRecordBytes = DEFAULT_MAX_RECORD_BYTES) {}
 
-  /** The complete values in `chunk` (plus what was left from before). */
+  /** The records completed by `chunk`, in order. Throws SLUICE_PROTOCOL on malformed input. */
   push(chunk: Buffer): unknown[] {
-    const input = this.partial ? Buffer.concat([this.partial, chunk]) : chunk;
-    this.partial = undefined;
-    try {
-      return packr.unpackMultiple(input) ?? [];
-    } catch (err) {
-      const e = err as { incomplete?: boolean; lastPosition?: number; values?: unknown[] };
-      if (!e.incomplete) throw new ProtocolError('records stream holds bytes that are not msgpack', { cause: err });
-      const rest = input.subarray(e.lastPosition ?? 0);
-      if (rest.length > this.maxRecordBytes) {
-        throw new ProtocolError(`record larger than ${this.maxRecordBytes} bytes`, { details: { maxRecordBytes: this.maxRecordBytes } });
+    const values: unknown[] = [];
+    let offset = 0;
+    while (offset < chunk.length) {
+      if (this.bodyLength < 0) {
+        let length: number;
+        if (this.headerHave === 0 && chunk.length - offset >= RECORD_HEADER_BYTES) {
+          length = chunk.readUInt32BE(offset);
+          offset += RECORD_HEADER_BYTES;
+        } else {
+          const take = Math.min(RECORD_HEADER_BYTES - this.headerHave, chunk.length - offset);
+          chunk.copy(this.header, this.headerHave, offset, offset + take);
+          this.headerHave += take;
+          offset += take;
+          if (this.headerHave < RECORD_HEADER_BYTES) break;
+          this.headerHave = 0;
+          length = this.header.readUInt32BE(0);
+        }
+        if (length === 0) throw new ProtocolError('a record of 0 bytes (a msgpack value takes at least 1)');
+        if (length > this.maxRecordBytes) {
+          throw new ProtocolError(`record of ${length} bytes exceeds the limit of ${this.maxRecordBytes}`, { details: { length, maxRecordBytes: this.maxRecordBytes } });
+        }
+        this.bodyLength = length;
+        continue;
       }
-      // copy: the rest is small next to the chunk it would otherwise pin
-      this.partial = Buffer.from(rest);
-      return e.values ?? [];
+      const take = Math.min(this.bodyLength - this.have, chunk.length - offset);
+      if (this.have === 0 && take === this.bodyLength) {
+        values.push(decodeBody(chunk.subarray(offset, offset + take)));
+        this.bodyLength = -1;
+      } else {
+        // copy: the caller may reuse its chunk before the record completes
+        this.parts.push(Buffer.from(chunk.subarray(offset, offset + take)));
+        this.have += take;
+        if (this.have === this.bodyLength) {
+          const body = Buffer.concat(this.parts, this.have);
+          this.parts = [];
+          this.have = 0;
+          this.bodyLength = -1;
+          values.push(decodeBody(body));
+        }
+      }
+      offset += take;
     }
+    return values;
   }
 
-  /** Call at end of stream: bytes left over mean the last record was cut short. */
+  /** Call at end of stream: a partial record left over means the stream was cut inside it. */
   finish(): void {
-    if (this.partial && this.partial.length > 0) {
-      throw new ProtocolError(`stream ended inside a record (${this.partial.length} bytes of it)`);
+    if (this.headerHave > 0 || this.bodyLength >= 0) {
+      throw new ProtocolError(`stream ended inside a record (${this.headerHave > 0 ? `${this.headerHave} bytes of its length` : `${this.have} of ${this.bodyLength} bytes`})`);
     }
   }
 }

@@ -71,8 +71,9 @@ class UnixListener implements Listener {
     if (this.closed) return;
     this.closed = true;
     this.queue.close();
-    // server.close() waits for accepted connections to end; we only stop listening.
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // Stop listening only: server.close()'s callback would wait for every accepted
+    // connection to end, and those belong to their channels.
+    this.server.close();
     await fs.unlink(this.endpoint).catch(() => undefined);
   }
 }
@@ -97,7 +98,7 @@ export class UnixTransport implements Transport {
     return new UnixListener(endpoint, server);
   }
 
-  dial(endpoint: string, options: DialOptions = {}): Promise<Connection> {
+  async dial(endpoint: string, options: DialOptions = {}): Promise<Connection> {
     checkPath(endpoint);
     const attempt = () =>
       new Promise<Connection>((resolve, reject) => {

@@ -66,7 +66,8 @@ export class AcceptQueue {
     const waiter = this.waiting.shift();
     if (waiter) return waiter.resolve(conn);
     if (this.closedWith || this.ready.length >= this.maxPending) {
-      conn.destroy(new ConnectError(ErrorCodes.UNAVAILABLE, `listener on ${this.endpoint} is not accepting`));
+      // no error: nobody listens on a connection that was never accepted; the producer sees a reset
+      conn.destroy();
       return;
     }
     this.ready.push(conn);
@@ -102,6 +103,6 @@ export class AcceptQueue {
     if (this.closedWith) return;
     this.closedWith = new ConnectError(ErrorCodes.ABORTED, `listener on ${this.endpoint} closed`);
     for (const w of this.waiting.splice(0)) w.reject(this.closedWith);
-    for (const c of this.ready.splice(0)) c.destroy(this.closedWith);
+    for (const c of this.ready.splice(0)) c.destroy();
   }
 }

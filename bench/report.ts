@@ -1,0 +1,162 @@
+/** The results' JSON shape (DESIGN.md, "Benchmarks") and its Markdown rendering. */
+
+/** CPU time of each side during a throughput run, ms (medians) */
+export interface SideCpuMs {
+  consumer: { user: number | null; system: number | null };
+  producer: { user: number | null; system: number | null };
+}
+
+export interface Baseline {
+  name: string;
+  MBps: number | null;
+  /** per repetition, in run order; null where the run failed */
+  MBps_runs: Array<number | null>;
+  bytes: number;
+  e2e_ms?: number | null;
+  ttfb_ms?: number | null;
+  cpu_ms?: SideCpuMs | undefined;
+  hop_us_p50?: number | null;
+  hop_us_p90?: number | null;
+  hop_us_p99?: number | null;
+  hop_us_p50_runs?: Array<number | null>;
+  verified: boolean;
+  errors?: string[];
+}
+
+export interface Percentiles {
+  p50: number | null;
+  p90: number | null;
+  p99: number | null;
+}
+
+/** One row per measurement: a throughput row (hop_us null) or a 1 KiB latency row (MBps null). */
+export interface Case {
+  pattern: 'transport';
+  hops: number;
+  fanout: number;
+  path: string;
+  placement: 'same-node';
+  bytes: number;
+  e2e_ms: number | null;
+  ttfb_ms: number | null;
+  MBps: number | null;
+  MBps_runs?: Array<number | null>;
+  cpu_ms?: SideCpuMs | undefined;
+  hop_us: Percentiles | null;
+  hop_us_max?: number | null;
+  hop_us_p50_runs?: Array<number | null>;
+  records?: number;
+  disk_bytes: number;
+  daemon_rss_mb: number;
+  proactive: boolean;
+  verified: boolean;
+  errors?: string[];
+}
+
+export interface Report {
+  machine: { cpus: number; node: string; date: string; cpu_model: string; kernel: string; mode: string; reps: number };
+  baselines: Baseline[];
+  cases: Case[];
+  ratios?: Ratio[];
+}
+
+export interface Ratio {
+  name: string;
+  /** ratio of the two medians */
+  value: number | null;
+  /** ratio within each repetition (the two runs were adjacent in time), in run order */
+  runs: Array<number | null>;
+  /** absent: reported for information, no target yet */
+  target?: { op: '>=' | '<='; bound: number };
+  pass?: boolean;
+}
+
+const div = (a: number | null | undefined, b: number | null | undefined): number | null => (a == null || b == null || b === 0 ? null : Number((a / b).toFixed(3)));
+const divRuns = (a: Array<number | null> = [], b: Array<number | null> = []): Array<number | null> => a.map((x, i) => div(x, b[i]));
+
+function ratio(name: string, a: number | null | undefined, b: number | null | undefined, runs: Array<number | null>, target?: Ratio['target']): Ratio {
+  const value = div(a, b);
+  if (!target) return { name, value, runs };
+  return { name, value, runs, target, pass: value !== null && (target.op === '>=' ? value >= target.bound : value <= target.bound) };
+}
+
+/** Sluice's framed paths against the raw baseline of the same medium, measured in the same run. */
+export function computeRatios(report: Pick<Report, 'baselines' | 'cases'>): Ratio[] {
+  const out: Ratio[] = [];
+  for (const path of ['unix', 'fifo']) {
+    const raw = report.baselines.find((b) => b.name === `raw-${path}`);
+    const row = report.cases.find((c) => c.path === path && c.hop_us === null);
+    if (raw && row) out.push(ratio(`${path} / raw-${path} MB/s`, row.MBps, raw.MBps, divRuns(row.MBps_runs, raw.MBps_runs), { op: '>=', bound: 0.85 }));
+  }
+  for (const path of ['unix', 'fifo']) {
+    const raw = report.baselines.find((b) => b.name === `raw-${path}`);
+    const row = report.cases.find((c) => c.path === path && c.hop_us !== null);
+    if (!raw || !row) continue;
+    const target = path === 'unix' ? ({ op: '<=', bound: 1.2 } as const) : undefined;
+    out.push(ratio(`${path} / raw-${path} 1 KiB hop p50`, row.hop_us?.p50, raw.hop_us_p50, divRuns(row.hop_us_p50_runs, raw.hop_us_p50_runs), target));
+  }
+  return out;
+}
+
+const num = (x: number | null | undefined, digits = 0): string => (x == null ? '–' : x.toFixed(digits));
+const runs = (xs: Array<number | null> | undefined): string => (xs ? xs.map((x) => num(x)).join(' / ') : '');
+const row = (cells: string[]): string => `| ${cells.join(' | ')} |`;
+const yes = (ok: boolean): string => (ok ? 'yes' : '**NO**');
+export const size = (bytes: number): string =>
+  bytes >= 1 << 30 ? `${bytes / (1 << 30)} GiB` : bytes >= 1 << 20 ? `${bytes / (1 << 20)} MiB` : bytes >= 1 << 10 ? `${bytes / (1 << 10)} KiB` : `${bytes} B`;
+
+export function renderMarkdown(report: Report): string {
+  const m = report.machine;
+  const lines = [
+    `# Sluice bench, ${m.date}`,
+    '',
+    `${m.mode}, ${m.reps} repetition(s); node ${m.node}, ${m.cpus} × ${m.cpu_model}, Linux ${m.kernel}.`,
+    'Medians over repetitions (runs listed in order); MB = 10^6 bytes; hop = one-way latency of a 1 KiB record;',
+    'ratio value = ratio of the medians; per repetition = ratio of the two adjacent runs of each repetition.',
+    '',
+    '## Baselines',
+    '',
+    '| name | bytes | MB/s | runs MB/s | hop µs p50 | p90 | p99 | verified |',
+    '|---|--:|--:|---|--:|--:|--:|---|',
+    ...report.baselines.map((b) =>
+      row([b.name, size(b.bytes), num(b.MBps), runs(b.MBps_runs), num(b.hop_us_p50, 1), num(b.hop_us_p90, 1), num(b.hop_us_p99, 1), yes(b.verified)]),
+    ),
+    '',
+    '## Cases: transport, 1 hop, fan-out 1, same node, proactive',
+    '',
+    '| path | bytes | MB/s | runs MB/s | e2e ms | ttfb ms | hop µs p50 | p90 | p99 | verified |',
+    '|---|--:|--:|---|--:|--:|--:|--:|--:|---|',
+    ...report.cases.map((c) =>
+      row([
+        c.path,
+        size(c.bytes),
+        num(c.MBps),
+        runs(c.MBps_runs),
+        num(c.e2e_ms),
+        num(c.ttfb_ms, 2),
+        num(c.hop_us?.p50, 1),
+        num(c.hop_us?.p90, 1),
+        num(c.hop_us?.p99, 1),
+        yes(c.verified),
+      ]),
+    ),
+    '',
+    '## Ratios (same run)',
+    '',
+    '| ratio | value | per repetition | target | result |',
+    '|---|--:|---|---|---|',
+    ...(report.ratios ?? []).map((r) => {
+      const target = r.target ? `${r.target.op === '>=' ? '≥' : '≤'} ${r.target.bound}` : '–';
+      return row([r.name, num(r.value, 2), r.runs.map((x) => num(x, 2)).join(' / '), target, r.pass === undefined ? 'info' : r.pass ? 'pass' : '**FAIL**']);
+    }),
+    '',
+    'Reference, KNIX workflowmesh (5-step chain of CloudEvents on Kubernetes, median per hop): 1 KiB: plain Services 617 µs,',
+    'Knative Serving 2150 µs, Eventing sequence 1453 µs, Eventing + Serving 4594 µs; 1 MiB: 24.2 ms (Services).',
+    '',
+  ];
+  const errors = [...report.baselines.map((b) => [b.name, b.errors] as const), ...report.cases.map((c) => [`${c.path} ${size(c.bytes)}`, c.errors] as const)].flatMap(
+    ([name, errs]) => (errs ?? []).map((e) => `- ${name}: ${e.split('\n')[0]}`),
+  );
+  if (errors.length > 0) lines.push('## Errors', '', ...errors, '');
+  return lines.join('\n');
+}
