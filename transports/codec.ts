@@ -75,14 +75,19 @@ export interface AbortFields {
 /** msgpack as plain maps, readable by any msgpack implementation. */
 export const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
 
+/** Write a frame header into `target` at `offset`. */
+export function writeHeader(target: Buffer, offset: number, type: FrameType, channel: number, length: number): void {
+  target[offset] = WIRE_VERSION;
+  target[offset + 1] = type;
+  target[offset + 2] = 0;
+  target[offset + 3] = 0;
+  target.writeUInt32BE(channel, offset + 4);
+  target.writeUInt32BE(length, offset + 8);
+}
+
 export function encodeHeader(type: FrameType, channel: number, length: number): Buffer {
   const header = Buffer.allocUnsafe(HEADER_BYTES);
-  header[0] = WIRE_VERSION;
-  header[1] = type;
-  header[2] = 0;
-  header[3] = 0;
-  header.writeUInt32BE(channel, 4);
-  header.writeUInt32BE(length, 8);
+  writeHeader(header, 0, type, channel, length);
   return header;
 }
 
