@@ -26,6 +26,10 @@
  */
 import { Packr } from 'msgpackr';
 import { ProtocolError } from './errors.js';
+import { NO_EXTENSIONS, checkMsgpack } from './msgpack-check.js';
+
+/** Control maps are flat or nearly so; deep nesting is refused. */
+const CONTROL_MAX_DEPTH = 8;
 
 export const WIRE_VERSION = 1;
 export const HEADER_BYTES = 12;
@@ -73,7 +77,7 @@ export interface AbortFields {
 }
 
 /** msgpack as plain maps, readable by any msgpack implementation. */
-export const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
+export const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: true, int64AsType: 'number' });
 
 /** Write a frame header into `target` at `offset`. */
 export function writeHeader(target: Buffer, offset: number, type: FrameType, channel: number, length: number): void {
@@ -249,13 +253,12 @@ export class FrameDecoder {
     const body = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
     let fields: unknown;
     try {
+      checkMsgpack(body, NO_EXTENSIONS, CONTROL_MAX_DEPTH);
       fields = packr.unpack(body);
     } catch (err) {
       throw new ProtocolError(`undecodable ${frameTypeName(this.type)} frame`, { cause: err });
     }
-    // a plain map only: msgpackr also turns timestamps, 0xc1 and extensions into objects
-    const proto = typeof fields === 'object' && fields !== null ? Object.getPrototypeOf(fields) : undefined;
-    if (proto !== Object.prototype && proto !== null) {
+    if (typeof fields !== 'object' || fields === null || Array.isArray(fields) || Buffer.isBuffer(fields)) {
       throw new ProtocolError(`${frameTypeName(this.type)} frame does not hold a map`);
     }
     sink.control(this.type, this.channel, fields as Record<string, unknown>);

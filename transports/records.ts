@@ -12,22 +12,35 @@
  * decoding linear (each record is parsed once, when complete), and lets the decoder insist that
  * a record is exactly one msgpack value.
  *
- * Values are plain msgpack (maps, arrays, strings, numbers, binary, nil, booleans); typed arrays
- * and DataViews use msgpackr's typed-array extension so they come back as they went, byte for
- * byte. A decoded binary value is a view of the received bytes.
+ * Values are plain msgpack (maps, arrays, strings, numbers, binary, nil, booleans, timestamps);
+ * typed arrays and DataViews use msgpackr's typed-array extension so they come back as they
+ * went, byte for byte. Anything else (sets, errors, class instances msgpackr would encode as
+ * its own extensions) is refused at `encodeRecord`, and by the decoder if a peer sends it. Nesting
+ * is limited to 64 levels. Integers beyond 2^53 decode as (rounded) numbers. A decoded binary
+ * value is a view of the received bytes.
+ *
+ * After a malformed record the decoder refuses everything that follows (the stream is out of
+ * step), but first delivers every record completed before it, however the bytes were chunked.
  */
-import { C1, Packr } from 'msgpackr';
+import { Packr } from 'msgpackr';
 import { ErrorCodes, ProtocolError, RequestError } from './errors.js';
+import { RECORD_EXTENSIONS, checkMsgpack } from './msgpack-check.js';
 
 /** Largest record accepted by default (the msgpack body, without its length), bytes. */
 export const DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024;
 export const RECORD_HEADER_BYTES = 4;
 
-const recordPackr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: true, int64AsType: 'number' });
+const recordPackr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: true, variableMapSize: true, int64AsType: 'number' });
 
 /** Encode one value as a record: its length, then its msgpack bytes, in one new buffer. */
 export function encodeRecord(value: unknown, maxRecordBytes = DEFAULT_MAX_RECORD_BYTES): Buffer {
-  const body = recordPackr.pack(value);
+  let body: Buffer;
+  try {
+    body = recordPackr.pack(value);
+    checkMsgpack(body, RECORD_EXTENSIONS);
+  } catch (err) {
+    throw new RequestError(ErrorCodes.INVALID, `value cannot be sent as a record: ${(err as Error).message}`, { cause: err });
+  }
   if (body.length > maxRecordBytes) {
     throw new RequestError(ErrorCodes.INVALID, `record of ${body.length} bytes exceeds the limit of ${maxRecordBytes}`, { details: { maxRecordBytes } });
   }
@@ -38,23 +51,13 @@ export function encodeRecord(value: unknown, maxRecordBytes = DEFAULT_MAX_RECORD
   return out;
 }
 
-/** msgpack's never-used byte 0xc1 decodes to msgpackr's C1 marker: refuse it wherever it hides. */
-function holdsC1(value: unknown, depth = 0): boolean {
-  if (value === C1) return true;
-  if (typeof value !== 'object' || value === null || depth > 64 || ArrayBuffer.isView(value)) return false;
-  for (const v of Array.isArray(value) ? value : Object.values(value)) if (holdsC1(v, depth + 1)) return true;
-  return false;
-}
-
 function decodeBody(body: Buffer): unknown {
-  let value: unknown;
+  checkMsgpack(body, RECORD_EXTENSIONS);
   try {
-    value = recordPackr.unpack(body);
+    return recordPackr.unpack(body);
   } catch (err) {
     throw new ProtocolError('a record is not one msgpack value', { cause: err });
   }
-  if (body.includes(0xc1) && holdsC1(value)) throw new ProtocolError('a record holds the never-used msgpack byte 0xc1');
-  return value;
 }
 
 /** Turns a byte stream back into values; chunks may split records anywhere. */
@@ -65,12 +68,28 @@ export class RecordDecoder {
   private bodyLength = -1;
   private parts: Buffer[] = [];
   private have = 0;
+  private failure: ProtocolError | undefined;
 
   constructor(private readonly maxRecordBytes = DEFAULT_MAX_RECORD_BYTES) {}
 
-  /** The records completed by `chunk`, in order. Throws SLUICE_PROTOCOL on malformed input. */
+  /**
+   * The records completed by `chunk`, in order. Malformed input throws SLUICE_PROTOCOL — on this
+   * call if no record came before it in the chunk, else on the next call — and every later call
+   * throws it again.
+   */
   push(chunk: Buffer): unknown[] {
+    if (this.failure) throw this.failure;
     const values: unknown[] = [];
+    try {
+      this.decode(chunk, values);
+    } catch (err) {
+      this.failure = err instanceof ProtocolError ? err : new ProtocolError('malformed records stream', { cause: err });
+      if (values.length === 0) throw this.failure;
+    }
+    return values;
+  }
+
+  private decode(chunk: Buffer, values: unknown[]): void {
     let offset = 0;
     while (offset < chunk.length) {
       if (this.bodyLength < 0) {
@@ -112,11 +131,11 @@ export class RecordDecoder {
       }
       offset += take;
     }
-    return values;
   }
 
   /** Call at end of stream: a partial record left over means the stream was cut inside it. */
   finish(): void {
+    if (this.failure) throw this.failure;
     if (this.headerHave > 0 || this.bodyLength >= 0) {
       throw new ProtocolError(`stream ended inside a record (${this.headerHave > 0 ? `${this.headerHave} bytes of its length` : `${this.have} of ${this.bodyLength} bytes`})`);
     }
