@@ -65,6 +65,12 @@ export interface ChannelReaderOptions {
   highWaterMark?: number;
   /** Channel id expected in frame headers. Default 0. */
   channel?: number;
+  /**
+   * Called once the stream is verified; the ACK goes to the producer only when it resolves, and
+   * an ABORT with the rejection's code if it rejects. A relay uses it so that the producer's
+   * `end()` still means "the final consumer verified". Default: acknowledge at once.
+   */
+  acknowledge?: () => Promise<void>;
 }
 
 /** Send a last control frame and close: flush what can be flushed, within a grace period. */
@@ -277,6 +283,7 @@ export class ChannelReader extends Readable {
   private readonly decoder: FrameDecoder;
   private state: 'open' | 'verified' | 'failed' = 'open';
   private inputPaused = false;
+  private readonly acknowledge: (() => Promise<void>) | undefined;
 
   constructor(
     private readonly conn: Connection,
@@ -284,6 +291,7 @@ export class ChannelReader extends Readable {
   ) {
     super({ highWaterMark: options.highWaterMark ?? 64 * 1024 });
     this.channel = options.channel ?? 0;
+    this.acknowledge = options.acknowledge;
     this.decoder = new FrameDecoder({ maxFramePayload: options.maxFramePayload ?? DEFAULT_MAX_FRAME_PAYLOAD });
     const { input, output } = conn;
     output.on('error', () => undefined); // the producer may be gone when we answer; our verdict stands
@@ -352,7 +360,14 @@ export class ChannelReader extends Readable {
       );
     }
     this.state = 'verified';
-    farewell(this.conn, encodeControl(FrameType.ACK, this.channel, { length: this.length }));
+    const ack = encodeControl(FrameType.ACK, this.channel, { length: this.length });
+    if (!this.acknowledge) farewell(this.conn, ack);
+    else {
+      this.acknowledge().then(
+        () => farewell(this.conn, ack),
+        (err: unknown) => farewell(this.conn, abortFrame(this.channel, err as Error, ErrorCodes.CONSUMER_GONE)),
+      );
+    }
     this.push(null);
   }
 

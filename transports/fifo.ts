@@ -48,8 +48,8 @@ function pairConnection(input: net.Socket, output: net.Socket): Connection {
   };
 }
 
-/** Create the endpoint's two FIFOs, or check that existing files are FIFOs. */
-async function ensureFifos(endpoint: string, mode: number): Promise<void> {
+/** Create the endpoint's two FIFOs, or check that existing files are FIFOs. Returns whether it created them. */
+async function ensureFifos(endpoint: string, mode: number): Promise<boolean> {
   const missing: string[] = [];
   for (const file of [endpoint, endpoint + ACK_SUFFIX]) {
     try {
@@ -60,13 +60,14 @@ async function ensureFifos(endpoint: string, mode: number): Promise<void> {
       missing.push(file);
     }
   }
-  if (missing.length === 0) return;
+  if (missing.length === 0) return false;
   try {
     // Node has no mkfifo(3); coreutils' mkfifo is on every Linux image Sluice runs on.
     await run('mkfifo', ['-m', mode.toString(8), '--', ...missing]);
   } catch (err) {
     throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot create FIFO ${missing.join(', ')}: ${(err as Error).message}`, { cause: err, details: { endpoint } });
   }
+  return true;
 }
 
 /** An output for a producer that vanished before the ack pipe was opened: every write fails. */
@@ -85,6 +86,8 @@ class FifoListener implements Listener {
   constructor(
     readonly endpoint: string,
     private readonly data: net.Socket,
+    /** remove the FIFOs on close: only when this listener created them */
+    private readonly owned: boolean,
   ) {
     // Until accept() takes it, the data socket must not flow or error unobserved.
     data.pause();
@@ -131,6 +134,7 @@ class FifoListener implements Listener {
     this.closed = true;
     this.pendingAbort?.(new ConnectError(ErrorCodes.ABORTED, `listener on ${this.endpoint} closed`));
     if (!this.accepted) this.data.destroy();
+    if (!this.owned) return;
     await Promise.all([fs.promises.unlink(this.endpoint), fs.promises.unlink(this.endpoint + ACK_SUFFIX)].map((p) => p.catch(() => undefined)));
   }
 }
@@ -139,9 +143,9 @@ export class FifoTransport implements Transport {
   readonly path = 'fifo' as const;
 
   async listen(endpoint: string, options: ListenOptions = {}): Promise<Listener> {
-    await ensureFifos(endpoint, options.mode ?? 0o600);
+    const created = await ensureFifos(endpoint, options.mode ?? 0o600);
     const fd = await openFd(endpoint, O_RDONLY | O_NONBLOCK);
-    return new FifoListener(endpoint, readSocket(fd));
+    return new FifoListener(endpoint, readSocket(fd), created);
   }
 
   dial(endpoint: string, options: DialOptions = {}): Promise<Connection> {

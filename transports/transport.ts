@@ -67,7 +67,8 @@ export interface Listener {
   accept(options?: AcceptOptions): Promise<Connection>;
   /**
    * Stop accepting, reject pending `accept()` calls with SLUICE_ABORTED, drop connections
-   * that were never accepted, and remove the endpoint's files. Accepted connections stay open.
+   * that were never accepted, and remove the endpoint's files if `listen` created them (files
+   * prepared beforehand, by the daemon, stay). Accepted connections stay open.
    * Idempotent.
    */
   close(): Promise<void>;

@@ -167,6 +167,38 @@ describe.each(Object.keys(media))('channel contract over %s', (name) => {
     expect(reader.hello).toMatchObject({ v: 1, run: 'r1', from: 'split', to: 'count' });
   });
 
+  it('holds the producer end until a deferred acknowledge resolves', async () => {
+    const listener = await listen();
+    const accepted = listener.accept();
+    const writer = new ChannelWriter(await transport.dial(listener.endpoint));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const reader = new ChannelReader(await accepted, { acknowledge: () => gate });
+    const received = drain(reader);
+    let writerDone = false;
+    const result = outcome(writer).then((e) => ((writerDone = true), e));
+    writer.end(Buffer.from('relayed'));
+    expect((await received).ended).toBe(true); // the reader verified and ended...
+    await sleep(50);
+    expect(writerDone).toBe(false); // ...but the producer waits for the acknowledgement
+    release();
+    expect(await result).toBeUndefined();
+  });
+
+  it('fails the producer with the code of a rejected deferred acknowledge', async () => {
+    const listener = await listen();
+    const accepted = listener.accept();
+    const writer = new ChannelWriter(await transport.dial(listener.endpoint));
+    const downstream = Object.assign(new Error('downstream consumer found the stream corrupt'), { code: 'SLUICE_CORRUPT' });
+    const reader = new ChannelReader(await accepted, { acknowledge: () => Promise.reject(downstream) });
+    const received = drain(reader);
+    writer.end(Buffer.from('relayed'));
+    await received;
+    const err = await outcome(writer);
+    expect(err?.code).toBe('SLUICE_CORRUPT');
+    expect(err?.message).toMatch(/downstream consumer/);
+  });
+
   it('carries records (msgpack values) in order', async () => {
     const values = Array.from({ length: 1000 }, (_, i) => ({ i, word: `w${i}`, blob: Buffer.alloc(i % 50, i & 0xff) }));
     const { writer, reader } = await open();

@@ -105,7 +105,7 @@ describe('fifo endpoints', () => {
     expect(existsSync(ep) || existsSync(ep + ACK_SUFFIX)).toBe(false);
   });
 
-  it('serves pipes created beforehand (proactive set-up) without recreating them', async () => {
+  it('serves pipes created beforehand (proactive set-up) without recreating or removing them', async () => {
     const ep = join(dir, 'pre.fifo');
     execFileSync('mkfifo', ['-m', '600', ep, ep + ACK_SUFFIX]);
     const inode = statSync(ep).ino;
@@ -116,6 +116,8 @@ describe('fifo endpoints', () => {
     writer.end(Buffer.from('prepared'));
     expect((await drain(new ChannelReader(await accepted))).bytes.toString()).toBe('prepared');
     await listener.close();
+    // prepared by someone else (the daemon), so left for them to remove
+    expect(statSync(ep).isFIFO() && statSync(ep + ACK_SUFFIX).isFIFO()).toBe(true);
   });
 
   it('refuses to use a file that is not a FIFO', async () => {
