@@ -6,23 +6,44 @@
 import { fork } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { finished } from 'node:stream/promises';
+import { join, resolve } from 'node:path';
+import { finished, pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ChannelReader, ChannelWriter, fifoTransport, isErrorCode, unixTransport, type Transport } from '../transports/index.js';
+import { connect } from '../client/index.js';
+import { control } from '../client/control.js';
+import { ChannelReader, ChannelWriter, defaultRuntimeDir, fifoTransport, isErrorCode, unixTransport, type Transport } from '../transports/index.js';
+import { configHelp, loadConfig } from './config.js';
+import { startDaemon } from './daemon.js';
+import { parseWorkflowText } from './workflow.js';
 
 const usage = `sluice — proactive data forwarding for serverless workflows
 
 Usage:
+  sluice daemon [--node NAME] [--dir DIR] [--listen HOST:PORT] [--config FILE] [...]
+      Run this node's forwarder. "sluice daemon --help" lists every option.
+  sluice workflow apply FILE            Register a workflow (JSON or YAML).
+  sluice workflow list
+  sluice run create WORKFLOW [--place STEP=NODE ...] [--id ID] [--ttl SECONDS] [--json]
+      Create a run; its channels are prepared before this returns. --json prints
+      {"run": ID, "token": SECRET}.
+  sluice run show RUN [--json] | sluice run list [--json] | sluice run delete RUN
+  sluice send --run RUN --step STEP [--to STEP] [--token T] [--instance I]
+      Stream standard input to the step's output (all successors when --to is omitted);
+      exits 0 once every consumer verified the bytes.
+  sluice recv --run RUN --step STEP [--from STEP] [--token T] [--instance I]
+      Stream the step's input to standard output; exits non-zero, with the error code on
+      standard error, when the stream is incomplete or corrupt.
+  sluice status [--json]
   sluice demo [--mib N] [--path unix|fifo]
-      Streams N MiB (default 256) of pseudo-random bytes from one process to another over
-      each same-node path (or only --path), verified end to end, and prints the rate.
-  sluice --version
-  sluice --help
+      Stream N MiB (default 256) between two processes over each same-node transport.
+  sluice --version | sluice --help
 
-The daemon, workflows and runs (sluice daemon, workflow, run, send, recv, status) are being
-built; see README.md for what works today.
+Every command but daemon and demo talks to the node's daemon through DIR/daemon.sock.
+Common option: --dir DIR (default $SLUICE_DIR, else $XDG_RUNTIME_DIR/sluice, else
+/tmp/sluice-<uid>). send and recv also read SLUICE_RUN, SLUICE_STEP, SLUICE_TOKEN,
+SLUICE_INSTANCE. Exit status: 0 ok, 1 failed (stderr: "sluice: SLUICE_<CODE>: message"),
+2 bad usage.
 `;
 
 const paths: Record<string, Transport> = { unix: unixTransport, fifo: fifoTransport };
@@ -104,6 +125,175 @@ async function demo(mib: number, only: string | undefined): Promise<void> {
   }
 }
 
+function runtimeDir(flag: string | undefined): string {
+  return resolve(flag ?? process.env.SLUICE_DIR ?? defaultRuntimeDir(process.env, process.getuid?.() ?? 0));
+}
+
+function print(value: unknown, json: boolean, human: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : human());
+}
+
+/** Options every daemon-facing command takes. */
+const common = { dir: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } as const;
+
+async function daemonCommand(args: string[]): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(`Usage: sluice daemon [options]\n\n${configHelp()}`);
+    return 0;
+  }
+  const config = loadConfig({ argv: args, env: process.env });
+  const daemon = await startDaemon(config, { version: packageVersion() });
+  await new Promise<void>((resolveStop) => {
+    const stop = (signal: string): void => {
+      daemon.log.info({ signal }, 'signal received');
+      void daemon.close().then(resolveStop);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  return 0;
+}
+
+async function workflowCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  const { values, positionals } = parseArgs({ args: rest, options: common, allowPositionals: true });
+  const dir = runtimeDir(values.dir);
+  if (sub === 'apply') {
+    const file = positionals[0];
+    if (!file || positionals.length > 1) throw new UsageError('usage: sluice workflow apply FILE');
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new UsageError(`cannot read ${file}: ${(err as Error).message}`);
+    }
+    const workflow = parseWorkflowText(text, file);
+    const { body } = await control<{ name: string; steps: Record<string, unknown>; edges: unknown[] }>(dir, 'POST', '/v1/workflows', workflow);
+    print(body, values.json === true, () => `workflow ${body.name} applied: ${Object.keys(body.steps).length} steps, ${body.edges.length} edges\n`);
+    return 0;
+  }
+  if (sub === 'list') {
+    const { body } = await control<Array<{ name: string; steps: Record<string, unknown>; edges: unknown[] }>>(dir, 'GET', '/v1/workflows');
+    print(body, values.json === true, () => body.map((w) => `${w.name}\t${Object.keys(w.steps).length} steps\t${w.edges.length} edges\n`).join('') || 'no workflows\n');
+    return 0;
+  }
+  throw new UsageError('usage: sluice workflow apply FILE | sluice workflow list');
+}
+
+async function runCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  const { values, positionals } = parseArgs({
+    args: rest,
+    options: { ...common, place: { type: 'string', multiple: true }, id: { type: 'string' }, ttl: { type: 'string' } },
+    allowPositionals: true,
+  });
+  const dir = runtimeDir(values.dir);
+  const json = values.json === true;
+  switch (sub) {
+    case 'create': {
+      const workflow = positionals[0];
+      if (!workflow || positionals.length > 1) throw new UsageError('usage: sluice run create WORKFLOW [--place STEP=NODE ...] [--id ID] [--ttl SECONDS] [--json]');
+      const placement: Record<string, string> = {};
+      for (const p of values.place ?? []) {
+        const [step, node, extra] = p.split('=');
+        if (!step || !node || extra !== undefined) throw new UsageError(`--place "${p}": use STEP=NODE`);
+        placement[step] = node;
+      }
+      let ttlSeconds: number | undefined;
+      if (values.ttl !== undefined) {
+        ttlSeconds = Number(values.ttl);
+        if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1) throw new UsageError(`--ttl "${values.ttl}": a whole number of seconds, at least 1`);
+      }
+      const { body } = await control<{ run: string; token: string; channels: number; expiresAt: string }>(dir, 'POST', '/v1/runs', {
+        workflow,
+        ...(values.id !== undefined ? { id: values.id } : {}),
+        ...(Object.keys(placement).length > 0 ? { placement } : {}),
+        ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
+      });
+      if (json) process.stdout.write(`${JSON.stringify({ run: body.run, token: body.token })}\n`);
+      else process.stdout.write(`run ${body.run} created: ${body.channels} channel(s) prepared, expires ${body.expiresAt}\nexport SLUICE_RUN=${body.run} SLUICE_TOKEN=${body.token}\n`);
+      return 0;
+    }
+    case 'show': {
+      const run = positionals[0];
+      if (!run) throw new UsageError('usage: sluice run show RUN [--json]');
+      const { body } = await control<{ run: string; workflow: string; expiresAt: string; channels: Array<{ name: string; path: string; state: string; relayedBytes: number }> }>(dir, 'GET', `/v1/runs/${encodeURIComponent(run)}`);
+      print(body, json, () => [`run ${body.run} (workflow ${body.workflow}), expires ${body.expiresAt}`, ...body.channels.map((c) => `  ${c.name.padEnd(32)} ${c.path.padEnd(6)} ${c.state.padEnd(9)} relayed ${c.relayedBytes} B`), ''].join('\n'));
+      return 0;
+    }
+    case 'list': {
+      const { body } = await control<Array<{ run: string; workflow: string; channels: number; expiresAt: string }>>(dir, 'GET', '/v1/runs');
+      print(body, json, () => body.map((r) => `${r.run}\t${r.workflow}\t${r.channels} channels\texpires ${r.expiresAt}\n`).join('') || 'no runs\n');
+      return 0;
+    }
+    case 'delete': {
+      const run = positionals[0];
+      if (!run) throw new UsageError('usage: sluice run delete RUN');
+      await control(dir, 'DELETE', `/v1/runs/${encodeURIComponent(run)}`);
+      if (!json) process.stdout.write(`run ${run} deleted\n`);
+      return 0;
+    }
+    default:
+      throw new UsageError('usage: sluice run create|show|list|delete ...');
+  }
+}
+
+function functionOptions(args: string[], direction: 'to' | 'from') {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { dir: { type: 'string' }, run: { type: 'string' }, step: { type: 'string' }, token: { type: 'string' }, instance: { type: 'string' }, [direction]: { type: 'string' } },
+    allowPositionals: false,
+  });
+  void positionals;
+  const instance = values.instance ?? process.env.SLUICE_INSTANCE;
+  if (instance !== undefined && !/^\d+$/.test(instance)) throw new UsageError(`--instance "${instance}": a whole number from 0`);
+  const options = {
+    dir: runtimeDir(values.dir as string | undefined),
+    ...((values.run ?? process.env.SLUICE_RUN) ? { run: (values.run ?? process.env.SLUICE_RUN) as string } : {}),
+    ...((values.step ?? process.env.SLUICE_STEP) ? { step: (values.step ?? process.env.SLUICE_STEP) as string } : {}),
+    ...((values.token ?? process.env.SLUICE_TOKEN) ? { token: (values.token ?? process.env.SLUICE_TOKEN) as string } : {}),
+    ...(instance !== undefined ? { instance: Number(instance) } : {}),
+  };
+  if (!options.run || !options.step) throw new UsageError(`usage: sluice ${direction === 'to' ? 'send' : 'recv'} --run RUN --step STEP [--${direction} STEP] [--token T]`);
+  return { options, peer: values[direction] as string | undefined };
+}
+
+async function sendCommand(args: string[]): Promise<number> {
+  const { options, peer } = functionOptions(args, 'to');
+  const sl = await connect(options);
+  await pipeline(process.stdin, sl.output(peer));
+  return 0;
+}
+
+async function recvCommand(args: string[]): Promise<number> {
+  const { options, peer } = functionOptions(args, 'from');
+  const sl = await connect(options);
+  await pipeline(sl.input(peer), process.stdout);
+  return 0;
+}
+
+async function statusCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: common });
+  const { body } = await control<{ node: string; version: string; uptimeSeconds: number; ready: boolean; workflows: number; relays: number; runs: Array<{ run: string; workflow: string; channels: Array<{ name: string; path: string; state: string; relayedBytes: number }> }> }>(
+    runtimeDir(values.dir),
+    'GET',
+    '/v1/status',
+  );
+  print(body, values.json === true, () =>
+    [
+      `node ${body.node}  sluice ${body.version}  ${body.ready ? 'ready' : 'NOT READY'}  up ${body.uptimeSeconds}s`,
+      `${body.workflows} workflow(s), ${body.runs.length} run(s), ${body.relays} relayed stream(s) now`,
+      ...body.runs.flatMap((r) => [`run ${r.run} (${r.workflow})`, ...r.channels.map((c) => `  ${c.name.padEnd(32)} ${c.path.padEnd(6)} ${c.state.padEnd(9)} relayed ${c.relayedBytes} B`)]),
+      '',
+    ].join('\n'),
+  );
+  return 0;
+}
+
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
@@ -114,11 +304,21 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(usage);
       return 0;
     case '--version':
-    case '-v': {
-      const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-      process.stdout.write(`${pkg.version}\n`);
+    case '-v':
+      process.stdout.write(`${packageVersion()}\n`);
       return 0;
-    }
+    case 'daemon':
+      return daemonCommand(rest);
+    case 'workflow':
+      return workflowCommand(rest);
+    case 'run':
+      return runCommand(rest);
+    case 'send':
+      return sendCommand(rest);
+    case 'recv':
+      return recvCommand(rest);
+    case 'status':
+      return statusCommand(rest);
     case 'demo': {
       const { values } = parseArgs({ args: rest, options: { mib: { type: 'string', default: '256' }, path: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
       if (values.help) {
@@ -146,7 +346,8 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    if (err instanceof UsageError || (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    const code = (err as { code?: string }).code;
+    if (err instanceof UsageError || code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' || code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
       process.stderr.write(`sluice: ${(err as Error).message}\nRun "sluice --help" for usage.\n`);
       process.exitCode = 2;
       return;

@@ -336,8 +336,9 @@ export class ChannelReader extends Readable {
           if (!this.hello) throw new ProtocolError('END before HELLO');
           return this.verify(fields);
         case FrameType.ABORT:
+          // a relay that lost its producer passes the truncation on as such
           return this.fail(
-            new StreamError(ErrorCodes.PRODUCER_ABORTED, `producer aborted the stream after ${this.length} bytes: ${String(fields.message)}`, {
+            new StreamError(fields.code === ErrorCodes.TRUNCATED ? ErrorCodes.TRUNCATED : ErrorCodes.PRODUCER_ABORTED, `producer aborted the stream after ${this.length} bytes: ${String(fields.message)}`, {
               details: { producerCode: fields.code, length: this.length },
             }),
             false,

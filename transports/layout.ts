@@ -77,3 +77,13 @@ export interface RunManifest {
   /** every channel with at least one end on this node */
   channels: Array<{ from: InstanceRef; to: InstanceRef; name: string; path: 'fifo' }>;
 }
+
+/**
+ * The runtime directory when none is configured, the same for the daemon and the client:
+ * `$XDG_RUNTIME_DIR/sluice` when that is set to an absolute path (XDG says to ignore a relative
+ * one), else `/tmp/sluice-<uid>`.
+ */
+export function defaultRuntimeDir(env: Record<string, string | undefined>, uid: number): string {
+  const xdg = env.XDG_RUNTIME_DIR;
+  return xdg && xdg.startsWith('/') ? join(xdg, 'sluice') : `/tmp/sluice-${uid}`;
+}

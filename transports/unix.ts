@@ -29,7 +29,7 @@ function checkPath(endpoint: string): void {
 }
 
 /** A socket file left by a process that died: nothing accepts on it, so it can be replaced. */
-async function removeIfStale(endpoint: string): Promise<void> {
+export async function removeStaleSocket(endpoint: string): Promise<void> {
   let stat;
   try {
     stat = await fs.lstat(endpoint);
@@ -83,7 +83,7 @@ export class UnixTransport implements Transport {
 
   async listen(endpoint: string, options: ListenOptions = {}): Promise<Listener> {
     checkPath(endpoint);
-    await removeIfStale(endpoint);
+    await removeStaleSocket(endpoint);
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

@@ -1,0 +1,345 @@
+/**
+ * The library functions import: `connect()`, then `output()` to stream to successors and
+ * `input()` to read from predecessors — the same API whatever carries the bytes.
+ *
+ * ```ts
+ * import { connect } from 'sluice';
+ * const sl = await connect();                      // SLUICE_DIR, SLUICE_RUN, SLUICE_STEP, SLUICE_TOKEN
+ * await pipeline(source, sl.output('count'));       // resolves once every consumer verified the bytes
+ * for await (const chunk of sl.input('split')) {}   // ends only after the trailer verified
+ * await sl.output('merge').send({ word, n });       // records (msgpack values)
+ * for await (const rec of sl.input('count').records()) {}
+ * ```
+ *
+ * How a channel travels on one node: the daemon prepared its FIFO when the run was created. The
+ * producer opens it without waiting if the consumer is reading it already (direct: no copy
+ * through the daemon); otherwise it streams to the daemon's relay, which holds a bounded
+ * buffer and delivers once the consumer opens the FIFO.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import {
+  ChannelReader,
+  ChannelWriter,
+  ConnectError,
+  ErrorCodes,
+  MANIFEST_FILE,
+  RELAY_SOCKET,
+  RequestError,
+  SluiceError,
+  checkName,
+  decodeRecords,
+  encodeRecord,
+  fifoTransport,
+  runDirectory,
+  unixTransport,
+  type InstanceRef,
+  type Listener,
+  type RunManifest,
+} from '../transports/index.js';
+import { control } from './control.js';
+
+export interface ConnectOptions {
+  /** The node's Sluice directory. Default: $SLUICE_DIR, else the daemon's default. */
+  dir?: string;
+  /** The run id. Default: $SLUICE_RUN. */
+  run?: string;
+  /** This function's step. Default: $SLUICE_STEP. */
+  step?: string;
+  /** The run's token. Default: $SLUICE_TOKEN. */
+  token?: string;
+  /** Which replica of the step this is, from 0. Default: $SLUICE_INSTANCE, else 0. */
+  instance?: number;
+}
+
+export interface OutputOptions {
+  /**
+   * How long a producer waits for the relay to take its stream when the consumer has not
+   * attached yet, ms. Default 10000. (How long the relay then waits for the consumer is the
+   * daemon's --attach-timeout.)
+   */
+  timeoutMs?: number;
+}
+
+/** A channel's other end, as `Input.sources` reports them. */
+export interface Source {
+  from: string;
+  instance: number;
+}
+
+function fnv1a(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/**
+ * An output: a Writable of bytes to one successor or to all of them (broadcast: each gets every
+ * byte). `end()` — and `pipeline(..., output)` — completes when every consumer has verified the
+ * stream. `send(value)` writes one record; on a `partition` edge, `send(value, key)` routes it to
+ * one consumer instance by the key's hash.
+ */
+export class Output extends Writable {
+  private writers: ChannelWriter[] = [];
+
+  constructor(
+    private readonly opener: () => Promise<ChannelWriter[]>,
+    private readonly partitioned: boolean,
+  ) {
+    super({ highWaterMark: 64 * 1024 });
+  }
+
+  override _construct(callback: (err?: Error | null) => void): void {
+    this.opener().then(
+      (writers) => {
+        this.writers = writers;
+        for (const w of writers) w.on('error', (err) => this.destroy(err));
+        callback();
+      },
+      (err: Error) => callback(err),
+    );
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    if (this.partitioned) {
+      return callback(new RequestError(ErrorCodes.INVALID, 'a partition edge carries records with a key: use send(value, key)'));
+    }
+    this.fanOut(this.writers, chunk, callback);
+  }
+
+  private fanOut(writers: ChannelWriter[], chunk: Buffer, callback: (err?: Error | null) => void): void {
+    let waiting = 0;
+    const done = (): void => {
+      if (--waiting === 0) callback();
+    };
+    for (const w of writers) {
+      if (!w.write(chunk)) {
+        waiting++;
+        w.once('drain', done);
+      }
+    }
+    if (waiting === 0) callback();
+  }
+
+  /** Write one record (a msgpack value). Resolves when it was accepted (back-pressure). */
+  send(value: unknown, key?: string | number): Promise<void> {
+    const record = encodeRecord(value);
+    if (!this.partitioned) {
+      if (this.write(record)) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const onError = (err: Error): void => reject(err);
+        this.once('error', onError);
+        this.once('drain', () => {
+          this.off('error', onError);
+          resolve();
+        });
+      });
+    }
+    if (key === undefined) return Promise.reject(new RequestError(ErrorCodes.INVALID, 'a partition edge needs a key: send(value, key)'));
+    return this.ready().then(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const writer = this.writers[fnv1a(String(key)) % this.writers.length]!;
+          if (writer.write(record)) return resolve();
+          writer.once('drain', resolve);
+          writer.once('error', reject);
+        }),
+    );
+  }
+
+  private ready(): Promise<void> {
+    if (this.writers.length > 0 || this.destroyed) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const check = (): void => (this.writers.length > 0 ? resolve() : void setImmediate(check));
+      this.once('error', reject);
+      check();
+    });
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    for (const w of this.writers) w.end();
+    Promise.all(this.writers.map((w) => finished(w))).then(
+      () => callback(),
+      (err: Error) => callback(err),
+    );
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    for (const w of this.writers) if (!w.writableFinished) w.destroy(err ?? undefined);
+    callback(err);
+  }
+}
+
+/**
+ * An input: a Readable of the bytes from one predecessor instance (or, for several, their
+ * streams one after another, in instance order), and an AsyncIterable<Buffer>. It ends only
+ * after every channel's trailer was verified; a producer that fails makes it error with a typed
+ * code, never end early.
+ */
+export class Input extends Readable {
+  private readers: ChannelReader[] = [];
+  private current = 0;
+
+  constructor(
+    private readonly opener: () => Promise<ChannelReader[]>,
+    /** where the bytes come from, in the order they are read */
+    readonly sources: readonly Source[],
+  ) {
+    super({ highWaterMark: 64 * 1024 });
+  }
+
+  override _construct(callback: (err?: Error | null) => void): void {
+    this.opener().then(
+      (readers) => {
+        this.readers = readers;
+        readers.forEach((r, i) => {
+          r.on('error', (err) => this.destroy(err));
+          r.on('data', (chunk: Buffer) => {
+            if (!this.push(chunk)) r.pause();
+          });
+          r.on('end', () => {
+            if (i === this.readers.length - 1) this.push(null);
+            else this.readers[i + 1]!.resume();
+            this.current = i + 1;
+          });
+          r.pause();
+        });
+        this.readers[0]?.resume();
+        if (readers.length === 0) this.push(null);
+        callback();
+      },
+      (err: Error) => callback(err),
+    );
+  }
+
+  override _read(): void {
+    this.readers[this.current]?.resume();
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    for (const r of this.readers) if (!r.readableEnded) r.destroy(err ?? undefined);
+    callback(err);
+  }
+
+  /** The records (msgpack values) of this input, in order. */
+  records(): AsyncGenerator<unknown> {
+    return decodeRecords(this);
+  }
+}
+
+export class Sluice {
+  private readonly listeners: Listener[] = [];
+
+  constructor(
+    readonly dir: string,
+    readonly run: string,
+    readonly step: string,
+    readonly instance: number,
+    private readonly token: string,
+    readonly manifest: RunManifest,
+  ) {}
+
+  private get self(): InstanceRef {
+    return { step: this.step, index: this.instance };
+  }
+
+  private get runDir(): string {
+    return runDirectory(this.dir, this.run, this.token);
+  }
+
+  /** The successor steps this step's output goes to. */
+  get successors(): string[] {
+    return this.manifest.edges.filter((e) => e.from === this.step).map((e) => e.to);
+  }
+
+  /** The predecessor steps this step reads from. */
+  get predecessors(): string[] {
+    return this.manifest.edges.filter((e) => e.to === this.step).map((e) => e.from);
+  }
+
+  /** Stream to `to`, or to every successor (broadcast) when omitted. */
+  output(to?: string, options: OutputOptions = {}): Output {
+    const edges = this.manifest.edges.filter((e) => e.from === this.step && (to === undefined || e.to === to));
+    if (edges.length === 0) {
+      throw new RequestError(ErrorCodes.NOT_FOUND, to === undefined ? `step "${this.step}" has no successors` : `workflow "${this.manifest.workflow}" has no edge ${this.step} → ${to}`);
+    }
+    const partitioned = edges.some((e) => e.fanout === 'partition');
+    if (partitioned && edges.length > 1) throw new RequestError(ErrorCodes.INVALID, `name the successor: output("${edges.find((e) => e.fanout === 'partition')!.to}") for a partition edge`);
+    const targets = edges.flatMap((e) => Array.from({ length: this.manifest.steps[e.to]!.replicas }, (_, j) => ({ step: e.to, index: j })));
+    return new Output(() => Promise.all(targets.map((t) => this.openProducer(t, options.timeoutMs ?? 10_000))), partitioned);
+  }
+
+  /** Read from `from`'s instances, or from the only predecessor when omitted. */
+  input(from?: string): Input {
+    const preds = this.predecessors;
+    const source = from ?? (preds.length === 1 ? preds[0] : undefined);
+    if (source === undefined) {
+      throw new RequestError(ErrorCodes.INVALID, preds.length === 0 ? `step "${this.step}" has no inputs` : `step "${this.step}" has ${preds.length} inputs (${preds.join(', ')}): name one, input("${preds[0]}")`);
+    }
+    if (!preds.includes(source)) throw new RequestError(ErrorCodes.NOT_FOUND, `workflow "${this.manifest.workflow}" has no edge ${source} → ${this.step}`);
+    const sources = Array.from({ length: this.manifest.steps[source]!.replicas }, (_, i) => ({ from: source, instance: i }));
+    return new Input(() => Promise.all(sources.map((s) => this.openConsumer({ step: s.from, index: s.instance }))), sources);
+  }
+
+  private channelOf(from: InstanceRef, to: InstanceRef): RunManifest['channels'][number] {
+    const channel = this.manifest.channels.find((c) => c.from.step === from.step && c.from.index === from.index && c.to.step === to.step && c.to.index === to.index);
+    if (!channel) {
+      throw new RequestError(ErrorCodes.NOT_FOUND, `channel ${from.step}[${from.index}] → ${to.step}[${to.index}] is not on this node (cross-node channels arrive with peer links)`);
+    }
+    return channel;
+  }
+
+  private async openProducer(to: InstanceRef, timeoutMs: number): Promise<ChannelWriter> {
+    const channel = this.channelOf(this.self, to);
+    const hello = { run: this.run, from: this.self, to };
+    try {
+      // direct when the consumer is reading already: no daemon in the path
+      return new ChannelWriter(await fifoTransport.dial(join(this.runDir, channel.name), { timeoutMs: 0 }), { hello });
+    } catch (err) {
+      if ((err as SluiceError).code !== ErrorCodes.UNAVAILABLE) throw err;
+    }
+    const conn = await unixTransport.dial(join(this.dir, RELAY_SOCKET), { timeoutMs });
+    return new ChannelWriter(conn, { hello: { ...hello, token: this.token } });
+  }
+
+  private async openConsumer(from: InstanceRef): Promise<ChannelReader> {
+    const channel = this.channelOf(from, this.self);
+    const listener = await fifoTransport.listen(join(this.runDir, channel.name));
+    this.listeners.push(listener);
+    const reader = new ChannelReader(await listener.accept());
+    reader.once('close', () => void listener.close());
+    return reader;
+  }
+
+  /** Stop waiting for producers that never came. Streams in flight are not affected. */
+  async close(): Promise<void> {
+    await Promise.all(this.listeners.splice(0).map((l) => l.close()));
+  }
+}
+
+export async function connect(options: ConnectOptions & { dir: string; run: string; step: string; token: string; instance: number }): Promise<Sluice> {
+  const run = checkName('run', options.run);
+  const step = checkName('step', options.step);
+  if (!Number.isInteger(options.instance) || options.instance < 0) throw new RequestError(ErrorCodes.INVALID, `instance must be a whole number from 0, got ${String(options.instance)}`);
+  if (typeof options.token !== 'string' || options.token.length === 0) {
+    throw new RequestError(ErrorCodes.UNAUTHORIZED, 'no run token: pass { token } or set SLUICE_TOKEN (sluice run create prints it)');
+  }
+  let manifest: RunManifest;
+  try {
+    manifest = JSON.parse(await readFile(join(runDirectory(options.dir, run, options.token), MANIFEST_FILE), 'utf8')) as RunManifest;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot read run "${run}": ${(err as Error).message}`, { cause: err });
+    // no such directory: an unknown run or a wrong token; the daemon can tell which
+    await control(options.dir, 'GET', `/v1/runs/${encodeURIComponent(run)}`);
+    throw new RequestError(ErrorCodes.UNAUTHORIZED, `wrong token for run "${run}"`, { details: { run } });
+  }
+  const steps = manifest.steps[step];
+  if (!steps) throw new RequestError(ErrorCodes.NOT_FOUND, `workflow "${manifest.workflow}" has no step "${step}"`);
+  if (options.instance >= steps.replicas) throw new RequestError(ErrorCodes.INVALID, `step "${step}" has ${steps.replicas} instance(s); instance ${options.instance} does not exist`);
+  return new Sluice(options.dir, run, step, options.instance, options.token, manifest);
+}

@@ -1,0 +1,148 @@
+/**
+ * The control API: HTTP/JSON, served on `$SLUICE_DIR/daemon.sock` (and optionally on TCP).
+ *
+ * ```
+ * GET    /healthz                 200 { ok: true } while the process runs
+ * GET    /readyz                  200 once runs and relay are up, 503 while starting or draining
+ * GET    /metrics                 Prometheus text
+ * GET    /v1/status               node, version, uptime, runs, relays
+ * POST   /v1/workflows            body: a workflow (JSON)        → 201 the validated workflow
+ * GET    /v1/workflows            → [workflow]
+ * GET    /v1/workflows/:name      → workflow
+ * POST   /v1/runs                 body: { workflow, id?, placement?, ttlSeconds? }
+ *                                  → 201 { run, token, workflow, channels, expiresAt }
+ * GET    /v1/runs                 → [{ run, workflow, createdAt, expiresAt, channels }]
+ * GET    /v1/runs/:id             → { run, workflow, ..., channels: [{ name, from, to, path, state, relayedBytes }] }
+ * DELETE /v1/runs/:id             → 204; endpoints and buffers removed
+ * ```
+ *
+ * Errors: `{ code, message, details? }` with the status of the code (SLUICE_INVALID 400,
+ * SLUICE_UNAUTHORIZED 401, SLUICE_NOT_FOUND 404, bodies over the limit 413, others 500).
+ * Whoever can open the control socket administers the node; it is created 0600.
+ */
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import { ErrorCodes, RequestError, isErrorCode } from '../transports/index.js';
+import type { Metrics } from './metrics.js';
+import type { Relay } from './relay.js';
+import type { Run, RunRegistry } from './runs.js';
+import { validateWorkflow, type Workflow } from './workflow.js';
+
+export interface ApiContext {
+  node: string;
+  version: string;
+  runs: RunRegistry;
+  relay: Relay;
+  metrics: Metrics;
+  workflows: Map<string, Workflow>;
+  maxBodyBytes: number;
+  /** false while starting and while draining */
+  ready: () => boolean;
+}
+
+const statusOf: Partial<Record<string, number>> = {
+  [ErrorCodes.INVALID]: 400,
+  [ErrorCodes.CONFIG]: 400,
+  [ErrorCodes.UNAUTHORIZED]: 401,
+  [ErrorCodes.NOT_FOUND]: 404,
+  [ErrorCodes.TIMEOUT]: 504,
+  [ErrorCodes.UNAVAILABLE]: 503,
+};
+
+function describeRun(run: Run, detailed: boolean): Record<string, unknown> {
+  const summary = {
+    run: run.id,
+    workflow: run.workflow.name,
+    createdAt: new Date(run.createdAt).toISOString(),
+    expiresAt: new Date(run.expiresAt).toISOString(),
+    channels: detailed ? [...run.channels.values()] : run.channels.size,
+  };
+  return detailed ? { ...summary, steps: run.manifest.steps } : summary;
+}
+
+export function buildApi(ctx: ApiContext): FastifyInstance {
+  const app = Fastify({ logger: false, bodyLimit: ctx.maxBodyBytes, return503OnClosing: true });
+  const started = Date.now();
+
+  app.setErrorHandler((err: FastifyError, request, reply) => {
+    const code = (err as { code?: unknown }).code;
+    let status: number;
+    let body: { code: string; message: string; details?: unknown };
+    if (isErrorCode(code)) {
+      status = statusOf[code] ?? 500;
+      body = { code, message: err.message, ...((err as { details?: unknown }).details ? { details: (err as { details?: unknown }).details } : {}) };
+    } else if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      status = 413;
+      body = { code: ErrorCodes.INVALID, message: `request body over the limit of ${ctx.maxBodyBytes} bytes (--max-body)` };
+    } else if (typeof err.statusCode === 'number' && err.statusCode < 500) {
+      status = err.statusCode;
+      body = { code: ErrorCodes.INVALID, message: err.message };
+    } else {
+      status = 500;
+      body = { code: 'SLUICE_INTERNAL', message: 'internal error' };
+      request.log.error({ err }, 'unexpected error');
+    }
+    ctx.metrics.errors.inc({ code: body.code });
+    void reply.status(status).send(body);
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    ctx.metrics.requests.inc({ route: request.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
+  });
+
+  app.get('/healthz', async () => ({ ok: true }));
+  app.get('/readyz', async (_request, reply) => (ctx.ready() ? { ready: true } : reply.status(503).send({ ready: false })));
+  app.get('/metrics', async (_request, reply) => {
+    void reply.header('content-type', ctx.metrics.registry.contentType);
+    return ctx.metrics.registry.metrics();
+  });
+  app.get('/v1/status', async () => ({
+    node: ctx.node,
+    version: ctx.version,
+    uptimeSeconds: Math.round((Date.now() - started) / 1000),
+    ready: ctx.ready(),
+    workflows: ctx.workflows.size,
+    runs: ctx.runs.list().map((r) => describeRun(r, true)),
+    relays: ctx.relay.activeChannels,
+  }));
+
+  app.post('/v1/workflows', async (request, reply) => {
+    const workflow = validateWorkflow(request.body);
+    ctx.workflows.set(workflow.name, workflow);
+    return reply.status(201).send(workflow);
+  });
+  app.get('/v1/workflows', async () => [...ctx.workflows.values()]);
+  app.get<{ Params: { name: string } }>('/v1/workflows/:name', async (request) => {
+    const found = ctx.workflows.get(request.params.name);
+    if (!found) throw new RequestError(ErrorCodes.NOT_FOUND, `no workflow "${request.params.name}": apply it first (sluice workflow apply FILE)`);
+    return found;
+  });
+
+  app.post<{ Body: { workflow?: unknown; id?: string; placement?: Record<string, string | string[]>; ttlSeconds?: number } }>('/v1/runs', async (request, reply) => {
+    const body = request.body;
+    if (typeof body !== 'object' || body === null || typeof body.workflow !== 'string') {
+      throw new RequestError(ErrorCodes.INVALID, 'body must be a JSON object with "workflow": the name of an applied workflow');
+    }
+    const unknownKeys = Object.keys(body).filter((k) => !['workflow', 'id', 'placement', 'ttlSeconds'].includes(k));
+    if (unknownKeys.length > 0) throw new RequestError(ErrorCodes.INVALID, `unknown field(s) ${unknownKeys.join(', ')}; allowed: workflow, id, placement, ttlSeconds`);
+    const workflow = ctx.workflows.get(body.workflow);
+    if (!workflow) throw new RequestError(ErrorCodes.NOT_FOUND, `no workflow "${body.workflow}": apply it first (sluice workflow apply FILE)`);
+    const run = await ctx.runs.create({
+      workflow,
+      ...(body.id !== undefined ? { id: body.id } : {}),
+      ...(body.placement !== undefined ? { placement: body.placement } : {}),
+      ...(body.ttlSeconds !== undefined ? { ttlSeconds: body.ttlSeconds } : {}),
+    });
+    ctx.metrics.runsCreated.inc();
+    ctx.metrics.preparedChannels.inc({ path: 'fifo' }, run.manifest.channels.length);
+    return reply.status(201).send({ run: run.id, token: run.token, workflow: workflow.name, channels: run.manifest.channels.length, expiresAt: new Date(run.expiresAt).toISOString() });
+  });
+  app.get('/v1/runs', async () => ctx.runs.list().map((r) => describeRun(r, false)));
+  app.get<{ Params: { id: string } }>('/v1/runs/:id', async (request) => describeRun(ctx.runs.get(request.params.id), true));
+  app.delete<{ Params: { id: string } }>('/v1/runs/:id', async (request, reply) => {
+    const run = ctx.runs.get(request.params.id);
+    await ctx.runs.delete(request.params.id);
+    ctx.metrics.runsDeleted.inc();
+    ctx.metrics.preparedChannels.dec({ path: 'fifo' }, run.manifest.channels.length);
+    return reply.status(204).send();
+  });
+  return app;
+}

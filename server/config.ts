@@ -1,0 +1,926 @@
+/**
+ * The daemon's configuration: one schema (`CONFIG_OPTIONS`), validated once at start, frozen.
+ *
+ * Sources, lowest to highest precedence: built-in defaults < config file (JSON or YAML, named by
+ * `--config FILE` or `SLUICE_CONFIG`) < environment variables < command-line flags. Every value
+ * given is validated, even one a higher source overrides, so a latent mistake in the config file
+ * surfaces at once rather than the day the override goes away. An empty environment variable
+ * counts as not set; a `null` value in the file too.
+ *
+ * Errors are `SLUICE_CONFIG` RequestErrors whose message names the option as the user wrote it
+ * (`--relay-buffer`, `SLUICE_RELAY_BUFFER`, or `relayBufferBytes` with the file's path) and says
+ * how to fix it; `details` holds { option, source, name, file? }. The cluster secret is never
+ * shown: not in messages, not in `toJSON()`, not in `util.inspect`.
+ *
+ * No I/O but reading the config file and the secret file (through `readFile`, injectable).
+ */
+import { readFileSync } from 'node:fs';
+import { isIPv4, isIPv6 } from 'node:net';
+import { hostname as osHostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { inspect } from 'node:util';
+import { ErrorCodes, RequestError } from '../transports/errors.js';
+import { DAEMON_SOCKET, NAME_PATTERN, RELAY_SOCKET } from '../transports/layout.js';
+import { MAX_UNIX_PATH_BYTES } from '../transports/unix.js';
+import { didYouMean, parseJsonOrYaml } from './workflow.js';
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Largest config file accepted, in bytes. */
+export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
+/** Shortest cluster secret accepted, in bytes (UTF-8). */
+export const MIN_SECRET_BYTES = 16;
+const MAX_SECRET_BYTES = 4096;
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+const SECOND = 1000;
+const MINUTE = 60 * SECOND;
+const HOUR = 60 * MINUTE;
+const DAY = 24 * HOUR;
+
+/** A TCP address to listen on. `host` is bare (no brackets around an IPv6 address). */
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Where spilled, forced (`via: s3`) and persisted channel data goes. */
+export type StoreConfig =
+  | { readonly kind: 'file'; readonly path: string }
+  | {
+      readonly kind: 's3';
+      readonly bucket: string;
+      /** Key prefix: empty, or ending in "/" (so keys are `prefix + name`). */
+      readonly prefix: string;
+      /** An S3-compatible endpoint (MinIO, Ceph RGW); absent for AWS itself. */
+      readonly endpoint?: string;
+      readonly region?: string;
+      /** Path-style addressing; true by default when an endpoint is given. */
+      readonly forcePathStyle: boolean;
+    };
+
+/** The values of the options (everything `DaemonConfig` holds but its bookkeeping). */
+export interface ConfigValues {
+  /** This node's name (a valid name: 1-63 of a-z 0-9 _ -). */
+  readonly node: string;
+  /** The runtime directory, absolute: control socket, relay socket, runs. */
+  readonly dir: string;
+  /** The optional TCP control API address. */
+  readonly listen: ListenAddress | undefined;
+  /** Static peers: node name → ws:// or wss:// URL. This node's own name never appears. */
+  readonly peers: Readonly<Record<string, string>>;
+  readonly store: StoreConfig;
+  /** The cluster secret for peer links (≥ 16 bytes), if any. Never log it. */
+  readonly secret: string | undefined;
+  readonly logLevel: LogLevel;
+  /** bytes */
+  readonly relayBufferBytes: number;
+  /** milliseconds */
+  readonly attachTimeoutMs: number;
+  /** seconds */
+  readonly runTtlSeconds: number;
+  readonly maxRuns: number;
+  /** bytes */
+  readonly maxBodyBytes: number;
+}
+
+export type ConfigKey = keyof ConfigValues;
+export type ConfigSource = 'default' | 'file' | 'env' | 'flag';
+
+export interface DaemonConfig extends ConfigValues {
+  /** The config file read, absolute, if any. */
+  readonly configFile: string | undefined;
+  /** Where each value came from, for the start-up log. */
+  readonly sources: Readonly<Record<ConfigKey, ConfigSource>>;
+  /** The configuration with the secret redacted (what `JSON.stringify` and loggers see). */
+  toJSON(): ConfigDescription;
+}
+
+/** A JSON-safe view of a config, the secret replaced by "[redacted]". */
+export interface ConfigDescription {
+  node: string;
+  dir: string;
+  listen: ListenAddress | null;
+  peers: Record<string, string>;
+  store: StoreConfig;
+  secret: '[redacted]' | null;
+  logLevel: LogLevel;
+  relayBufferBytes: number;
+  attachTimeoutMs: number;
+  runTtlSeconds: number;
+  maxRuns: number;
+  maxBodyBytes: number;
+  configFile: string | null;
+  sources: Record<ConfigKey, ConfigSource>;
+}
+
+/** One row of the schema: how an option is written in each source, and what it means. */
+export interface ConfigOption {
+  /** The property of DaemonConfig it sets (`configFile` for --config). */
+  readonly key: ConfigKey | 'configFile';
+  readonly flag: `--${string}`;
+  /** The flag's argument, as shown in --help. */
+  readonly arg: string;
+  readonly env: string;
+  /** The key in the config file (none for --config itself). */
+  readonly fileKey: string | undefined;
+  /** The default, as shown in --help. */
+  readonly default: string;
+  /** Unit and accepted forms, as shown in --help. */
+  readonly unit: string | undefined;
+  /** Accepted range, as shown in --help. */
+  readonly range: string | undefined;
+  readonly description: string;
+}
+
+const SIZE_UNIT = 'bytes, or a number with KiB, MiB or GiB (e.g. 8MiB)';
+
+/** The schema: every option with its flag, environment variable, file key, default and unit. */
+export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
+  {
+    key: 'configFile',
+    flag: '--config',
+    arg: 'FILE',
+    env: 'SLUICE_CONFIG',
+    fileKey: undefined,
+    default: 'none',
+    unit: undefined,
+    range: undefined,
+    description: 'A JSON or YAML file setting any of the file keys below. A relative path is taken from the working directory.',
+  },
+  {
+    key: 'node',
+    flag: '--node',
+    arg: 'NAME',
+    env: 'SLUICE_NODE',
+    fileKey: 'node',
+    default: 'the host name, lowercased, other characters replaced by "-"',
+    unit: undefined,
+    range: '1-63 characters of a-z, 0-9, _ and -, starting with a letter or digit',
+    description: "This node's name: placements (--place STEP=NODE) and peers refer to it.",
+  },
+  {
+    key: 'dir',
+    flag: '--dir',
+    arg: 'DIR',
+    env: 'SLUICE_DIR',
+    fileKey: 'dir',
+    default: '$XDG_RUNTIME_DIR/sluice if XDG_RUNTIME_DIR is set, else /tmp/sluice-<uid>',
+    unit: undefined,
+    range: `short enough that DIR/${DAEMON_SOCKET} fits in ${MAX_UNIX_PATH_BYTES} bytes`,
+    description: `The runtime directory: control socket (${DAEMON_SOCKET}), relay socket and runs. A relative path is taken from the working directory.`,
+  },
+  {
+    key: 'listen',
+    flag: '--listen',
+    arg: 'HOST:PORT',
+    env: 'SLUICE_LISTEN',
+    fileKey: 'listen',
+    default: 'none (the control API is served on the Unix socket only)',
+    unit: undefined,
+    range: 'port 0-65535 (0: any free port); IPv6 in brackets, e.g. [::1]:7700',
+    description: 'Also serve the control API over TCP at this address.',
+  },
+  {
+    key: 'peers',
+    flag: '--peers',
+    arg: 'NAME=URL,...',
+    env: 'SLUICE_PEERS',
+    fileKey: 'peers',
+    default: 'none',
+    unit: undefined,
+    range: 'URLs are ws:// or wss://',
+    description:
+      "Static peers: other nodes' daemons, by node name. In the file, a mapping of NAME: URL or the same string. An entry with this node's own name is skipped, so every node can share one list. The flag can be repeated.",
+  },
+  {
+    key: 'store',
+    flag: '--store',
+    arg: 'URL',
+    env: 'SLUICE_STORE',
+    fileKey: 'store',
+    default: 'file://<dir>/store',
+    unit: undefined,
+    range: 'file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX[?endpoint=URL&region=REGION&forcePathStyle=true|false]',
+    description:
+      'The object store for spilled, forced (via: s3) and persisted data. Credentials for S3 come from the usual AWS environment variables or files, never from this URL.',
+  },
+  {
+    key: 'secret',
+    flag: '--secret-file',
+    arg: 'FILE',
+    env: 'SLUICE_SECRET',
+    fileKey: 'secret',
+    default: 'none (peer links are not authenticated)',
+    unit: undefined,
+    range: `at least ${MIN_SECRET_BYTES} bytes`,
+    description:
+      'The cluster secret that authenticates peer links. The flag names a file holding it (a trailing newline is ignored); the environment variable and the file key hold the secret itself.',
+  },
+  {
+    key: 'logLevel',
+    flag: '--log-level',
+    arg: 'LEVEL',
+    env: 'SLUICE_LOG_LEVEL',
+    fileKey: 'logLevel',
+    default: 'info',
+    unit: undefined,
+    range: LOG_LEVELS.join(', '),
+    description: 'The least severe level logged.',
+  },
+  {
+    key: 'relayBufferBytes',
+    flag: '--relay-buffer',
+    arg: 'BYTES',
+    env: 'SLUICE_RELAY_BUFFER',
+    fileKey: 'relayBufferBytes',
+    default: '8MiB',
+    unit: SIZE_UNIT,
+    range: '64KiB..1GiB',
+    description: 'Per-channel buffer held while the consumer is not attached yet; past it the daemon spills to the store.',
+  },
+  {
+    key: 'attachTimeoutMs',
+    flag: '--attach-timeout',
+    arg: 'MS',
+    env: 'SLUICE_ATTACH_TIMEOUT',
+    fileKey: 'attachTimeoutMs',
+    default: '30s',
+    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 30s)',
+    range: '100ms..1h',
+    description: 'How long a producer waits for its consumer to attach before the daemon spills its data to the store.',
+  },
+  {
+    key: 'runTtlSeconds',
+    flag: '--run-ttl',
+    arg: 'SECONDS',
+    env: 'SLUICE_RUN_TTL',
+    fileKey: 'runTtlSeconds',
+    default: '24h',
+    unit: 'seconds, or a number with s, m, h or d (e.g. 24h)',
+    range: '10s..30d',
+    description: 'An abandoned run (never deleted) is removed this long after it was created, with its endpoints, buffers and stored data.',
+  },
+  {
+    key: 'maxRuns',
+    flag: '--max-runs',
+    arg: 'N',
+    env: 'SLUICE_MAX_RUNS',
+    fileKey: 'maxRuns',
+    default: '1000',
+    unit: 'runs',
+    range: '1..100000',
+    description: 'The most live runs this daemon keeps; creating one more is refused.',
+  },
+  {
+    key: 'maxBodyBytes',
+    flag: '--max-body',
+    arg: 'BYTES',
+    env: 'SLUICE_MAX_BODY',
+    fileKey: 'maxBodyBytes',
+    default: '1MiB',
+    unit: SIZE_UNIT,
+    range: '1KiB..16MiB',
+    description: 'The largest control API request body accepted.',
+  },
+] satisfies ConfigOption[]);
+
+export interface LoadConfigOptions {
+  /** The arguments after `sluice daemon`. */
+  argv: readonly string[];
+  env: Readonly<Record<string, string | undefined>>;
+  /** Reads the config file and the secret file; `fs.readFileSync(path, 'utf8')` by default. */
+  readFile?: (path: string) => string;
+  /** Relative paths are resolved against this; `process.cwd()` by default. */
+  cwd?: string;
+  /** The machine's host name, for the default node name; `os.hostname()` by default. */
+  hostname?: string;
+  /** The user id, for the default directory; `process.getuid()` by default. */
+  uid?: number;
+}
+
+/** Builds, validates and freezes the daemon's configuration. Throws SLUICE_CONFIG. */
+export function loadConfig(options: LoadConfigOptions): DaemonConfig {
+  const cwd = options.cwd ?? process.cwd();
+  const readFile = options.readFile ?? ((path: string) => readFileSync(path, 'utf8'));
+  const env = options.env;
+
+  const flags = parseArgv(options.argv);
+
+  // The config file: --config, else SLUICE_CONFIG.
+  const configGiven = flags.get('configFile') ?? given(env, 'SLUICE_CONFIG', 'env');
+  let configFile: string | undefined;
+  let fileValues = new Map<ConfigKey, unknown>();
+  if (configGiven) {
+    const option = optionFor('configFile');
+    const path = String(configGiven.value);
+    if (path.trim() === '') throw configError(option, configGiven, undefined, 'is empty; give the path of a JSON or YAML file');
+    configFile = resolve(cwd, path);
+    fileValues = readConfigFile(configFile, option, configGiven, readFile);
+  }
+
+  const ctx = { cwd, readFile };
+  const sources = {} as Record<ConfigKey, ConfigSource>;
+  const values: Partial<Record<ConfigKey, unknown>> = {};
+  // Validate every value given, lowest precedence first, so the winner is the last one parsed.
+  for (const option of CONFIG_OPTIONS) {
+    if (option.key === 'configFile') continue;
+    const key = option.key;
+    const candidates: Given[] = [];
+    if (fileValues.has(key)) candidates.push({ source: 'file', value: fileValues.get(key), file: configFile });
+    const fromEnv = given(env, option.env, 'env');
+    if (fromEnv) candidates.push(fromEnv);
+    const fromFlag = flags.get(key);
+    if (fromFlag) candidates.push(fromFlag);
+    for (const candidate of candidates) {
+      values[key] = parseWith(option, candidate, ctx);
+      sources[key] = candidate.source;
+    }
+  }
+
+  // Defaults; some depend on other options.
+  const defaults: { [K in ConfigKey]?: () => ConfigValues[K] } = {
+    node: () => defaultNodeName(options.hostname ?? osHostname()),
+    dir: () => {
+      const xdg = env['XDG_RUNTIME_DIR'];
+      const uid = options.uid ?? process.getuid?.() ?? 0;
+      // XDG: a relative XDG_RUNTIME_DIR is invalid and must be ignored.
+      const dir = xdg && xdg.startsWith('/') ? join(xdg, 'sluice') : `/tmp/sluice-${uid}`;
+      return parseWith(optionFor('dir'), { source: 'default', value: dir }, ctx) as string;
+    },
+    listen: () => undefined,
+    peers: () => ({}),
+    store: () => ({ kind: 'file', path: join(values['dir'] as string, 'store') }),
+    secret: () => undefined,
+    logLevel: () => 'info',
+    relayBufferBytes: () => 8 * MiB,
+    attachTimeoutMs: () => 30 * SECOND,
+    runTtlSeconds: () => 86_400,
+    maxRuns: () => 1000,
+    maxBodyBytes: () => MiB,
+  };
+  for (const option of CONFIG_OPTIONS) {
+    if (option.key === 'configFile' || option.key in values) continue;
+    values[option.key] = defaults[option.key]!();
+    sources[option.key] = 'default';
+  }
+
+  const node = values['node'] as string;
+  const peers = values['peers'] as Record<string, string>;
+  if (Object.hasOwn(peers, node)) {
+    const rest: Record<string, string> = Object.create(null) as Record<string, string>;
+    for (const [name, url] of Object.entries(peers)) if (name !== node) rest[name] = url;
+    values['peers'] = rest;
+  }
+
+  const config = { ...(values as unknown as ConfigValues), configFile, sources } as DaemonConfig;
+  Object.defineProperty(config, 'toJSON', { value: () => describeConfig(config), enumerable: false });
+  Object.defineProperty(config, inspect.custom, { value: () => describeConfig(config), enumerable: false });
+  return deepFreeze(config);
+}
+
+/** A JSON-safe copy of `config` with the secret redacted: what to log at start-up. */
+export function describeConfig(config: DaemonConfig): ConfigDescription {
+  return {
+    node: config.node,
+    dir: config.dir,
+    listen: config.listen ? { host: config.listen.host, port: config.listen.port } : null,
+    peers: { ...config.peers },
+    store: { ...config.store },
+    secret: config.secret === undefined ? null : '[redacted]',
+    logLevel: config.logLevel,
+    relayBufferBytes: config.relayBufferBytes,
+    attachTimeoutMs: config.attachTimeoutMs,
+    runTtlSeconds: config.runTtlSeconds,
+    maxRuns: config.maxRuns,
+    maxBodyBytes: config.maxBodyBytes,
+    configFile: config.configFile ?? null,
+    sources: { ...config.sources },
+  };
+}
+
+/** The `sluice daemon --help` text: every option with its flag, variable, file key, default and unit. */
+export function configHelp(): string {
+  const lines = [
+    'Usage: sluice daemon [options]',
+    '',
+    'Runs the per-node forwarding daemon. Every option can also be set by an environment variable',
+    'or a key in the config file (--config). A flag wins over the environment, the environment',
+    'over the file, the file over the built-in default.',
+    '',
+    'Options:',
+  ];
+  for (const o of CONFIG_OPTIONS) {
+    lines.push('', `  ${o.flag} ${o.arg}`);
+    for (const l of wrap(o.description, 90)) lines.push(`      ${l}`);
+    const where = [`env ${o.env}`, ...(o.fileKey ? [`file key ${o.fileKey}`] : []), `default: ${o.default}`];
+    for (const l of wrap(where.join(' · '), 90)) lines.push(`      ${l}`);
+    if (o.unit) for (const l of wrap(`unit: ${o.unit}`, 90)) lines.push(`      ${l}`);
+    if (o.range) for (const l of wrap(`accepted: ${o.range}`, 90)) lines.push(`      ${l}`);
+  }
+  lines.push('', '  --help', '      Print this text.', '');
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** A value as one source gave it. */
+interface Given {
+  source: ConfigSource;
+  value: unknown;
+  /** the config file, for source 'file' */
+  file?: string | undefined;
+}
+
+interface ParseContext {
+  cwd: string;
+  readFile: (path: string) => string;
+  source: ConfigSource;
+}
+
+/** A value is wrong; the message says why and how to fix it (the caller adds which option). */
+class Problem extends Error {
+  constructor(
+    message: string,
+    readonly reason?: unknown,
+  ) {
+    super(message);
+  }
+}
+
+type Parsers = { [K in ConfigKey]: (value: unknown, ctx: ParseContext) => ConfigValues[K] };
+
+const parsers: Parsers = {
+  node: (v) => {
+    const s = text(v, 'a node name, e.g. node-1');
+    if (!NAME_PATTERN.test(s)) {
+      const suggestion = toName(s);
+      throw new Problem(`not a valid node name; use 1-63 characters of a-z, 0-9, _ and -, starting with a letter or digit${suggestion && suggestion !== s ? ` (e.g. "${suggestion}")` : ''}`);
+    }
+    return s;
+  },
+  dir: (v, ctx) => {
+    const s = text(v, 'a directory, e.g. /run/sluice');
+    if (s.includes('\0')) throw new Problem('contains a NUL byte; give a plain directory path');
+    const dir = resolve(ctx.cwd, s);
+    const longest = [DAEMON_SOCKET, RELAY_SOCKET].reduce((a, b) => (a.length >= b.length ? a : b));
+    const bytes = Buffer.byteLength(join(dir, longest));
+    if (bytes > MAX_UNIX_PATH_BYTES) {
+      throw new Problem(`the socket path ${join(dir, longest)} would be ${bytes} bytes, over the Unix socket limit of ${MAX_UNIX_PATH_BYTES}; use a shorter directory`);
+    }
+    return dir;
+  },
+  listen: (v) => parseListen(text(v, 'HOST:PORT, e.g. 127.0.0.1:7700')),
+  peers: (v, ctx) => parsePeers(v, ctx),
+  store: (v) => parseStore(text(v, 'file:///path or s3://bucket/prefix')),
+  secret: (v, ctx) => {
+    let secret: string;
+    if (ctx.source === 'flag') {
+      const path = resolve(ctx.cwd, text(v, 'the path of a file holding the secret'));
+      try {
+        secret = ctx.readFile(path);
+      } catch (err) {
+        throw new Problem(`cannot read the secret file ${path} (${errText(err)}); check the path and its permissions`, err);
+      }
+      secret = secret.replace(/(\r?\n)+$/, '');
+    } else {
+      if (typeof v !== 'string') throw new Problem(`must be a string (the secret itself), not ${typeName(v)}`);
+      secret = v;
+    }
+    const bytes = Buffer.byteLength(secret);
+    if (bytes < MIN_SECRET_BYTES) {
+      throw new Problem(`the secret is ${bytes === 0 ? 'empty' : `${bytes} bytes`}; use at least ${MIN_SECRET_BYTES} random bytes (e.g. the output of \`openssl rand -hex 32\`)`);
+    }
+    if (bytes > MAX_SECRET_BYTES) throw new Problem(`the secret is ${bytes} bytes, over the limit of ${MAX_SECRET_BYTES}; 32 random bytes are plenty`);
+    return secret;
+  },
+  logLevel: (v) => {
+    const s = text(v, `one of ${LOG_LEVELS.join(', ')}`);
+    if ((LOG_LEVELS as readonly string[]).includes(s)) return s as LogLevel;
+    const hint = didYouMean(s, LOG_LEVELS);
+    throw new Problem(`not a log level${hint ? ` (did you mean "${hint}"?)` : ''}; use one of ${LOG_LEVELS.join(', ')}`);
+  },
+  relayBufferBytes: (v) => parseSize(v, 64 * KiB, GiB),
+  attachTimeoutMs: (v) => parseDuration(v, 'ms', 100, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
+  runTtlSeconds: (v) => parseDuration(v, 's', 10 * SECOND, 30 * DAY, 'seconds or a number with s, m, h or d (e.g. 24h)') ,
+  maxRuns: (v) => parseCount(v, 1, 100_000),
+  maxBodyBytes: (v) => parseSize(v, KiB, 16 * MiB),
+};
+
+function parseWith(option: ConfigOption, given: Given, ctx: Omit<ParseContext, 'source'>): unknown {
+  const parse = parsers[option.key as ConfigKey] as (value: unknown, ctx: ParseContext) => unknown;
+  try {
+    return parse(given.value, { ...ctx, source: given.source });
+  } catch (err) {
+    if (!(err instanceof Problem)) throw err;
+    throw configError(option, given, err.reason, err.message);
+  }
+}
+
+/** The error for `option` as `given`: names the option as the user wrote it, never shows a secret. */
+function configError(option: ConfigOption, given: Given, cause: unknown, problem: string): RequestError {
+  const name = given.source === 'flag' ? option.flag : given.source === 'env' ? option.env : given.source === 'file' ? (option.fileKey ?? option.key) : `the default ${option.flag}`;
+  // The secret itself is never shown; the secret *file* path is not secret.
+  const hideValue = option.key === 'secret' && given.source !== 'flag';
+  const shown = hideValue || given.value === undefined ? '' : ` ${showValue(given.value)}`;
+  const where = given.source === 'file' && given.file ? `${given.file}: ` : '';
+  return new RequestError(ErrorCodes.CONFIG, `${where}${name}${shown}: ${problem}`, {
+    ...(cause === undefined ? {} : { cause }),
+    details: { option: option.key, source: given.source, name, ...(given.source === 'file' && given.file ? { file: given.file } : {}) },
+  });
+}
+
+function optionFor(key: ConfigOption['key']): ConfigOption {
+  return CONFIG_OPTIONS.find((o) => o.key === key)!;
+}
+
+function given(env: Readonly<Record<string, string | undefined>>, name: string, source: 'env'): Given | undefined {
+  const value = env[name];
+  return value === undefined || value === '' ? undefined : { source, value };
+}
+
+/** Flags by option key. `--flag value` and `--flag=value`; the last one wins, `--peers` adds up. */
+function parseArgv(argv: readonly string[]): Map<ConfigOption['key'], Given> {
+  const byFlag = new Map(CONFIG_OPTIONS.map((o) => [o.flag as string, o]));
+  const out = new Map<ConfigOption['key'], Given>();
+  const fail = (message: string, details: Record<string, unknown>): never => {
+    throw new RequestError(ErrorCodes.CONFIG, message, { details: { source: 'flag', ...details } });
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      if (i + 1 < argv.length) fail(`unexpected argument ${showValue(argv[i + 1])}: sluice daemon takes options only (see --help)`, { name: argv[i + 1] });
+      break;
+    }
+    if (!arg.startsWith('-') || arg === '-') fail(`unexpected argument ${showValue(arg)}: sluice daemon takes options only, e.g. --node NAME (see --help)`, { name: arg });
+    const eq = arg.indexOf('=');
+    const flag = eq > 0 ? arg.slice(0, eq) : arg;
+    const option = byFlag.get(flag);
+    if (!option) {
+      const aliases = new Map<string, string>();
+      for (const o of CONFIG_OPTIONS) {
+        aliases.set(o.flag, o.flag);
+        aliases.set(`--${o.key}`, o.flag);
+        if (o.fileKey) aliases.set(`--${o.fileKey}`, o.flag);
+      }
+      const hint = didYouMean(flag, [...aliases.keys()]);
+      const suggestion = hint === undefined ? undefined : aliases.get(hint);
+      fail(`unknown option ${flag}${suggestion ? ` (did you mean ${suggestion}?)` : ''}; sluice daemon --help lists the options`, { name: flag });
+    }
+    const o = option!;
+    let value: string | undefined;
+    if (eq > 0) value = arg.slice(eq + 1);
+    else {
+      value = argv[i + 1];
+      if (value === undefined || value.startsWith('--')) value = undefined;
+      else i++;
+    }
+    if (value === undefined) fail(`${o.flag} needs a value: ${o.flag} ${o.arg}`, { option: o.key, name: o.flag });
+    const previous = out.get(o.key);
+    if (o.key === 'peers' && previous && typeof previous.value === 'string' && previous.value !== '' && value !== '') {
+      value = `${previous.value},${value}`;
+    }
+    out.set(o.key, { source: 'flag', value });
+  }
+  return out;
+}
+
+function readConfigFile(path: string, option: ConfigOption, given: Given, readFile: (path: string) => string): Map<ConfigKey, unknown> {
+  let content: string;
+  try {
+    content = readFile(path);
+  } catch (err) {
+    throw configError(option, given, err, `cannot read ${path} (${errText(err)}); check the path and its permissions`);
+  }
+  const bytes = Buffer.byteLength(content);
+  if (bytes > MAX_CONFIG_FILE_BYTES) throw configError(option, given, undefined, `${path} is ${bytes} bytes, over the limit of ${MAX_CONFIG_FILE_BYTES}; is it the right file?`);
+  const fileFail = (message: string, details: Record<string, unknown> = {}): never => {
+    throw new RequestError(ErrorCodes.CONFIG, `${path}: ${message}`, { details: { source: 'file', file: path, ...details } });
+  };
+  let parsed: unknown;
+  try {
+    parsed = parseJsonOrYaml(content, path, ErrorCodes.CONFIG);
+  } catch (err) {
+    const e = err as RequestError;
+    throw new RequestError(ErrorCodes.CONFIG, e.message, { cause: e.cause ?? e, details: { ...e.details, source: 'file', file: path } });
+  }
+  const keys = CONFIG_OPTIONS.flatMap((o) => (o.fileKey ? [o.fileKey] : []));
+  if (parsed === null || parsed === undefined) return new Map();
+  if (typeof parsed !== 'object' || Array.isArray(parsed)) {
+    fileFail(`a config file must be a mapping of option keys (${keys.join(', ')}), not ${typeName(parsed)}`);
+  }
+  const out = new Map<ConfigKey, unknown>();
+  for (const [key, value] of Object.entries(parsed as Record<string, unknown>)) {
+    const o = CONFIG_OPTIONS.find((c) => c.fileKey === key);
+    if (!o) {
+      if (key === 'config') fileFail('unknown key "config": a config file cannot name another one', { name: key });
+      const aliases = new Map<string, string>();
+      for (const c of CONFIG_OPTIONS) {
+        if (!c.fileKey) continue;
+        aliases.set(c.fileKey, c.fileKey);
+        aliases.set(c.flag.slice(2), c.fileKey);
+        aliases.set(c.env, c.fileKey);
+      }
+      const hint = didYouMean(key, [...aliases.keys()]);
+      const suggestion = hint === undefined ? undefined : aliases.get(hint);
+      fileFail(`unknown key ${JSON.stringify(key)}${suggestion ? ` (did you mean "${suggestion}"?)` : ''}; allowed keys: ${keys.join(', ')}`, { name: key });
+    }
+    if (value === null) continue;
+    out.set(o!.key as ConfigKey, value);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value parsers: throw Problem with what is wrong and how to fix it.
+
+function text(v: unknown, expected: string): string {
+  if (typeof v !== 'string') throw new Problem(`must be a string (${expected}), not ${typeName(v)}`);
+  if (v.trim() === '') throw new Problem(`is empty; give ${expected}`);
+  return v.trim();
+}
+
+const HOSTNAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i;
+
+function parseListen(s: string): ListenAddress {
+  const example = 'e.g. 127.0.0.1:7700, localhost:7700 or [::1]:7700';
+  let host: string;
+  let port: string;
+  const bracketed = /^\[([^\]]*)\]:(.*)$/.exec(s);
+  if (bracketed) {
+    host = bracketed[1]!;
+    port = bracketed[2]!;
+    if (!isIPv6(host)) throw new Problem(`${JSON.stringify(host)} is not an IPv6 address; use HOST:PORT, ${example}`);
+  } else {
+    const colon = s.lastIndexOf(':');
+    if (colon < 0) throw new Problem(`has no port; use HOST:PORT, ${example}`);
+    host = s.slice(0, colon);
+    port = s.slice(colon + 1);
+    if (host === '') throw new Problem(`has no host; name the interface, e.g. 127.0.0.1:${port || '7700'} (or 0.0.0.0:${port || '7700'} for every interface)`);
+    if (host.includes(':')) throw new Problem(`an IPv6 address goes in brackets: [${host}]:${port}`);
+    if (/^[\d.]+$/.test(host) ? !isIPv4(host) : !HOSTNAME.test(host)) throw new Problem(`${JSON.stringify(host)} is not an IP address or host name; use HOST:PORT, ${example}`);
+  }
+  if (!/^\d{1,5}$/.test(port) || Number(port) > 65535) throw new Problem(`port ${JSON.stringify(port)} is not a number from 0 to 65535; use HOST:PORT, ${example}`);
+  return { host, port: Number(port) };
+}
+
+function parsePeers(v: unknown, ctx: ParseContext): Record<string, string> {
+  const peers: Record<string, string> = Object.create(null) as Record<string, string>;
+  const example = 'e.g. node-2=ws://10.0.0.2:7700,node-3=wss://node-3.example:7700';
+  let entries: Array<[string, unknown]>;
+  if (typeof v === 'string') {
+    entries = [];
+    for (const part of v.split(',')) {
+      const entry = part.trim();
+      if (entry === '') continue;
+      const eq = entry.indexOf('=');
+      if (eq < 0) throw new Problem(`entry ${JSON.stringify(entry)} is not NAME=URL; use NAME=URL,..., ${example}`);
+      entries.push([entry.slice(0, eq).trim(), entry.slice(eq + 1).trim()]);
+    }
+  } else if (typeof v === 'object' && v !== null && !Array.isArray(v) && ctx.source === 'file') {
+    entries = Object.entries(v as Record<string, unknown>);
+  } else {
+    throw new Problem(`must be ${ctx.source === 'file' ? 'a mapping of NAME: URL or ' : ''}a string of NAME=URL,..., ${example}; not ${typeName(v)}`);
+  }
+  for (const [name, url] of entries) {
+    if (!NAME_PATTERN.test(name)) {
+      throw new Problem(`peer name ${JSON.stringify(name)} is not a valid node name; use 1-63 characters of a-z, 0-9, _ and -, starting with a letter or digit`);
+    }
+    if (Object.hasOwn(peers, name)) throw new Problem(`peer "${name}" is listed twice; keep one URL per peer`);
+    if (typeof url !== 'string') throw new Problem(`peer "${name}" has ${typeName(url)} as its URL; use a ws:// or wss:// URL`);
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      throw new Problem(`peer "${name}" has URL ${JSON.stringify(url)}, which is not a URL; use ws://HOST:PORT or wss://HOST:PORT`);
+    }
+    if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
+      throw new Problem(`peer "${name}" has URL ${JSON.stringify(url)}; a peer is reached over WebSocket: use ws://HOST:PORT or wss://HOST:PORT`);
+    }
+    if (parsed.username || parsed.password) {
+      throw new Problem(`peer "${name}" has credentials in its URL; remove them — peers authenticate with the cluster secret (--secret-file / SLUICE_SECRET)`);
+    }
+    peers[name] = url;
+  }
+  return peers;
+}
+
+function parseStore(s: string): StoreConfig {
+  const forms = 'use file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX?endpoint=http://HOST:PORT';
+  let url: URL;
+  try {
+    url = new URL(s);
+  } catch {
+    throw new Problem(`not a URL; ${forms}${s.startsWith('/') ? ` (e.g. file://${s})` : ''}`);
+  }
+  if (url.protocol === 'file:') {
+    if (url.host !== '' && url.host !== 'localhost') {
+      throw new Problem(`a file URL needs three slashes and an absolute path: file:///${url.host}${url.pathname === '/' ? '' : url.pathname}`);
+    }
+    if (url.search || url.hash) throw new Problem('a file store URL takes no ?query or #fragment; use file:///ABSOLUTE/PATH');
+    const path = fileURLToPath(url);
+    if (path === '/') throw new Problem('the store cannot be the root directory; use a directory of its own, e.g. file:///var/lib/sluice/store');
+    return { kind: 'file', path };
+  }
+  if (url.protocol !== 's3:') throw new Problem(`${JSON.stringify(url.protocol.replace(/:$/, ''))} is not a store kind; ${forms}`);
+  if (url.username || url.password) {
+    throw new Problem('credentials do not go in the store URL; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile / IAM role) instead');
+  }
+  if (url.port) throw new Problem(`the bucket cannot have a port; put the server's address in ?endpoint=http://HOST:${url.port}`);
+  const bucket = url.hostname;
+  if (bucket === '') throw new Problem(`names no bucket; use s3://BUCKET/PREFIX`);
+  const bucketProblem = checkBucket(bucket);
+  if (bucketProblem) throw new Problem(`bucket ${JSON.stringify(bucket)} ${bucketProblem}`);
+  if (url.hash) throw new Problem('an s3 store URL takes no #fragment');
+  let prefix: string;
+  try {
+    prefix = decodeURIComponent(url.pathname).replace(/^\/+/, '');
+  } catch {
+    throw new Problem('the prefix is not valid percent-encoding');
+  }
+  if (prefix !== '' && !prefix.endsWith('/')) prefix += '/';
+
+  const allowed = ['endpoint', 'region', 'forcePathStyle'];
+  const seen = new Set<string>();
+  for (const key of url.searchParams.keys()) {
+    if (!allowed.includes(key)) {
+      const hint = didYouMean(key, allowed);
+      throw new Problem(`unknown parameter ${JSON.stringify(key)}${hint ? ` (did you mean "${hint}"?)` : ''}; allowed: ${allowed.join(', ')}`);
+    }
+    if (seen.has(key)) throw new Problem(`parameter "${key}" is given twice; keep one`);
+    seen.add(key);
+  }
+  const store: { kind: 's3'; bucket: string; prefix: string; endpoint?: string; region?: string; forcePathStyle: boolean } = { kind: 's3', bucket, prefix, forcePathStyle: false };
+  const endpoint = url.searchParams.get('endpoint');
+  if (endpoint !== null) {
+    let e: URL;
+    try {
+      e = new URL(endpoint);
+    } catch {
+      throw new Problem(`endpoint ${JSON.stringify(endpoint)} is not a URL; use http://HOST:PORT or https://HOST`);
+    }
+    if (e.protocol !== 'http:' && e.protocol !== 'https:') throw new Problem(`endpoint ${JSON.stringify(endpoint)} must be an http:// or https:// URL`);
+    if (e.username || e.password) throw new Problem('credentials do not go in the endpoint URL; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead');
+    if (e.search || e.hash) throw new Problem(`endpoint ${JSON.stringify(endpoint)} must not have a ?query or #fragment (percent-encode ? and & inside the store URL)`);
+    store.endpoint = endpoint;
+  }
+  const region = url.searchParams.get('region');
+  if (region !== null) {
+    if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(region)) throw new Problem(`region ${JSON.stringify(region)} is not a region name; use e.g. us-east-1`);
+    store.region = region;
+  }
+  const pathStyle = url.searchParams.get('forcePathStyle');
+  if (pathStyle === null) store.forcePathStyle = endpoint !== null;
+  else if (pathStyle === 'true' || pathStyle === '1') store.forcePathStyle = true;
+  else if (pathStyle === 'false' || pathStyle === '0') store.forcePathStyle = false;
+  else throw new Problem(`forcePathStyle ${JSON.stringify(pathStyle)} must be true or false`);
+  return store;
+}
+
+/** Why `bucket` breaks S3's bucket naming rules, or undefined. */
+function checkBucket(bucket: string): string | undefined {
+  const rules = 'S3 bucket names are 3-63 characters of a-z, 0-9, . and -, starting and ending with a letter or digit';
+  if (bucket.length < 3 || bucket.length > 63) return `is ${bucket.length} characters long; ${rules}`;
+  if (!/^[a-z0-9][a-z0-9.-]*[a-z0-9]$/.test(bucket)) return `is not a valid bucket name; ${rules}`;
+  if (bucket.includes('..')) return 'has two dots in a row; S3 bucket names cannot';
+  if (isIPv4(bucket)) return 'looks like an IP address; S3 bucket names cannot (put the server in ?endpoint=http://HOST:PORT)';
+  if (bucket.startsWith('xn--') || bucket.startsWith('sthree-')) return 'starts with a prefix S3 reserves (xn--, sthree-)';
+  if (bucket.endsWith('-s3alias') || bucket.endsWith('--ol-s3')) return 'ends with a suffix S3 reserves (-s3alias, --ol-s3)';
+  return undefined;
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kib: KiB, mib: MiB, gib: GiB };
+
+function parseSize(v: unknown, min: number, max: number): number {
+  const usage = `use bytes or a number with KiB, MiB or GiB (e.g. ${formatBytes(8 * MiB)})`;
+  let bytes: number;
+  if (typeof v === 'number') {
+    if (!Number.isSafeInteger(v)) throw new Problem(`not a whole number of bytes; ${usage}`);
+    bytes = v;
+  } else if (typeof v === 'string') {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(v);
+    const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
+    if (!m || unit === undefined) throw new Problem(`not a size; ${usage}`);
+    if (unit === 1 && m[1]!.includes('.')) throw new Problem(`not a whole number of bytes; ${usage}`);
+    bytes = Math.floor(Number(m[1]) * unit);
+  } else {
+    throw new Problem(`not a size; ${usage}`);
+  }
+  if (bytes < min || bytes > max) throw new Problem(`is out of range; use ${formatBytes(min)} to ${formatBytes(max)}`);
+  return bytes;
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: SECOND, m: MINUTE, h: HOUR, d: DAY };
+
+/** Parses a duration into `base` units (ms or s); min and max are in milliseconds. */
+function parseDuration(v: unknown, base: 'ms' | 's', min: number, max: number, usage: string): number {
+  const baseMs = DURATION_UNITS[base]!;
+  let ms: number;
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v) || v < 0) throw new Problem(`not a duration; use ${usage}`);
+    ms = v * baseMs;
+  } else if (typeof v === 'string') {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(v);
+    const unit = m ? (m[2] === '' ? baseMs : DURATION_UNITS[m[2]!.toLowerCase()]) : undefined;
+    if (!m || unit === undefined) throw new Problem(`not a duration; use ${usage}`);
+    ms = Number(m[1]) * unit;
+  } else {
+    throw new Problem(`not a duration; use ${usage}`);
+  }
+  if (ms < min || ms > max) throw new Problem(`is out of range; use ${formatDuration(min)} to ${formatDuration(max)}`);
+  const value = ms / baseMs;
+  if (!Number.isInteger(value)) throw new Problem(`is not a whole number of ${base === 'ms' ? 'milliseconds' : 'seconds'}; use ${usage}`);
+  return value;
+}
+
+function parseCount(v: unknown, min: number, max: number): number {
+  let n: number;
+  if (typeof v === 'number') n = v;
+  else if (typeof v === 'string' && /^\s*\d+\s*$/.test(v)) n = Number(v);
+  else throw new Problem(`not a whole number; use a number from ${min} to ${max}`);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Problem(`is out of range; use a whole number from ${min} to ${max}`);
+  return n;
+}
+
+function formatBytes(n: number): string {
+  for (const [unit, size] of [
+    ['GiB', GiB],
+    ['MiB', MiB],
+    ['KiB', KiB],
+  ] as const) {
+    if (n >= size && n % size === 0) return `${n / size}${unit}`;
+  }
+  return `${n} bytes`;
+}
+
+function formatDuration(ms: number): string {
+  for (const [unit, size] of [
+    ['d', DAY],
+    ['h', HOUR],
+    ['m', MINUTE],
+    ['s', SECOND],
+  ] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** The host name made a valid node name: "Node_1.Example.COM" → "node_1-example-com". */
+function defaultNodeName(host: string): string {
+  return toName(host) || 'node';
+}
+
+function toName(s: string): string {
+  return s
+    .toLowerCase()
+    .replace(/[^a-z0-9_-]+/g, '-')
+    .replace(/^[-_]+/, '')
+    .slice(0, 63)
+    .replace(/[-_]+$/, '');
+}
+
+function typeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  return `a ${typeof v}`;
+}
+
+function showValue(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 100 ? `${v.slice(0, 100)}…` : v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  return `(${typeName(v)})`;
+}
+
+function errText(err: unknown): string {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  const message = err instanceof Error ? err.message : String(err);
+  return typeof code === 'string' && !message.startsWith(code) ? `${code}: ${message}` : message;
+}
+
+function wrap(s: string, width: number): string[] {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of s.split(/\s+/)) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = line ? `${line} ${word}` : word;
+    }
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    for (const key of Reflect.ownKeys(value)) deepFreeze((value as Record<PropertyKey, unknown>)[key]);
+    Object.freeze(value);
+  }
+  return value;
+}

@@ -1,0 +1,81 @@
+/**
+ * The daemon: runs, relay and control API put together, started and stopped as one.
+ */
+import fs from 'node:fs/promises';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { pino, type Logger } from 'pino';
+import { DAEMON_SOCKET, removeStaleSocket } from '../transports/index.js';
+import { buildApi } from './api.js';
+import type { DaemonConfig } from './config.js';
+import { createMetrics } from './metrics.js';
+import { Relay } from './relay.js';
+import { RunRegistry } from './runs.js';
+import type { Workflow } from './workflow.js';
+
+export interface Daemon {
+  readonly config: DaemonConfig;
+  readonly socketPath: string;
+  /** the TCP control address, when `listen` was configured (port resolved if it was 0) */
+  readonly tcpAddress: string | undefined;
+  readonly runs: RunRegistry;
+  readonly log: Logger;
+  /**
+   * Stop: refuse new work at once (readyz turns 503), let relayed streams finish for up to
+   * `graceMs` (default 10000), then cut what is left and remove the control socket.
+   */
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startDaemon(config: DaemonConfig, options: { version: string; log?: Logger }): Promise<Daemon> {
+  const log = options.log ?? pino({ level: config.logLevel, base: { node: config.node } });
+  await fs.mkdir(config.dir, { recursive: true, mode: 0o755 });
+  const runs = new RunRegistry({ dir: config.dir, node: config.node, runTtlSeconds: config.runTtlSeconds, maxRuns: config.maxRuns, log });
+  const metrics = createMetrics(() => runs.size);
+  await runs.start();
+  const relay = new Relay(runs, { dir: config.dir, relayBufferBytes: config.relayBufferBytes, attachTimeoutMs: config.attachTimeoutMs, log, metrics });
+  await relay.start();
+
+  let ready = false;
+  const workflows = new Map<string, Workflow>();
+  const context = { node: config.node, version: options.version, runs, relay, metrics, workflows, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
+  const servers: FastifyInstance[] = [];
+  const socketPath = join(config.dir, DAEMON_SOCKET);
+  await removeStaleSocket(socketPath);
+  const local = buildApi(context);
+  await local.listen({ path: socketPath });
+  await fs.chmod(socketPath, 0o600);
+  servers.push(local);
+  let tcpAddress: string | undefined;
+  if (config.listen) {
+    const tcp = buildApi(context);
+    tcpAddress = await tcp.listen({ host: config.listen.host, port: config.listen.port });
+    servers.push(tcp);
+  }
+  ready = true;
+  log.info({ dir: config.dir, socket: socketPath, tcp: tcpAddress }, 'sluice daemon ready');
+
+  let closing: Promise<void> | undefined;
+  return {
+    config,
+    socketPath,
+    tcpAddress,
+    runs,
+    log,
+    close(graceMs = 10_000) {
+      closing ??= (async () => {
+        ready = false;
+        log.info('sluice daemon stopping');
+        await relay.stop();
+        const deadline = Date.now() + graceMs;
+        while (relay.activeChannels > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        if (relay.activeChannels > 0) log.warn({ streams: relay.activeChannels }, 'grace period over: cutting relayed streams');
+        relay.abortInFlight();
+        await Promise.all(servers.map((s) => s.close()));
+        await runs.stop();
+        log.info('sluice daemon stopped');
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,168 @@
+/**
+ * The relay: where a producer's stream goes when its consumer has not attached yet.
+ *
+ * A producer first tries its channel's FIFO without waiting; the kernel answers ENXIO while no
+ * consumer has opened the other end. The producer then dials `$SLUICE_DIR/relay.sock` and sends
+ * its stream there, its HELLO naming the run, the token and the channel. The relay:
+ *
+ * 1. checks the token and the channel (SLUICE_UNAUTHORIZED / SLUICE_NOT_FOUND back to the
+ *    producer otherwise);
+ * 2. buffers up to `relayBufferBytes` of the stream (the reader's high-water mark), then stops
+ *    reading: the producer waits, memory stays bounded;
+ * 3. waits up to `attachTimeoutMs` for the consumer to open the FIFO (SLUICE_TIMEOUT to the
+ *    producer after that), then streams the buffer and the rest into it;
+ * 4. acknowledges the producer only when the consumer has verified the stream, so the producer's
+ *    `end()` keeps its meaning on this path too.
+ *
+ * The relay verifies the stream on the way (it terminates the channel protocol) and the consumer
+ * verifies it again at the end.
+ */
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { Logger } from 'pino';
+import {
+  ChannelReader,
+  ChannelWriter,
+  ConnectError,
+  ErrorCodes,
+  RELAY_SOCKET,
+  RequestError,
+  channelName,
+  checkName,
+  fifoTransport,
+  unixTransport,
+  type Connection,
+  type InstanceRef,
+  type Listener,
+} from '../transports/index.js';
+import type { Metrics } from './metrics.js';
+import type { RunRegistry } from './runs.js';
+
+export interface RelayOptions {
+  dir: string;
+  relayBufferBytes: number;
+  attachTimeoutMs: number;
+  log: Logger;
+  metrics: Metrics;
+  /** connections beyond this many at once are refused. Default 4096. */
+  maxRelays?: number;
+}
+
+/** A producer that connects and says nothing is dropped after this long, ms. */
+const HELLO_TIMEOUT_MS = 10_000;
+
+function instance(what: string, value: unknown): InstanceRef {
+  const v = value as { step?: unknown; index?: unknown } | undefined;
+  if (typeof v !== 'object' || v === null || !Number.isInteger(v.index) || (v.index as number) < 0) {
+    throw new RequestError(ErrorCodes.INVALID, `relay HELLO: "${what}" must be { step, index }`);
+  }
+  return { step: checkName(`${what} step`, v.step), index: v.index as number };
+}
+
+export class Relay {
+  private listener: Listener | undefined;
+  private readonly active = new Set<Connection>();
+  private readonly shutdown = new AbortController();
+
+  constructor(
+    private readonly runs: RunRegistry,
+    private readonly options: RelayOptions,
+  ) {}
+
+  get activeChannels(): number {
+    return this.active.size;
+  }
+
+  async start(): Promise<void> {
+    // any local process may connect: what it may do is decided by the token in its HELLO
+    this.listener = await unixTransport.listen(join(this.options.dir, RELAY_SOCKET), { mode: 0o666 });
+    void this.acceptLoop(this.listener);
+  }
+
+  /** Stop accepting; streams in flight go on until they end or `abortInFlight()` is called. */
+  async stop(): Promise<void> {
+    await this.listener?.close();
+  }
+
+  abortInFlight(): void {
+    this.shutdown.abort();
+    for (const conn of this.active) conn.destroy();
+  }
+
+  private async acceptLoop(listener: Listener): Promise<void> {
+    for (;;) {
+      let conn: Connection;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return; // closed
+      }
+      if (this.active.size >= (this.options.maxRelays ?? 4096)) {
+        this.options.log.warn({ active: this.active.size }, 'relay connection refused: too many at once');
+        conn.destroy();
+        continue;
+      }
+      this.serve(conn);
+    }
+  }
+
+  private serve(conn: Connection): void {
+    const { log, metrics } = this.options;
+    this.active.add(conn);
+    conn.input.once('close', () => this.active.delete(conn));
+    let settle!: { resolve: () => void; reject: (err: unknown) => void };
+    const delivered = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
+    delivered.catch(() => undefined);
+    const reader = new ChannelReader(conn, { highWaterMark: this.options.relayBufferBytes, acknowledge: () => delivered });
+    reader.on('error', () => undefined); // reported where the pipeline fails
+    const helloTimer = setTimeout(() => reader.destroy(new ConnectError(ErrorCodes.TIMEOUT, 'no HELLO from the producer')), HELLO_TIMEOUT_MS);
+    reader.once('hello', (hello: Record<string, unknown>) => {
+      clearTimeout(helloTimer);
+      this.route(reader, hello).then(settle.resolve, (err: unknown) => {
+        settle.reject(err);
+        metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
+        log.warn({ err, run: hello.run }, 'relay failed');
+        reader.destroy(err as Error);
+      });
+    });
+    reader.once('close', () => clearTimeout(helloTimer));
+  }
+
+  private async route(reader: ChannelReader, hello: Record<string, unknown>): Promise<void> {
+    const { log, metrics, attachTimeoutMs } = this.options;
+    const runId = checkName('run', hello.run);
+    const from = instance('from', hello.from);
+    const to = instance('to', hello.to);
+    const run = this.runs.authorize(runId, hello.token);
+    const name = channelName(from, to);
+    const channel = run.channels.get(name);
+    if (!channel || channel.path !== 'fifo') {
+      throw new RequestError(ErrorCodes.NOT_FOUND, `run "${runId}" has no channel ${name} with its consumer on this node`, { details: { run: runId, channel: name } });
+    }
+    channel.state = 'relaying';
+    metrics.relayChannels.inc();
+    const log2 = log.child({ run: runId, channel: name });
+    log2.debug('relaying: waiting for the consumer to attach');
+    try {
+      const conn = await fifoTransport.dial(join(run.directory, name), { timeoutMs: attachTimeoutMs, signal: this.shutdown.signal }).catch((err: unknown) => {
+        if ((err as { code?: string }).code === ErrorCodes.UNAVAILABLE) {
+          throw new ConnectError(ErrorCodes.TIMEOUT, `consumer ${to.step}[${to.index}] did not attach within ${attachTimeoutMs} ms`, { cause: err, details: { run: runId, channel: name } });
+        }
+        throw err;
+      });
+      const writer = new ChannelWriter(conn, { hello: { run: runId, from, to, via: 'relay' } });
+      reader.on('data', (chunk: Buffer) => {
+        channel.relayedBytes += chunk.length;
+        metrics.relayBytes.inc(chunk.length);
+      });
+      await pipeline(reader, writer);
+      channel.state = 'done';
+      log2.info({ bytes: channel.relayedBytes }, 'relayed stream delivered and verified');
+    } catch (err) {
+      channel.state = 'failed';
+      throw err;
+    } finally {
+      metrics.relayChannels.dec();
+    }
+  }
+}

@@ -1,0 +1,216 @@
+/**
+ * Runs: creation with proactive set-up, lookup by id and token, deletion, expiry.
+ *
+ * Creating a run prepares, before any function starts, every channel whose consumer is placed
+ * on this node: the run's capability directory (0700) and a FIFO pair (0600) per channel, plus
+ * the manifest the client library reads. A function's first write then needs no set-up round
+ * trip: it opens a FIFO that is already there (or, if its consumer has not opened it yet, hands
+ * the stream to this daemon's relay).
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import fs from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { Logger } from 'pino';
+import {
+  ACK_SUFFIX,
+  ConnectError,
+  ErrorCodes,
+  MANIFEST_FILE,
+  RUNS_DIR,
+  RequestError,
+  channelName,
+  checkName,
+  runDirectory,
+  type InstanceRef,
+  type RunManifest,
+} from '../transports/index.js';
+import type { Workflow } from './workflow.js';
+
+const run = promisify(execFile);
+
+export interface CreateRunRequest {
+  workflow: Workflow;
+  /** the run id; default a fresh random one */
+  id?: string;
+  /** node of each step's instances: one node for all, or one per instance; default this node */
+  placement?: Record<string, string | string[]>;
+  /** expire the run after this many seconds without deletion; default the daemon's runTtlSeconds */
+  ttlSeconds?: number;
+}
+
+export interface ChannelInfo {
+  from: InstanceRef;
+  to: InstanceRef;
+  name: string;
+  /** 'fifo' when the consumer is on this node (prepared here), 'remote' otherwise */
+  path: 'fifo' | 'remote';
+  state: 'prepared' | 'relaying' | 'done' | 'failed';
+  relayedBytes: number;
+}
+
+export interface Run {
+  id: string;
+  token: string;
+  workflow: Workflow;
+  createdAt: number;
+  expiresAt: number;
+  directory: string;
+  manifest: RunManifest;
+  channels: Map<string, ChannelInfo>;
+}
+
+export interface RunRegistryOptions {
+  dir: string;
+  node: string;
+  runTtlSeconds: number;
+  maxRuns: number;
+  log: Logger;
+}
+
+function newRunId(): string {
+  return `r-${randomBytes(9).toString('base64url').toLowerCase().replace(/[^a-z0-9]/g, 'x')}`;
+}
+
+export class RunRegistry {
+  private readonly runs = new Map<string, Run>();
+  private sweeper: NodeJS.Timeout | undefined;
+
+  constructor(private readonly options: RunRegistryOptions) {}
+
+  /** Create `$dir/runs` (0711: traversable, not listable) and start expiring runs. */
+  async start(): Promise<void> {
+    const runsDir = join(this.options.dir, RUNS_DIR);
+    await fs.mkdir(runsDir, { recursive: true, mode: 0o711 });
+    await fs.chmod(runsDir, 0o711);
+    this.sweeper = setInterval(() => void this.expire(), Math.min(60_000, this.options.runTtlSeconds * 250));
+    this.sweeper.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.sweeper);
+  }
+
+  get size(): number {
+    return this.runs.size;
+  }
+
+  list(): Run[] {
+    return [...this.runs.values()];
+  }
+
+  /** The run, or SLUICE_NOT_FOUND. */
+  get(id: string): Run {
+    const found = this.runs.get(id);
+    if (!found) throw new RequestError(ErrorCodes.NOT_FOUND, `no run "${id}" on node ${this.options.node}`, { details: { run: id } });
+    return found;
+  }
+
+  /** The run if `token` is its token; SLUICE_NOT_FOUND or SLUICE_UNAUTHORIZED otherwise. */
+  authorize(id: string, token: unknown): Run {
+    const found = this.get(id);
+    const given = Buffer.from(typeof token === 'string' ? token : '');
+    const expected = Buffer.from(found.token);
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+      throw new RequestError(ErrorCodes.UNAUTHORIZED, `wrong or missing token for run "${id}"`, { details: { run: id } });
+    }
+    return found;
+  }
+
+  async create(request: CreateRunRequest): Promise<Run> {
+    const { workflow } = request;
+    const id = request.id === undefined ? newRunId() : checkName('run id', request.id);
+    if (this.runs.has(id)) throw new RequestError(ErrorCodes.INVALID, `run "${id}" exists already`, { details: { run: id } });
+    if (this.runs.size >= this.options.maxRuns) {
+      throw new RequestError(ErrorCodes.INVALID, `this node holds ${this.runs.size} runs, its limit (--max-runs); delete finished runs first`);
+    }
+    const ttl = request.ttlSeconds ?? this.options.runTtlSeconds;
+    if (!Number.isInteger(ttl) || ttl < 1 || ttl > 30 * 86400) throw new RequestError(ErrorCodes.INVALID, `ttlSeconds must be an integer in 1..2592000, got ${String(ttl)}`);
+    const steps = placeSteps(workflow, request.placement ?? {}, this.options.node);
+    const token = randomBytes(24).toString('base64url');
+    const directory = runDirectory(this.options.dir, id, token);
+    const channels = new Map<string, ChannelInfo>();
+    for (const edge of workflow.edges) {
+      const from = steps[edge.from]!;
+      const to = steps[edge.to]!;
+      for (let i = 0; i < from.replicas; i++) {
+        for (let j = 0; j < to.replicas; j++) {
+          if (from.nodes[i] !== this.options.node && to.nodes[j] !== this.options.node) continue;
+          const f = { step: edge.from, index: i };
+          const t = { step: edge.to, index: j };
+          const name = channelName(f, t);
+          channels.set(name, { from: f, to: t, name, path: to.nodes[j] === this.options.node ? 'fifo' : 'remote', state: 'prepared', relayedBytes: 0 });
+        }
+      }
+    }
+    const manifest: RunManifest = {
+      v: 1,
+      run: id,
+      workflow: workflow.name,
+      node: this.options.node,
+      steps,
+      edges: workflow.edges.map((e) => ({ ...e })),
+      channels: [...channels.values()].filter((c) => c.path === 'fifo').map((c) => ({ from: c.from, to: c.to, name: c.name, path: 'fifo' as const })),
+    };
+    const created: Run = { id, token, workflow, createdAt: Date.now(), expiresAt: Date.now() + ttl * 1000, directory, manifest, channels };
+    // reserve the id before the first await: two concurrent creates of one id must not both win
+    this.runs.set(id, created);
+    try {
+      await prepareDirectory(directory, manifest);
+    } catch (err) {
+      this.runs.delete(id);
+      await fs.rm(directory, { recursive: true, force: true });
+      throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot prepare run "${id}" under ${this.options.dir}: ${(err as Error).message}`, { cause: err });
+    }
+    this.options.log.info({ run: id, workflow: workflow.name, channels: manifest.channels.length }, 'run prepared');
+    return created;
+  }
+
+  /** Remove a run and everything it left on disk. */
+  async delete(id: string): Promise<void> {
+    const found = this.get(id);
+    this.runs.delete(id);
+    await fs.rm(found.directory, { recursive: true, force: true });
+    this.options.log.info({ run: id }, 'run deleted');
+  }
+
+  private async expire(): Promise<void> {
+    const now = Date.now();
+    for (const r of this.runs.values()) {
+      if (r.expiresAt <= now) {
+        this.options.log.warn({ run: r.id }, 'run expired (TTL)');
+        await this.delete(r.id).catch(() => undefined);
+      }
+    }
+  }
+}
+
+/** Each step's instance count and the node of each instance. */
+function placeSteps(workflow: Workflow, placement: Record<string, string | string[]>, self: string): RunManifest['steps'] {
+  for (const step of Object.keys(placement)) {
+    if (!(step in workflow.steps)) throw new RequestError(ErrorCodes.INVALID, `placement names step "${step}", which workflow "${workflow.name}" does not have`, { details: { step } });
+  }
+  const steps: RunManifest['steps'] = {};
+  for (const [name, { replicas }] of Object.entries(workflow.steps)) {
+    const where = placement[name] ?? self;
+    const nodes = typeof where === 'string' ? Array.from({ length: replicas }, () => where) : where;
+    if (!Array.isArray(nodes) || nodes.length !== replicas) {
+      throw new RequestError(ErrorCodes.INVALID, `placement of step "${name}" must be one node, or a list of ${replicas} nodes (one per replica)`, { details: { step: name } });
+    }
+    nodes.forEach((n) => checkName(`node of step "${name}"`, n));
+    steps[name] = { replicas, nodes: [...nodes] };
+  }
+  return steps;
+}
+
+/** The run directory, one FIFO pair per local channel, and the manifest, written last. */
+async function prepareDirectory(directory: string, manifest: RunManifest): Promise<void> {
+  await fs.mkdir(directory, { mode: 0o700 });
+  const fifos = manifest.channels.flatMap((c) => [join(directory, c.name), join(directory, c.name + ACK_SUFFIX)]);
+  // one mkfifo process for the whole run, in batches that fit a command line
+  for (let i = 0; i < fifos.length; i += 512) await run('mkfifo', ['-m', '600', '--', ...fifos.slice(i, i + 512)]);
+  const manifestPath = join(directory, MANIFEST_FILE);
+  await fs.writeFile(manifestPath + '.tmp', JSON.stringify(manifest), { mode: 0o600 });
+  await fs.rename(manifestPath + '.tmp', manifestPath);
+}

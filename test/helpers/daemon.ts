@@ -1,0 +1,82 @@
+/** A real `sluice daemon` process for end-to-end tests, and functions run as processes. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { control } from '../../client/control.js';
+
+export const cli = fileURLToPath(new URL('../../dist/server/cli.js', import.meta.url));
+export const fnScript = fileURLToPath(new URL('../../dist/test/fixtures/fn.js', import.meta.url));
+
+export interface DaemonProcess {
+  dir: string;
+  child: ChildProcess;
+  /** everything the daemon logged, for assertions and for a failing test's message */
+  logs: () => string;
+  stop(): Promise<void>;
+}
+
+/** Start `sluice daemon` in a fresh directory and wait until it is ready. */
+export async function startDaemonProcess(extraArgs: string[] = []): Promise<DaemonProcess> {
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-e2e-'));
+  const child = spawn(process.execPath, [cli, 'daemon', '--dir', dir, '--node', 'node-a', '--log-level', 'info', ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`daemon exited with ${child.exitCode}:\n${output}`);
+    try {
+      const { body } = await control<{ ready: boolean }>(dir, 'GET', '/readyz');
+      if (body.ready) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`daemon not ready after 15 s:\n${output}`);
+    await sleep(50);
+  }
+  return {
+    dir,
+    child,
+    logs: () => output,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await once(child, 'exit');
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface FnResult {
+  code: number | null;
+  result: Record<string, unknown> & { error?: { code?: string; message?: string } };
+  stderr: string;
+}
+
+/** Run test/fixtures/fn.js as a function of `step` in `run`; resolves when it exits. */
+export function runFunction(dir: string, run: { run: string; token: string }, step: string, args: string[], instance = 0): { child: ChildProcess; done: Promise<FnResult> } {
+  const child = spawn(process.execPath, [fnScript, ...args], {
+    env: { ...process.env, SLUICE_DIR: dir, SLUICE_RUN: run.run, SLUICE_STEP: step, SLUICE_TOKEN: run.token, SLUICE_INSTANCE: String(instance) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const done = once(child, 'exit').then(([code]) => {
+    const line = stdout.trim().split('\n').pop() ?? '';
+    let result: FnResult['result'];
+    try {
+      result = JSON.parse(line) as FnResult['result'];
+    } catch {
+      result = { error: { message: `no result line; stdout: ${stdout} stderr: ${stderr}` } };
+    }
+    return { code: code as number | null, result, stderr };
+  });
+  return { child, done };
+}
