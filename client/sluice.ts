@@ -286,6 +286,32 @@ export class Sluice {
     return new Input(() => Promise.all(sources.map((s) => this.openConsumer({ step: s.from, index: s.instance }))), sources);
   }
 
+  /**
+   * Records from every input channel (every instance of every predecessor) as they arrive,
+   * each with where it came from. Ends when every input ended verified; fails, and closes the
+   * other inputs, as soon as one fails. At most one decoded record per input is held.
+   */
+  async *merged(): AsyncGenerator<{ from: string; instance: number; value: unknown }> {
+    const sources = this.predecessors.flatMap((from) => Array.from({ length: this.manifest.steps[from]!.replicas }, (_, i) => ({ from, instance: i })));
+    const readers = await Promise.all(sources.map((s) => this.openConsumer({ step: s.from, index: s.instance })));
+    const iterators = readers.map((r) => decodeRecords(r)[Symbol.asyncIterator]());
+    const next = (i: number) => iterators[i]!.next().then((result) => ({ i, result }));
+    const pending = new Map(iterators.map((_, i) => [i, next(i)]));
+    try {
+      while (pending.size > 0) {
+        const { i, result } = await Promise.race(pending.values());
+        if (result.done) {
+          pending.delete(i);
+          continue;
+        }
+        pending.set(i, next(i));
+        yield { from: sources[i]!.from, instance: sources[i]!.instance, value: result.value };
+      }
+    } finally {
+      for (const r of readers) if (!r.readableEnded) r.destroy();
+    }
+  }
+
   private channelOf(from: InstanceRef, to: InstanceRef): RunManifest['channels'][number] {
     const channel = this.manifest.channels.find((c) => c.from.step === from.step && c.from.index === from.index && c.to.step === to.step && c.to.index === to.index);
     if (!channel) {

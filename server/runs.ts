@@ -84,7 +84,7 @@ export class RunRegistry {
     const runsDir = join(this.options.dir, RUNS_DIR);
     await fs.mkdir(runsDir, { recursive: true, mode: 0o711 });
     await fs.chmod(runsDir, 0o711);
-    this.sweeper = setInterval(() => void this.expire(), Math.min(60_000, this.options.runTtlSeconds * 250));
+    this.sweeper = setInterval(() => void this.sweep(), Math.min(60_000, this.options.runTtlSeconds * 250));
     this.sweeper.unref();
   }
 
@@ -175,7 +175,8 @@ export class RunRegistry {
     this.options.log.info({ run: id }, 'run deleted');
   }
 
-  private async expire(): Promise<void> {
+  /** Remove every run past its TTL. Runs by itself every min(60 s, TTL / 4); callable at will. */
+  async sweep(): Promise<void> {
     const now = Date.now();
     for (const r of this.runs.values()) {
       if (r.expiresAt <= now) {

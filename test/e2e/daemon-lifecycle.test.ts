@@ -1,0 +1,55 @@
+/** The daemon process: start-up errors, graceful shutdown with a stream in flight. */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, expect, it } from 'vitest';
+import { control } from '../../client/control.js';
+import { cli, runFunction, startDaemonProcess } from '../helpers/daemon.js';
+
+const MiB = 1024 * 1024;
+
+describe('the daemon process', () => {
+  it('refuses a bad option at start with a message naming it, exit status 1', async () => {
+    const child = spawn(process.execPath, [cli, 'daemon', '--relay-buffer', '8MB', '--dir', '/tmp/sluice-never'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const [code] = await once(child, 'exit');
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/SLUICE_CONFIG: .*--relay-buffer/);
+  });
+
+  it('on SIGTERM stops taking work, lets a relayed stream finish, then exits 0', async () => {
+    const daemon = await startDaemonProcess(['--attach-timeout', '20s']);
+    try {
+      await control(daemon.dir, 'POST', '/v1/workflows', { name: 'drain', steps: { p: {}, c: {} }, edges: [{ from: 'p', to: 'c' }] });
+      const { body: run } = await control<{ run: string; token: string }>(daemon.dir, 'POST', '/v1/runs', { workflow: 'drain' });
+      const producer = runFunction(daemon.dir, run, 'p', ['source', String(48 * MiB), '9']);
+      for (let i = 0; ; i++) {
+        const { body } = await control<{ channels: Array<{ state: string }> }>(daemon.dir, 'GET', `/v1/runs/${run.run}`);
+        if (body.channels[0]!.state === 'relaying') break;
+        if (i > 200) throw new Error('producer never reached the relay');
+        await sleep(20);
+      }
+      daemon.child.kill('SIGTERM');
+      const exited = once(daemon.child, 'exit');
+      await sleep(200);
+      // draining: not ready for new work, still alive for the stream in flight
+      const ready = await control(daemon.dir, 'GET', '/readyz').then(
+        () => 'ready',
+        (err: { code?: string }) => err.code,
+      );
+      expect(ready).not.toBe('ready');
+      expect(daemon.child.exitCode).toBeNull();
+      const consumer = runFunction(daemon.dir, run, 'c', ['sink']);
+      const got = await consumer.done;
+      const sent = await producer.done;
+      expect(got.result.error).toBeUndefined();
+      expect(got.result.sha256).toBe(sent.result.sha256);
+      const [code] = await exited;
+      expect(code).toBe(0);
+      expect(daemon.logs()).toMatch(/sluice daemon stopped/);
+    } finally {
+      await daemon.stop();
+    }
+  }, 60_000);
+});

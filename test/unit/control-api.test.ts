@@ -1,0 +1,131 @@
+/** The control API through Fastify's inject(): status codes, typed errors, nothing touched on bad input. */
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildApi } from '../../server/api.js';
+import { createMetrics } from '../../server/metrics.js';
+import { Relay } from '../../server/relay.js';
+import { RunRegistry } from '../../server/runs.js';
+import type { Workflow } from '../../server/workflow.js';
+import { runDirectory } from '../../transports/index.js';
+
+const log = pino({ level: 'silent' });
+let dir: string;
+let runs: RunRegistry;
+let app: ReturnType<typeof buildApi>;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'sluice-api-'));
+  runs = new RunRegistry({ dir, node: 'node-a', runTtlSeconds: 3600, maxRuns: 5, log });
+  await runs.start();
+  const metrics = createMetrics(() => runs.size);
+  const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics });
+  app = buildApi({ node: 'node-a', version: 'test', runs, relay, metrics, workflows: new Map<string, Workflow>(), maxBodyBytes: 16 * 1024, ready: () => true });
+});
+afterAll(async () => {
+  await app.close();
+  await runs.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const chain = { name: 'chain', steps: { a: {}, b: { replicas: 2 } }, edges: [{ from: 'a', to: 'b' }] };
+const runDirs = (): string[] => readdirSync(join(dir, 'runs'));
+
+describe('control API', () => {
+  it('answers health, readiness and Prometheus metrics', async () => {
+    expect((await app.inject('/healthz')).json()).toEqual({ ok: true });
+    expect((await app.inject('/readyz')).statusCode).toBe(200);
+    const metrics = await app.inject('/metrics');
+    expect(metrics.headers['content-type']).toMatch(/text\/plain/);
+    expect(metrics.body).toMatch(/^sluice_runs \d+$/m);
+    expect(metrics.body).toMatch(/sluice_relay_bytes_total/);
+  });
+
+  it('registers a workflow with defaults filled in, and lists it', async () => {
+    const res = await app.inject({ method: 'POST', url: '/v1/workflows', payload: chain });
+    expect(res.statusCode).toBe(201);
+    expect(res.json()).toMatchObject({ name: 'chain', steps: { a: { replicas: 1 }, b: { replicas: 2 } }, edges: [{ from: 'a', to: 'b', fanout: 'broadcast', via: 'direct', persist: false }] });
+    expect((await app.inject('/v1/workflows')).json()).toHaveLength(1);
+  });
+
+  it.each([
+    ['a cycle', { name: 'loop', steps: { a: {}, b: {} }, edges: [{ from: 'a', to: 'b' }, { from: 'b', to: 'a' }] }, /cycle/],
+    ['an unknown step', { name: 'x', steps: { a: {} }, edges: [{ from: 'a', to: 'nope' }] }, /nope/],
+    ['a duplicate edge', { name: 'x', steps: { a: {}, b: {} }, edges: [{ from: 'a', to: 'b' }, { from: 'a', to: 'b' }] }, /edges\[1\] repeats edges\[0\]/],
+    ['a path trick in a step name', { name: 'x', steps: { '../etc': {} }, edges: [] }, /not a valid name/],
+    ['a typo in a key', { name: 'x', steps: { a: {}, b: {} }, edges: [{ from: 'a', to: 'b', fanuot: 'partition' }] }, /fanuot/],
+  ])('refuses a workflow with %s: 400 SLUICE_INVALID', async (_what, body, reason) => {
+    const res = await app.inject({ method: 'POST', url: '/v1/workflows', payload: body });
+    expect(res.statusCode).toBe(400);
+    expect(res.json()).toMatchObject({ code: 'SLUICE_INVALID', message: expect.stringMatching(reason) });
+  });
+
+  it('refuses an oversized body with 413 and SLUICE_INVALID', async () => {
+    const res = await app.inject({ method: 'POST', url: '/v1/workflows', payload: { name: 'big', steps: { a: { note: 'x'.repeat(20_000) } }, edges: [] } });
+    expect(res.statusCode).toBe(413);
+    expect(res.json().code).toBe('SLUICE_INVALID');
+  });
+
+  it('creates a run (token, prepared channels), shows it without the token, deletes it', async () => {
+    const created = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'run-1' } });
+    expect(created.statusCode).toBe(201);
+    const { run, token, channels } = created.json() as { run: string; token: string; channels: number };
+    expect(run).toBe('run-1');
+    expect(channels).toBe(2);
+    expect(existsSync(runDirectory(dir, run, token))).toBe(true);
+    const shown = await app.inject('/v1/runs/run-1');
+    expect(shown.json()).toMatchObject({ run: 'run-1', workflow: 'chain', channels: [{ name: 'a.0-b.0', state: 'prepared' }, { name: 'a.0-b.1', state: 'prepared' }] });
+    expect(shown.body).not.toContain(token);
+    expect((await app.inject({ method: 'DELETE', url: '/v1/runs/run-1' })).statusCode).toBe(204);
+    expect(existsSync(runDirectory(dir, run, token))).toBe(false);
+    expect((await app.inject('/v1/runs/run-1')).statusCode).toBe(404);
+  });
+
+  it.each([
+    ['an unknown workflow', { workflow: 'nope' }, 404, 'SLUICE_NOT_FOUND'],
+    ['a path trick as run id', { workflow: 'chain', id: '../../etc' }, 400, 'SLUICE_INVALID'],
+    ['an unknown field', { workflow: 'chain', colour: 'blue' }, 400, 'SLUICE_INVALID'],
+    ['placement of an unknown step', { workflow: 'chain', placement: { zz: 'node-a' } }, 400, 'SLUICE_INVALID'],
+    ['placement with the wrong number of nodes', { workflow: 'chain', placement: { b: ['node-a'] } }, 400, 'SLUICE_INVALID'],
+    ['a bad ttl', { workflow: 'chain', ttlSeconds: -1 }, 400, 'SLUICE_INVALID'],
+    ['no workflow', {}, 400, 'SLUICE_INVALID'],
+  ])('refuses a run with %s, touching nothing', async (_what, body, status, code) => {
+    const before = runDirs();
+    const res = await app.inject({ method: 'POST', url: '/v1/runs', payload: body });
+    expect(res.statusCode).toBe(status);
+    expect(res.json().code).toBe(code);
+    expect(runDirs()).toEqual(before);
+  });
+
+  it('refuses a second run with the same id', async () => {
+    expect((await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'twice' } })).statusCode).toBe(201);
+    const again = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'twice' } });
+    expect(again.statusCode).toBe(400);
+    expect(again.json().message).toMatch(/exists already/);
+    await app.inject({ method: 'DELETE', url: '/v1/runs/twice' });
+  });
+
+  it('refuses runs beyond --max-runs', async () => {
+    const ids = ['m1', 'm2', 'm3', 'm4', 'm5'];
+    for (const id of ids) expect((await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id } })).statusCode).toBe(201);
+    const over = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'm6' } });
+    expect(over.statusCode).toBe(400);
+    expect(over.json().message).toMatch(/--max-runs/);
+    for (const id of ids) await app.inject({ method: 'DELETE', url: `/v1/runs/${id}` });
+  });
+
+  it('expires a run after its TTL, endpoints and all', async () => {
+    const res = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'short', ttlSeconds: 1 } });
+    const { token } = res.json() as { token: string };
+    expect(existsSync(runDirectory(dir, 'short', token))).toBe(true);
+    await runs.sweep();
+    expect(existsSync(runDirectory(dir, 'short', token))).toBe(true); // not yet
+    await sleep(1100);
+    await runs.sweep(); // what the periodic sweep does
+    expect(existsSync(runDirectory(dir, 'short', token))).toBe(false);
+    expect((await app.inject('/v1/runs/short')).statusCode).toBe(404);
+  });
+});
