@@ -3,16 +3,14 @@
  * `sluice`: the command line, and the composition root. Only this file (and config files)
  * read the environment.
  */
-import { fork } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { finished, pipeline } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { connect } from '../client/index.js';
 import { control } from '../client/control.js';
-import { ChannelReader, ChannelWriter, defaultRuntimeDir, fifoTransport, isErrorCode, unixTransport, type Transport } from '../transports/index.js';
+import { defaultRuntimeDir, isErrorCode } from '../transports/index.js';
+import { demo, demoConsumer, demoFunction, demoPaths } from './demo.js';
 import { configHelp, loadConfig } from './config.js';
 import { startDaemon } from './daemon.js';
 import { parseWorkflowText } from './workflow.js';
@@ -36,7 +34,9 @@ Usage:
       standard error, when the stream is incomplete or corrupt.
   sluice status [--json]
   sluice demo [--mib N] [--path unix|fifo]
-      Stream N MiB (default 256) between two processes over each same-node transport.
+      Start a daemon on the embedded defaults in a temporary directory, run a 3-step
+      workflow (one process per step) through it, and stream N MiB (default 256) between two
+      processes over each same-node transport; every byte checked.
   sluice --version | sluice --help
 
 Every command but daemon and demo talks to the node's daemon through DIR/daemon.sock.
@@ -45,85 +45,6 @@ Common option: --dir DIR (default $SLUICE_DIR, else $XDG_RUNTIME_DIR/sluice, els
 SLUICE_INSTANCE. Exit status: 0 ok, 1 failed (stderr: "sluice: SLUICE_<CODE>: message"),
 2 bad usage.
 `;
-
-const paths: Record<string, Transport> = { unix: unixTransport, fifo: fifoTransport };
-const CHUNK = 256 * 1024;
-
-function block(): Buffer {
-  // deterministic, so the consumer process can check every byte without receiving a copy
-  const out = Buffer.allocUnsafe(4 * 1024 * 1024);
-  let x = 0x2545f491;
-  for (let i = 0; i < out.length; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out.writeInt32LE(x | 0, i);
-  }
-  return out;
-}
-
-/** The consuming half of the demo, in its own process: listen, read, verify, report. */
-async function demoConsumer(path: string, endpoint: string, total: number): Promise<void> {
-  const transport = paths[path]!;
-  const listener = await transport.listen(endpoint);
-  process.send!({ listening: true });
-  const reader = new ChannelReader(await listener.accept());
-  const expected = block();
-  let seen = 0;
-  let firstByteAt = 0n;
-  reader.on('data', (chunk: Buffer) => {
-    if (seen === 0) firstByteAt = process.hrtime.bigint();
-    for (let off = 0; off < chunk.length; ) {
-      const at = (seen + off) % expected.length;
-      const n = Math.min(chunk.length - off, expected.length - at);
-      if (!chunk.subarray(off, off + n).equals(expected.subarray(at, at + n))) throw new Error(`byte mismatch near offset ${seen + off}`);
-      off += n;
-    }
-    seen += chunk.length;
-  });
-  await finished(reader);
-  await listener.close();
-  process.send!({ bytes: seen, verifiedAt: String(process.hrtime.bigint()), firstByteAt: String(firstByteAt) });
-  if (seen !== total) process.exitCode = 1;
-}
-
-async function demo(mib: number, only: string | undefined): Promise<void> {
-  const total = mib * 1024 * 1024;
-  const dir = mkdtempSync(join(tmpdir(), 'sluice-demo-'));
-  const self = fileURLToPath(import.meta.url);
-  try {
-    for (const path of only ? [only] : Object.keys(paths)) {
-      const endpoint = join(dir, `demo-${path}`);
-      const child = fork(self, ['__demo-consume', path, endpoint, String(total)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-      const messages: Array<Record<string, string>> = [];
-      const next = (): Promise<Record<string, string>> =>
-        new Promise((resolve, reject) => {
-          child.once('message', (m) => resolve(m as Record<string, string>));
-          child.once('exit', (code) => reject(new Error(`consumer exited with ${code}`)));
-        });
-      messages.push(await next());
-      const result = next();
-      const writer = new ChannelWriter(await paths[path]!.dial(endpoint));
-      const data = block();
-      const startedAt = process.hrtime.bigint();
-      for (let sent = 0; sent < total; sent += CHUNK) {
-        const at = sent % data.length;
-        if (!writer.write(data.subarray(at, at + Math.min(CHUNK, total - sent)))) await new Promise((r) => writer.once('drain', r));
-      }
-      writer.end();
-      await finished(writer); // resolves once the consumer verified the trailer
-      const report = await result;
-      const seconds = Number(BigInt(report.verifiedAt!) - startedAt) / 1e9;
-      const ttfbMs = Number(BigInt(report.firstByteAt!) - startedAt) / 1e6;
-      process.stdout.write(
-        `${path.padEnd(5)} ${mib} MiB between two processes: every byte checked, trailer verified, ` +
-          `${(total / 1e6 / seconds).toFixed(0)} MB/s, first byte after ${ttfbMs.toFixed(2)} ms\n`,
-      );
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 function runtimeDir(flag: string | undefined): string {
   return resolve(flag ?? process.env.SLUICE_DIR ?? defaultRuntimeDir(process.env, process.getuid?.() ?? 0));
@@ -327,12 +248,15 @@ async function main(argv: string[]): Promise<number> {
       }
       const mib = Number(values.mib);
       if (!Number.isInteger(mib) || mib < 1 || mib > 65536) throw new UsageError(`--mib must be a whole number of MiB in 1..65536, got "${values.mib}"`);
-      if (values.path !== undefined && !(values.path in paths)) throw new UsageError(`--path must be one of ${Object.keys(paths).join(', ')}, got "${values.path}"`);
+      if (values.path !== undefined && !(values.path in demoPaths)) throw new UsageError(`--path must be one of ${Object.keys(demoPaths).join(', ')}, got "${values.path}"`);
       await demo(mib, values.path);
       return 0;
     }
     case '__demo-consume':
       await demoConsumer(rest[0]!, rest[1]!, Number(rest[2]));
+      return 0;
+    case '__demo-fn':
+      await demoFunction(rest[0]!, Number(rest[1]));
       return 0;
     default:
       throw new UsageError(`unknown command "${command}"`);

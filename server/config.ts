@@ -21,7 +21,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inspect } from 'node:util';
 import { ErrorCodes, RequestError } from '../transports/errors.js';
-import { DAEMON_SOCKET, NAME_PATTERN, RELAY_SOCKET } from '../transports/layout.js';
+import { DAEMON_SOCKET, NAME_PATTERN, RELAY_SOCKET, defaultRuntimeDir } from '../transports/layout.js';
 import { MAX_UNIX_PATH_BYTES } from '../transports/unix.js';
 import { didYouMean, parseJsonOrYaml } from './workflow.js';
 
@@ -215,7 +215,7 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     arg: 'FILE',
     env: 'SLUICE_SECRET',
     fileKey: 'secret',
-    default: 'none (peer links are not authenticated)',
+    default: 'none',
     unit: undefined,
     range: `at least ${MIN_SECRET_BYTES} bytes`,
     description:
@@ -241,7 +241,7 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     default: '8MiB',
     unit: SIZE_UNIT,
     range: '64KiB..1GiB',
-    description: 'Per-channel buffer held while the consumer is not attached yet; past it the daemon spills to the store.',
+    description: 'Per-channel buffer the daemon holds for a producer whose consumer is not attached yet; past it the producer is held back.',
   },
   {
     key: 'attachTimeoutMs',
@@ -252,7 +252,7 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     default: '30s',
     unit: 'milliseconds, or a number with ms, s, m or h (e.g. 30s)',
     range: '100ms..1h',
-    description: 'How long a producer waits for its consumer to attach before the daemon spills its data to the store.',
+    description: 'How long a producer waits for its consumer to attach.',
   },
   {
     key: 'runTtlSeconds',
@@ -263,7 +263,7 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     default: '24h',
     unit: 'seconds, or a number with s, m, h or d (e.g. 24h)',
     range: '10s..30d',
-    description: 'An abandoned run (never deleted) is removed this long after it was created, with its endpoints, buffers and stored data.',
+    description: 'A run that is never deleted is removed this long after it was created, with its endpoints and buffers (a run can ask for its own TTL).',
   },
   {
     key: 'maxRuns',
@@ -346,10 +346,7 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
   const defaults: { [K in ConfigKey]?: () => ConfigValues[K] } = {
     node: () => defaultNodeName(options.hostname ?? osHostname()),
     dir: () => {
-      const xdg = env['XDG_RUNTIME_DIR'];
-      const uid = options.uid ?? process.getuid?.() ?? 0;
-      // XDG: a relative XDG_RUNTIME_DIR is invalid and must be ignored.
-      const dir = xdg && xdg.startsWith('/') ? join(xdg, 'sluice') : `/tmp/sluice-${uid}`;
+      const dir = defaultRuntimeDir({ ...env }, options.uid ?? process.getuid?.() ?? 0);
       return parseWith(optionFor('dir'), { source: 'default', value: dir }, ctx) as string;
     },
     listen: () => undefined,
@@ -403,11 +400,12 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
   };
 }
 
-/** The `sluice daemon --help` text: every option with its flag, variable, file key, default and unit. */
+/**
+ * The body of `sluice daemon --help` (the CLI prints its own "Usage:" line first): every option
+ * with its flag, variable, file key, default and unit.
+ */
 export function configHelp(): string {
   const lines = [
-    'Usage: sluice daemon [options]',
-    '',
     'Runs the per-node forwarding daemon. Every option can also be set by an environment variable',
     'or a key in the config file (--config). A flag wins over the environment, the environment',
     'over the file, the file over the built-in default.',
@@ -560,6 +558,9 @@ function parseArgv(argv: readonly string[]): Map<ConfigOption['key'], Given> {
     const eq = arg.indexOf('=');
     const flag = eq > 0 ? arg.slice(0, eq) : arg;
     const option = byFlag.get(flag);
+    if (flag === '--help' || flag === '-h') {
+      fail(`${flag} is for the CLI: check for it before loading the configuration, and print configHelp()`, { name: flag });
+    }
     if (!option) {
       const aliases = new Map<string, string>();
       for (const o of CONFIG_OPTIONS) {
