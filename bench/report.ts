@@ -18,11 +18,14 @@ export interface Baseline {
   hop_us_p50?: number | null;
   hop_us_p90?: number | null;
   hop_us_p99?: number | null;
+  /** per latency round, in run order; null where the round failed */
   hop_us_p50_runs?: Array<number | null>;
+  hop_us_rounds?: Array<Percentiles | null>;
   verified: boolean;
   errors?: string[];
 }
 
+/** One-way latency percentiles, µs. In a result row, each is the median over rounds of that round's percentile. */
 export interface Percentiles {
   p50: number | null;
   p90: number | null;
@@ -43,9 +46,14 @@ export interface Case {
   MBps_runs?: Array<number | null>;
   cpu_ms?: SideCpuMs | undefined;
   hop_us: Percentiles | null;
+  /** the largest one-way latency seen in any round */
   hop_us_max?: number | null;
+  /** per latency round, in run order; null where the round failed */
   hop_us_p50_runs?: Array<number | null>;
+  hop_us_rounds?: Array<Percentiles | null>;
+  /** measured records per latency round (after the warm-up ones) */
   records?: number;
+  rounds?: number;
   disk_bytes: number;
   daemon_rss_mb: number;
   proactive: boolean;
@@ -54,7 +62,20 @@ export interface Case {
 }
 
 export interface Report {
-  machine: { cpus: number; node: string; date: string; cpu_model: string; kernel: string; mode: string; reps: number };
+  machine: {
+    cpus: number;
+    node: string;
+    date: string;
+    cpu_model: string;
+    kernel: string;
+    mode: string;
+    /** throughput repetitions */
+    reps: number;
+    latency_rounds?: number;
+    /** measured 1 KiB records per latency run, and the warm-up records before them */
+    latency_records?: number;
+    latency_warmup?: number;
+  };
   baselines: Baseline[];
   cases: Case[];
   ratios?: Ratio[];
@@ -62,10 +83,18 @@ export interface Report {
 
 export interface Ratio {
   name: string;
-  /** ratio of the two medians */
+  /**
+   * The headline, judged against the target: the median of the paired ratios in `runs`. Each
+   * repetition (throughput) or round (latency) runs the raw baseline and the framed path back to
+   * back, so their ratio cancels most of the machine's minute-to-minute drift.
+   */
   value: number | null;
-  /** ratio within each repetition (the two runs were adjacent in time), in run order */
+  /** framed median / raw median: the two medians may come from different moments of the run */
+  ratio_of_medians: number | null;
+  /** the paired ratio of each repetition or round, in run order; null where either run failed */
   runs: Array<number | null>;
+  /** what a pair is: a throughput repetition or a latency round */
+  paired_by: 'repetition' | 'round';
   /** absent: reported for information, no target yet */
   target?: { op: '>=' | '<='; bound: number };
   pass?: boolean;
@@ -74,10 +103,26 @@ export interface Ratio {
 const div = (a: number | null | undefined, b: number | null | undefined): number | null => (a == null || b == null || b === 0 ? null : Number((a / b).toFixed(3)));
 const divRuns = (a: Array<number | null> = [], b: Array<number | null> = []): Array<number | null> => a.map((x, i) => div(x, b[i]));
 
-function ratio(name: string, a: number | null | undefined, b: number | null | undefined, runs: Array<number | null>, target?: Ratio['target']): Ratio {
-  const value = div(a, b);
-  if (!target) return { name, value, runs };
-  return { name, value, runs, target, pass: value !== null && (target.op === '>=' ? value >= target.bound : value <= target.bound) };
+export function median(values: number[]): number | null {
+  if (values.length === 0) return null;
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+function ratio(
+  name: string,
+  paired_by: Ratio['paired_by'],
+  a: number | null | undefined,
+  b: number | null | undefined,
+  runs: Array<number | null>,
+  target?: Ratio['target'],
+): Ratio {
+  const paired = median(runs.filter((x): x is number => x !== null));
+  const value = paired === null ? null : Number(paired.toFixed(3));
+  const r: Ratio = { name, value, ratio_of_medians: div(a, b), runs, paired_by };
+  if (!target) return r;
+  return { ...r, target, pass: value !== null && (target.op === '>=' ? value >= target.bound : value <= target.bound) };
 }
 
 /** Sluice's framed paths against the raw baseline of the same medium, measured in the same run. */
@@ -86,14 +131,14 @@ export function computeRatios(report: Pick<Report, 'baselines' | 'cases'>): Rati
   for (const path of ['unix', 'fifo']) {
     const raw = report.baselines.find((b) => b.name === `raw-${path}`);
     const row = report.cases.find((c) => c.path === path && c.hop_us === null);
-    if (raw && row) out.push(ratio(`${path} / raw-${path} MB/s`, row.MBps, raw.MBps, divRuns(row.MBps_runs, raw.MBps_runs), { op: '>=', bound: 0.85 }));
+    if (raw && row) out.push(ratio(`${path} / raw-${path} MB/s`, 'repetition', row.MBps, raw.MBps, divRuns(row.MBps_runs, raw.MBps_runs), { op: '>=', bound: 0.85 }));
   }
   for (const path of ['unix', 'fifo']) {
     const raw = report.baselines.find((b) => b.name === `raw-${path}`);
     const row = report.cases.find((c) => c.path === path && c.hop_us !== null);
     if (!raw || !row) continue;
     const target = path === 'unix' ? ({ op: '<=', bound: 1.2 } as const) : undefined;
-    out.push(ratio(`${path} / raw-${path} 1 KiB hop p50`, row.hop_us?.p50, raw.hop_us_p50, divRuns(row.hop_us_p50_runs, raw.hop_us_p50_runs), target));
+    out.push(ratio(`${path} / raw-${path} 1 KiB hop p50`, 'round', row.hop_us?.p50, raw.hop_us_p50, divRuns(row.hop_us_p50_runs, raw.hop_us_p50_runs), target));
   }
   return out;
 }
@@ -105,14 +150,23 @@ const yes = (ok: boolean): string => (ok ? 'yes' : '**NO**');
 export const size = (bytes: number): string =>
   bytes >= 1 << 30 ? `${bytes / (1 << 30)} GiB` : bytes >= 1 << 20 ? `${bytes / (1 << 20)} MiB` : bytes >= 1 << 10 ? `${bytes / (1 << 10)} KiB` : `${bytes} B`;
 
+/** Bytes per throughput run: the same for every throughput row. */
+const throughputBytes = (report: Report): number => report.cases.find((c) => c.hop_us === null)?.bytes ?? report.baselines[0]?.bytes ?? 0;
+
 export function renderMarkdown(report: Report): string {
   const m = report.machine;
   const lines = [
     `# Sluice bench, ${m.date}`,
     '',
-    `${m.mode}, ${m.reps} repetition(s); node ${m.node}, ${m.cpus} × ${m.cpu_model}, Linux ${m.kernel}.`,
-    'Medians over repetitions (runs listed in order); MB = 10^6 bytes; hop = one-way latency of a 1 KiB record;',
-    'ratio value = ratio of the medians; per repetition = ratio of the two adjacent runs of each repetition.',
+    `${m.mode}: ${m.reps} throughput repetition(s) of ${size(throughputBytes(report))}` +
+      (m.latency_rounds ? `, ${m.latency_rounds} latency round(s) of ${m.latency_records} + ${m.latency_warmup} warm-up 1 KiB records per subject` : '') +
+      `; node ${m.node}, ${m.cpus} × ${m.cpu_model}, Linux ${m.kernel}.`,
+    'MB = 10^6 bytes; MB/s = median over repetitions (runs listed in order); hop = one-way latency of a 1 KiB record,',
+    "each percentile the median over rounds of that round's percentile.",
+    '',
+    '**Ratio value = median of the paired ratios**: each throughput repetition and each latency round runs the raw baseline',
+    'and the framed path back to back, so their ratio cancels most of the machine\'s drift; targets are judged on it.',
+    '"of medians" = framed median / raw median, for reference (the two medians may come from different moments).',
     '',
     '## Baselines',
     '',
@@ -143,11 +197,12 @@ export function renderMarkdown(report: Report): string {
     '',
     '## Ratios (same run)',
     '',
-    '| ratio | value | per repetition | target | result |',
-    '|---|--:|---|---|---|',
+    '| ratio | value (median of paired) | of medians | paired, per repetition or round | target | result |',
+    '|---|--:|--:|---|---|---|',
     ...(report.ratios ?? []).map((r) => {
       const target = r.target ? `${r.target.op === '>=' ? '≥' : '≤'} ${r.target.bound}` : '–';
-      return row([r.name, num(r.value, 2), r.runs.map((x) => num(x, 2)).join(' / '), target, r.pass === undefined ? 'info' : r.pass ? 'pass' : '**FAIL**']);
+      const paired = `${r.paired_by === 'round' ? 'rounds' : 'reps'}: ${r.runs.map((x) => num(x, 2)).join(' / ')}`;
+      return row([r.name, num(r.value, 2), num(r.ratio_of_medians, 2), paired, target, r.pass === undefined ? 'info' : r.pass ? 'pass' : '**FAIL**']);
     }),
     '',
     'Reference, KNIX workflowmesh (5-step chain of CloudEvents on Kubernetes, median per hop): 1 KiB: plain Services 617 µs,',

@@ -1,9 +1,10 @@
 /**
- * The benchmark orchestrator: `npm run bench -- [--quick | --full | --smoke] [--reps N] [--only a,b]`.
+ * The benchmark orchestrator: `npm run bench -- [--quick | --full | --smoke] [--reps N] [--rounds N] [--only a,b]`.
  *
  * On a small noisy machine absolute figures mean little, so every run measures the raw baselines
- * too and repetitions interleave them with Sluice's paths; results are medians over repetitions
- * and are read as ratios to the baseline measured in the same run.
+ * too, interleaved with Sluice's paths: throughput in repetitions, latency in shorter rounds. A
+ * raw baseline and its framed path run back to back within each repetition or round, and the
+ * headline ratio is the median of those paired ratios, which cancels most of the machine's drift.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -13,30 +14,41 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { GiB, KiB, MiB, RECORD_BYTES } from './data.js';
 import type { ConsumerResult, CpuMs, Job, LatencyResult, MemcpyResult, ProducerResult, Subject, WorkerMessage } from './protocol.js';
-import { computeRatios, renderMarkdown, size, type Baseline, type Case, type Report } from './report.js';
+import { computeRatios, median, renderMarkdown, size, type Baseline, type Case, type Percentiles, type Report } from './report.js';
 
 const NAMES = ['raw-unix', 'unix', 'raw-fifo', 'fifo', 'raw-tcp', 'memcpy'] as const;
 type Name = (typeof NAMES)[number];
 /** Subjects whose 1 KiB one-way latency is measured too. */
 const WITH_LATENCY: ReadonlySet<Name> = new Set(['raw-unix', 'unix', 'raw-fifo', 'fifo']);
 
+const QUICK_REPS = 5;
+const QUICK_ROUNDS = 9;
+
 const USAGE = `Usage: npm run bench -- [options]
 
 Runs Sluice's framed transports against raw baselines on this machine, interleaved over
-repetitions, and writes bench/results/latest.{json,md} plus a timestamped JSON copy.
+throughput repetitions and latency rounds, and writes bench/results/latest.{json,md} plus a
+timestamped JSON copy.
 
-  --quick        1 GiB per throughput run, 3 repetitions (default)
-  --full         as --quick with 9 repetitions
-  --smoke        fast self-check: 64 MiB, 1 repetition, few latency records; writes no results
-  --reps N       repetitions (overrides the mode's)
+  --quick        1 GiB per throughput run, QUICK_REPS repetitions; QUICK_ROUNDS latency rounds of
+                 5,000 + 1,000 warm-up 1 KiB records per subject (default)
+  --full         as --quick with 9 repetitions and 15 latency rounds
+  --smoke        fast self-check: 64 MiB, 1 repetition, 2 short latency rounds; writes no results
+  --reps N       throughput repetitions (overrides the mode's)
+  --rounds N     latency rounds (overrides the mode's)
   --only LIST    comma-separated subset of: ${NAMES.join(', ')}
   --cpu-prof DIR run the workers under --cpu-prof, profiles in DIR
   -h, --help     this text
-`;
+`
+  .replace('QUICK_REPS', String(QUICK_REPS))
+  .replace('QUICK_ROUNDS', String(QUICK_ROUNDS));
 
 interface Options {
   mode: 'quick' | 'full' | 'smoke';
+  /** throughput repetitions */
   reps: number;
+  /** latency rounds; warmup + count records per subject in each */
+  rounds: number;
   bytes: number;
   warmup: number;
   count: number;
@@ -53,6 +65,7 @@ function parseOptions(argv: string[]): Options | undefined {
       full: { type: 'boolean' },
       smoke: { type: 'boolean' },
       reps: { type: 'string' },
+      rounds: { type: 'string' },
       only: { type: 'string' },
       'cpu-prof': { type: 'string' },
     },
@@ -61,8 +74,10 @@ function parseOptions(argv: string[]): Options | undefined {
   const modes = (['quick', 'full', 'smoke'] as const).filter((m) => values[m]);
   if (modes.length > 1) throw new Error(`choose one of --quick, --full, --smoke (got ${modes.map((m) => '--' + m).join(' ')})`);
   const mode = modes[0] ?? 'quick';
-  const reps = values.reps === undefined ? { quick: 3, full: 9, smoke: 1 }[mode] : Number(values.reps);
+  const reps = values.reps === undefined ? { quick: QUICK_REPS, full: 9, smoke: 1 }[mode] : Number(values.reps);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`--reps must be a positive integer, got ${values.reps}`);
+  const rounds = values.rounds === undefined ? { quick: QUICK_ROUNDS, full: 15, smoke: 2 }[mode] : Number(values.rounds);
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got ${values.rounds}`);
   const only = values.only === undefined ? [...NAMES] : values.only.split(',').map((s) => s.trim());
   const unknown = only.filter((n) => !(NAMES as readonly string[]).includes(n));
   if (unknown.length > 0) throw new Error(`--only: unknown ${unknown.join(', ')}; choose from ${NAMES.join(', ')}`);
@@ -70,9 +85,10 @@ function parseOptions(argv: string[]): Options | undefined {
   return {
     mode,
     reps,
+    rounds,
     bytes: mode === 'smoke' ? 64 * MiB : GiB,
-    warmup: mode === 'smoke' ? 200 : 2_000,
-    count: mode === 'smoke' ? 2_000 : 20_000,
+    warmup: mode === 'smoke' ? 200 : 1_000,
+    count: mode === 'smoke' ? 1_000 : 5_000,
     only: NAMES.filter((n) => only.includes(n)),
     workerExecArgv: cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(cpuProf)}`] : [],
   };
@@ -240,13 +256,6 @@ async function memcpyRun(bytes: number): Promise<ThroughputSample> {
 
 // ---- aggregation ----
 
-function median(values: number[]): number | null {
-  if (values.length === 0) return null;
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
 const round = (x: number | null, digits = 1): number | null => (x === null ? null : Number(x.toFixed(digits)));
 
 function summarizeThroughput(samples: ThroughputSample[]) {
@@ -265,13 +274,17 @@ function summarizeThroughput(samples: ThroughputSample[]) {
   };
 }
 
+/** One sample per round: each percentile is the median over rounds of that round's percentile. */
 function summarizeLatency(samples: LatencySample[]) {
   const ok = samples.filter((s) => !s.error);
-  const pct = (key: 'p50' | 'p90' | 'p99' | 'max'): number | null => round(median(ok.map((s) => s[key])));
+  const pct = (key: 'p50' | 'p90' | 'p99'): number | null => round(median(ok.map((s) => s[key])));
+  // two decimals per round: the paired ratios are computed from these
+  const perRound = (s: LatencySample): Percentiles | null => (s.error ? null : { p50: round(s.p50, 2), p90: round(s.p90, 2), p99: round(s.p99, 2) });
   return {
     hop_us: { p50: pct('p50'), p90: pct('p90'), p99: pct('p99') },
-    hop_us_max: pct('max'),
-    hop_us_p50_runs: samples.map((s) => (s.error ? null : round(s.p50))),
+    hop_us_max: ok.length > 0 ? round(Math.max(...ok.map((s) => s.max))) : null,
+    hop_us_p50_runs: samples.map((s) => perRound(s)?.p50 ?? null),
+    hop_us_rounds: samples.map(perRound),
     verified: samples.length > 0 && samples.every((s) => s.verified && !s.error),
     errors: samples.flatMap((s) => (s.error ? [s.error] : [])),
   };
@@ -287,7 +300,13 @@ function buildReport(options: Options, started: Date, throughput: Map<Name, Thro
       const baseline: Baseline = { name, MBps: t.MBps, MBps_runs: t.MBps_runs, bytes: options.bytes, verified: t.verified };
       if (name !== 'memcpy') Object.assign(baseline, { e2e_ms: t.e2e_ms, ttfb_ms: t.ttfb_ms, cpu_ms: t.cpu_ms });
       if (l) {
-        Object.assign(baseline, { hop_us_p50: l.hop_us.p50, hop_us_p90: l.hop_us.p90, hop_us_p99: l.hop_us.p99, hop_us_p50_runs: l.hop_us_p50_runs });
+        Object.assign(baseline, {
+          hop_us_p50: l.hop_us.p50,
+          hop_us_p90: l.hop_us.p90,
+          hop_us_p99: l.hop_us.p99,
+          hop_us_p50_runs: l.hop_us_p50_runs,
+          hop_us_rounds: l.hop_us_rounds,
+        });
         baseline.verified &&= l.verified;
       }
       const errors = [...t.errors, ...(l?.errors ?? [])];
@@ -313,12 +332,14 @@ function buildReport(options: Options, started: Date, throughput: Map<Name, Thro
         ...common,
         bytes: RECORD_BYTES,
         records: options.count,
+        rounds: options.rounds,
         e2e_ms: null,
         ttfb_ms: null,
         MBps: null,
         hop_us: l.hop_us,
         hop_us_max: l.hop_us_max,
         hop_us_p50_runs: l.hop_us_p50_runs,
+        hop_us_rounds: l.hop_us_rounds,
         verified: l.verified,
         ...(l.errors.length > 0 && { errors: l.errors }),
       });
@@ -333,6 +354,11 @@ function buildReport(options: Options, started: Date, throughput: Map<Name, Thro
       kernel: os.release(),
       mode: options.mode,
       reps: options.reps,
+      ...(options.only.some((n) => WITH_LATENCY.has(n)) && {
+        latency_rounds: options.rounds,
+        latency_records: options.count,
+        latency_warmup: options.warmup,
+      }),
     },
     baselines,
     cases,
@@ -367,7 +393,11 @@ async function main(): Promise<number> {
   const latency = new Map<Name, LatencySample[]>();
   const record = <S>(map: Map<Name, S[]>, name: Name, sample: S): void => void map.set(name, [...(map.get(name) ?? []), sample]);
   const failed = (err: unknown): { error: string } => ({ error: (err as Error).message });
-  progress(`sluice bench: ${options.mode}, ${options.reps} rep(s), ${size(options.bytes)} per throughput run, ${options.count} + ${options.warmup} warm-up ${RECORD_BYTES / KiB} KiB records per latency run`);
+  const latencySubjects = options.only.filter((n): n is Exclude<Name, 'memcpy'> => WITH_LATENCY.has(n));
+  progress(
+    `sluice bench: ${options.mode}, ${options.reps} throughput rep(s) of ${size(options.bytes)}` +
+      (latencySubjects.length > 0 ? `, ${options.rounds} latency round(s) of ${options.count} + ${options.warmup} warm-up ${RECORD_BYTES / KiB} KiB records per subject` : ''),
+  );
 
   for (let rep = 1; rep <= options.reps; rep++) {
     const tag = `[rep ${rep}/${options.reps}]`;
@@ -382,12 +412,20 @@ async function main(): Promise<number> {
       }));
       record(throughput, name, t);
       progress(`${tag} ${name}: ${t.error ? `FAILED: ${t.error}` : `${fmt(t.MBps)} MB/s, e2e ${fmt(t.e2e_ms)} ms, ttfb ${fmt(t.ttfb_ms, 2)} ms${cpuNote(t.cpu_ms)}`}`);
-      if (name === 'memcpy' || !WITH_LATENCY.has(name)) continue;
-      progress(`${tag} ${name}: 1 KiB latency ...`);
+    }
+  }
+
+  // Latency in shorter rounds than the throughput repetitions, so that each raw baseline and its
+  // framed path are paired closely in time: the drift between them within a round is small.
+  for (let r = 1; latencySubjects.length > 0 && r <= options.rounds; r++) {
+    const tag = `[latency round ${r}/${options.rounds}]`;
+    const line: string[] = [];
+    for (const name of latencySubjects) {
       const l: LatencySample = await latencyRun(name, options.warmup, options.count).catch((err) => ({ p50: 0, p90: 0, p99: 0, max: 0, verified: false, ...failed(err) }));
       record(latency, name, l);
-      progress(`${tag} ${name}: ${l.error ? `FAILED: ${l.error}` : `hop p50 ${fmt(l.p50, 1)} µs, p90 ${fmt(l.p90, 1)} µs, p99 ${fmt(l.p99, 1)} µs`}`);
+      line.push(`${name} ${l.error ? `FAILED: ${l.error}` : `${fmt(l.p50, 1)}/${fmt(l.p90, 1)}/${fmt(l.p99, 1)}`}`);
     }
+    progress(`${tag} hop µs p50/p90/p99: ${line.join(', ')}`);
   }
 
   const report = buildReport(options, started, throughput, latency);

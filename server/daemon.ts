@@ -53,7 +53,8 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     servers.push(tcp);
   }
   ready = true;
-  log.info({ dir: config.dir, socket: socketPath, tcp: tcpAddress }, 'sluice daemon ready');
+  if (Object.keys(config.peers).length > 0) log.warn({ peers: Object.keys(config.peers) }, 'peer links are not built yet: --peers is accepted and not used');
+  log.info({ dir: config.dir, socket: socketPath, tcp: tcpAddress, config: config.toJSON() }, 'sluice daemon ready');
 
   let closing: Promise<void> | undefined;
   return {

@@ -127,6 +127,13 @@ export class RunRegistry {
     }
     const ttl = request.ttlSeconds ?? this.options.runTtlSeconds;
     if (!Number.isInteger(ttl) || ttl < 1 || ttl > 30 * 86400) throw new RequestError(ErrorCodes.INVALID, `ttlSeconds must be an integer in 1..2592000, got ${String(ttl)}`);
+    const stored = workflow.edges.find((e) => e.via === 's3' || e.persist);
+    if (stored) {
+      // refuse rather than quietly carry it another way: the edge asked for durability
+      throw new RequestError(ErrorCodes.INVALID, `edge ${stored.from} → ${stored.to} asks for ${stored.via === 's3' ? 'via: s3' : 'persist: true'}, and this daemon has no object-store path yet; remove the option to run it directly`, {
+        details: { from: stored.from, to: stored.to },
+      });
+    }
     const steps = placeSteps(workflow, request.placement ?? {}, this.options.node);
     const token = randomBytes(24).toString('base64url');
     const directory = runDirectory(this.options.dir, id, token);

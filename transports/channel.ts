@@ -44,6 +44,26 @@ import type { Connection } from './transport.js';
 /** Payloads shorter than this are copied behind their header rather than written separately, bytes. */
 const COPY_BELOW_BYTES = 16 * 1024;
 
+/**
+ * Small frames are carved from 256 KiB slabs rather than `Buffer.allocUnsafe`: Node's 8 KiB pool
+ * runs out every few 1 KiB frames and each refill allocates a new ArrayBuffer (~2 µs), which was
+ * a third of the producer's cost per record. A slab is never reused: a frame the socket still
+ * holds keeps its slab alive, and the garbage collector frees slabs no frame refers to.
+ */
+const SLAB_BYTES = 256 * 1024;
+let slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+let slabUsed = 0;
+function takeFromSlab(bytes: number): Buffer {
+  if (slabUsed + bytes > SLAB_BYTES) {
+    slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+    slabUsed = 0;
+  }
+  const piece = slab.subarray(slabUsed, slabUsed + bytes);
+  // keep the next frame 8-byte aligned, as Node's pool does
+  slabUsed += (bytes + 7) & ~7;
+  return piece;
+}
+
 /** How long a closing side waits for its last control frame to flush before it cuts the connection, ms. */
 const FAREWELL_GRACE_MS = 2_000;
 
@@ -73,18 +93,40 @@ export interface ChannelReaderOptions {
   acknowledge?: () => Promise<void>;
 }
 
-/** Send a last control frame and close: flush what can be flushed, within a grace period. */
+/**
+ * Say the last word — an ACK or an ABORT — and close. Until the peer closes its side (or the
+ * grace period ends) keep reading, and dropping, what it still sends: closing at once would make
+ * its next write fail with EPIPE before it has read why, and it would report a vanished peer
+ * instead of the reason it was given.
+ */
 function farewell(conn: Connection, frame: Buffer | undefined): void {
-  const out = conn.output;
-  if (!frame || out.destroyed || out.writableEnded) return conn.destroy();
+  const { input, output } = conn;
   const timer = setTimeout(() => conn.destroy(), FAREWELL_GRACE_MS);
   timer.unref();
-  out.on('error', () => undefined);
-  out.end(frame);
-  finished(out, { readable: false }, () => {
+  let inputDone = input.readableEnded || input.destroyed;
+  let outputDone = output.destroyed || output.writableFinished || !frame;
+  const maybeClose = (): void => {
+    if (!inputDone || !outputDone) return;
     clearTimeout(timer);
     conn.destroy();
+  };
+  input.on('error', () => undefined);
+  finished(input, { writable: false }, () => {
+    inputDone = true;
+    maybeClose();
   });
+  input.resume();
+  if (frame && !output.destroyed && !output.writableEnded) {
+    output.on('error', () => undefined);
+    output.end(frame);
+    finished(output, { readable: false }, () => {
+      outputDone = true;
+      maybeClose();
+    });
+  } else {
+    outputDone = true;
+  }
+  maybeClose();
 }
 
 function abortFrame(channel: number, err: Error | null | undefined, fallback: string): Buffer {
@@ -195,7 +237,7 @@ export class ChannelWriter extends Writable {
    * small writes queued together become one frame.
    */
   private sendSmall(chunks: Buffer[], bytes: number): boolean {
-    const frame = Buffer.allocUnsafe(HEADER_BYTES + bytes);
+    const frame = takeFromSlab(HEADER_BYTES + bytes);
     writeHeader(frame, 0, FrameType.DATA, this.channel, bytes);
     let at = HEADER_BYTES;
     for (const c of chunks) at += c.copy(frame, at);
@@ -211,7 +253,6 @@ export class ChannelWriter extends Writable {
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
     if (this.verdict instanceof Error) return callback(this.verdict);
     if (chunk.length === 0) return callback();
-    this.account(chunk);
     let ok: boolean;
     if (chunk.length < COPY_BELOW_BYTES) {
       ok = this.sendSmall([chunk], chunk.length);
@@ -221,6 +262,9 @@ export class ChannelWriter extends Writable {
       ok = this.sendLarge(chunk);
       out.uncork();
     }
+    // after the bytes are on their way: hashing is off the critical path of a small record's
+    // latency (the caller may not change a buffer it wrote, so this reads what was sent)
+    this.account(chunk);
     this.afterWrite(ok, callback);
   }
 

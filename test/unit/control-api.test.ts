@@ -100,6 +100,15 @@ describe('control API', () => {
     expect(runDirs()).toEqual(before);
   });
 
+  it('refuses a run of a workflow whose edges need the object store, which is not built yet', async () => {
+    await app.inject({ method: 'POST', url: '/v1/workflows', payload: { name: 'durable', steps: { a: {}, b: {} }, edges: [{ from: 'a', to: 'b', persist: true }] } });
+    const before = runDirs();
+    const res = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'durable' } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().message).toMatch(/a → b asks for persist: true/);
+    expect(runDirs()).toEqual(before);
+  });
+
   it('refuses a second run with the same id', async () => {
     expect((await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'twice' } })).statusCode).toBe(201);
     const again = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'twice' } });
