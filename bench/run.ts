@@ -22,7 +22,7 @@ type Name = (typeof NAMES)[number];
 const WITH_LATENCY: ReadonlySet<Name> = new Set(['raw-unix', 'unix', 'raw-fifo', 'fifo']);
 
 const QUICK_REPS = 5;
-const QUICK_ROUNDS = 9;
+const QUICK_ROUNDS = 21;
 
 const USAGE = `Usage: npm run bench -- [options]
 
@@ -32,7 +32,7 @@ timestamped JSON copy.
 
   --quick        1 GiB per throughput run, QUICK_REPS repetitions; QUICK_ROUNDS latency rounds of
                  5,000 + 1,000 warm-up 1 KiB records per subject (default)
-  --full         as --quick with 9 repetitions and 15 latency rounds
+  --full         as --quick with 9 repetitions and 31 latency rounds
   --smoke        fast self-check: 64 MiB, 1 repetition, 2 short latency rounds; writes no results
   --reps N       throughput repetitions (overrides the mode's)
   --rounds N     latency rounds (overrides the mode's)
@@ -76,7 +76,7 @@ function parseOptions(argv: string[]): Options | undefined {
   const mode = modes[0] ?? 'quick';
   const reps = values.reps === undefined ? { quick: QUICK_REPS, full: 9, smoke: 1 }[mode] : Number(values.reps);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`--reps must be a positive integer, got ${values.reps}`);
-  const rounds = values.rounds === undefined ? { quick: QUICK_ROUNDS, full: 15, smoke: 2 }[mode] : Number(values.rounds);
+  const rounds = values.rounds === undefined ? { quick: QUICK_ROUNDS, full: 31, smoke: 2 }[mode] : Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got ${values.rounds}`);
   const only = values.only === undefined ? [...NAMES] : values.only.split(',').map((s) => s.trim());
   const unknown = only.filter((n) => !(NAMES as readonly string[]).includes(n));

@@ -18,17 +18,41 @@ import xxhash from 'xxhash-addon';
 
 const SEED = Buffer.alloc(8);
 
-/** Incremental XXH3-64 of a byte stream. */
+/** Pieces shorter than this are copied aside and hashed in batches, bytes. */
+const BATCH_BELOW_BYTES = 4 * 1024;
+const BATCH_BYTES = 64 * 1024;
+
+/**
+ * Incremental XXH3-64 of a byte stream. Small pieces (1 KiB records) are copied into a batch
+ * buffer and hashed 64 KiB at a time: a ~50 ns copy instead of a native call each, which keeps a
+ * record's latency down. The copy also means a caller may reuse or change a small buffer right
+ * after `update()`; the digest is the same either way, defined over the bytes, not the pieces.
+ */
 export class StreamChecksum {
   private readonly hasher = new xxhash.XXHash3(SEED);
+  private batch: Buffer | undefined;
+  private batched = 0;
 
   update(bytes: Buffer): void {
-    this.hasher.update(bytes);
+    if (bytes.length >= BATCH_BELOW_BYTES) {
+      this.flush();
+      this.hasher.update(bytes);
+      return;
+    }
+    if (this.batched + bytes.length > BATCH_BYTES) this.flush();
+    this.batched += bytes.copy((this.batch ??= Buffer.allocUnsafeSlow(BATCH_BYTES)), this.batched);
   }
 
   /** The digest of everything so far, as 16 hex digits. Updating afterwards continues the stream. */
   digest(): string {
+    this.flush();
     return this.hasher.digest().toString('hex');
+  }
+
+  private flush(): void {
+    if (this.batched === 0) return;
+    this.hasher.update(this.batch!.subarray(0, this.batched));
+    this.batched = 0;
   }
 }
 
