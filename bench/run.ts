@@ -21,7 +21,7 @@ type Name = (typeof NAMES)[number];
 /** Subjects whose 1 KiB one-way latency is measured too. */
 const WITH_LATENCY: ReadonlySet<Name> = new Set(['raw-unix', 'unix', 'raw-fifo', 'fifo']);
 
-const QUICK_REPS = 5;
+const QUICK_REPS = 9;
 const QUICK_ROUNDS = 21;
 
 const USAGE = `Usage: npm run bench -- [options]
@@ -32,7 +32,7 @@ timestamped JSON copy.
 
   --quick        1 GiB per throughput run, QUICK_REPS repetitions; QUICK_ROUNDS latency rounds of
                  5,000 + 1,000 warm-up 1 KiB records per subject (default)
-  --full         as --quick with 9 repetitions and 31 latency rounds
+  --full         as --quick with 15 repetitions and 31 latency rounds
   --smoke        fast self-check: 64 MiB, 1 repetition, 2 short latency rounds; writes no results
   --reps N       throughput repetitions (overrides the mode's)
   --rounds N     latency rounds (overrides the mode's)
@@ -74,7 +74,7 @@ function parseOptions(argv: string[]): Options | undefined {
   const modes = (['quick', 'full', 'smoke'] as const).filter((m) => values[m]);
   if (modes.length > 1) throw new Error(`choose one of --quick, --full, --smoke (got ${modes.map((m) => '--' + m).join(' ')})`);
   const mode = modes[0] ?? 'quick';
-  const reps = values.reps === undefined ? { quick: QUICK_REPS, full: 9, smoke: 1 }[mode] : Number(values.reps);
+  const reps = values.reps === undefined ? { quick: QUICK_REPS, full: 15, smoke: 1 }[mode] : Number(values.reps);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`--reps must be a positive integer, got ${values.reps}`);
   const rounds = values.rounds === undefined ? { quick: QUICK_ROUNDS, full: 31, smoke: 2 }[mode] : Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got ${values.rounds}`);
