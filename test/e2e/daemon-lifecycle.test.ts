@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
-import { cli, runFunction, startDaemonProcess } from '../helpers/daemon.js';
+import { cli, runFunction, startDaemonProcess, waitForChannelState } from '../helpers/daemon.js';
 
 const MiB = 1024 * 1024;
 
@@ -24,12 +24,7 @@ describe('the daemon process', () => {
       await control(daemon.dir, 'POST', '/v1/workflows', { name: 'drain', steps: { p: {}, c: {} }, edges: [{ from: 'p', to: 'c' }] });
       const { body: run } = await control<{ run: string; token: string }>(daemon.dir, 'POST', '/v1/runs', { workflow: 'drain' });
       const producer = runFunction(daemon.dir, run, 'p', ['source', String(48 * MiB), '9']);
-      for (let i = 0; ; i++) {
-        const { body } = await control<{ channels: Array<{ state: string }> }>(daemon.dir, 'GET', `/v1/runs/${run.run}`);
-        if (body.channels[0]!.state === 'relaying') break;
-        if (i > 200) throw new Error('producer never reached the relay');
-        await sleep(20);
-      }
+      await waitForChannelState(daemon.dir, run.run, 'relaying');
       daemon.child.kill('SIGTERM');
       const exited = once(daemon.child, 'exit');
       await sleep(200);

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { connect } from '../../client/index.js';
 import { ChannelWriter, MANIFEST_FILE, RELAY_SOCKET, runDirectory, unixTransport } from '../../transports/index.js';
-import { cli, runFunction, startDaemonProcess, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { cli, runFunction, startDaemonProcess, waitForChannelState, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
 import { outcome } from '../helpers/streams.js';
 
 const MiB = 1024 * 1024;
@@ -133,12 +133,7 @@ describe('workflows between processes', () => {
     const source = runFunction(daemon.dir, run, 'early', ['source', String(64 * MiB), '5']);
     // the producer found no consumer on the FIFO and went to the relay, which holds a bounded
     // buffer and makes the producer wait: wait until the relay has the stream
-    for (let i = 0; ; i++) {
-      const { body } = await control<{ channels: Array<{ state: string }> }>(daemon.dir, 'GET', `/v1/runs/${run.run}`);
-      if (body.channels[0]!.state === 'relaying') break;
-      if (i > 200) throw new Error('producer never reached the relay');
-      await sleep(20);
-    }
+    await waitForChannelState(daemon.dir, run.run, 'relaying');
     await sleep(300);
     expect(source.child.exitCode).toBeNull(); // still waiting: 64 MiB is more than the buffer
     const sink = runFunction(daemon.dir, run, 'late', ['sink']);

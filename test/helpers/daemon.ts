@@ -80,3 +80,14 @@ export function runFunction(dir: string, run: { run: string; token: string }, st
   });
   return { child, done };
 }
+
+/** Wait until the run's first channel is in `state` (e.g. 'relaying'), polling the control API. */
+export async function waitForChannelState(dir: string, run: string, state: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { body } = await control<{ channels: Array<{ state: string }> }>(dir, 'GET', `/v1/runs/${run}`);
+    if (body.channels[0]?.state === state) return;
+    if (Date.now() > deadline) throw new Error(`channel of run ${run} never reached state ${state}`);
+    await sleep(20);
+  }
+}
