@@ -93,21 +93,24 @@ function fnv1a(text: string): number {
  */
 export class Output extends Writable {
   private writers: ChannelWriter[] = [];
+  /** settles when every channel is open (or one failed to open) */
+  private readonly opened: Promise<void>;
 
   constructor(
-    private readonly opener: () => Promise<ChannelWriter[]>,
+    opener: () => Promise<ChannelWriter[]>,
     private readonly partitioned: boolean,
   ) {
     super({ highWaterMark: STREAM_BUFFER_BYTES });
+    this.opened = opener().then((writers) => {
+      this.writers = writers;
+      for (const w of writers) w.on('error', (err) => this.destroy(err));
+    });
+    this.opened.catch(() => undefined); // reported through _construct
   }
 
   override _construct(callback: (err?: Error | null) => void): void {
-    this.opener().then(
-      (writers) => {
-        this.writers = writers;
-        for (const w of writers) w.on('error', (err) => this.destroy(err));
-        callback();
-      },
+    this.opened.then(
+      () => callback(),
       (err: Error) => callback(err),
     );
   }
@@ -148,7 +151,7 @@ export class Output extends Writable {
       });
     }
     if (key === undefined) return Promise.reject(new RequestError(ErrorCodes.INVALID, 'a partition edge needs a key: send(value, key)'));
-    return this.ready().then(
+    return this.opened.then(
       () =>
         new Promise<void>((resolve, reject) => {
           const writer = this.writers[fnv1a(String(key)) % this.writers.length]!;
@@ -157,15 +160,6 @@ export class Output extends Writable {
           writer.once('error', reject);
         }),
     );
-  }
-
-  private ready(): Promise<void> {
-    if (this.writers.length > 0 || this.destroyed) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const check = (): void => (this.writers.length > 0 ? resolve() : void setImmediate(check));
-      this.once('error', reject);
-      check();
-    });
   }
 
   override _final(callback: (err?: Error | null) => void): void {

@@ -18,8 +18,10 @@
  *
  * Errors: `{ code, message, details? }` with the status of the code (SLUICE_INVALID 400,
  * SLUICE_UNAUTHORIZED 401, SLUICE_NOT_FOUND 404, bodies over the limit 413, others 500).
- * Whoever can open the control socket administers the node; it is created 0600.
+ * Whoever can open the control socket administers the node; it is created 0600. The optional
+ * TCP listener requires the cluster secret as a bearer token (probes and metrics excepted).
  */
+import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ErrorCodes, RequestError, isErrorCode } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
@@ -37,7 +39,15 @@ export interface ApiContext {
   maxBodyBytes: number;
   /** false while starting and while draining */
   ready: () => boolean;
+  /**
+   * When set, every request but /healthz, /readyz and /metrics must carry
+   * `Authorization: Bearer <secret>` (SLUICE_UNAUTHORIZED otherwise). Set on the TCP listener,
+   * which, unlike the 0600 Unix socket, anyone who can reach the port may open.
+   */
+  bearerSecret?: string | undefined;
 }
+
+const OPEN_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
 
 const statusOf: Partial<Record<string, number>> = {
   [ErrorCodes.INVALID]: 400,
@@ -84,6 +94,16 @@ export function buildApi(ctx: ApiContext): FastifyInstance {
     ctx.metrics.errors.inc({ code: body.code });
     void reply.status(status).send(body);
   });
+  if (ctx.bearerSecret !== undefined) {
+    const expected = Buffer.from(`Bearer ${ctx.bearerSecret}`);
+    app.addHook('onRequest', async (request) => {
+      if (OPEN_ROUTES.has(request.url.split('?')[0]!)) return;
+      const given = Buffer.from(request.headers.authorization ?? '');
+      if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+        throw new RequestError(ErrorCodes.UNAUTHORIZED, 'the TCP control API needs "Authorization: Bearer <cluster secret>"');
+      }
+    });
+  }
   app.addHook('onResponse', async (request, reply) => {
     ctx.metrics.requests.inc({ route: request.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
   });

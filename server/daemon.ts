@@ -5,7 +5,7 @@ import fs from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
-import { DAEMON_SOCKET, removeStaleSocket } from '../transports/index.js';
+import { DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket } from '../transports/index.js';
 import { buildApi } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
@@ -48,7 +48,15 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   servers.push(local);
   let tcpAddress: string | undefined;
   if (config.listen) {
-    const tcp = buildApi(context);
+    const loopback = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(config.listen.host);
+    if (!config.secret && !loopback) {
+      await local.close();
+      await relay.stop();
+      await runs.stop();
+      throw new RequestError(ErrorCodes.CONFIG, `--listen ${config.listen.host}:${config.listen.port} would open the control API to the network: set a cluster secret (--secret-file or SLUICE_SECRET), which TCP clients then present as a bearer token, or listen on 127.0.0.1`);
+    }
+    if (!config.secret) log.warn('the TCP control API on loopback has no secret: any local user can administer this node through it');
+    const tcp = buildApi({ ...context, bearerSecret: config.secret });
     tcpAddress = await tcp.listen({ host: config.listen.host, port: config.listen.port });
     servers.push(tcp);
   }

@@ -18,6 +18,19 @@ describe('the daemon process', () => {
     expect(stderr).toMatch(/SLUICE_CONFIG: .*--relay-buffer/);
   });
 
+  it('refuses to open the control API to the network without a cluster secret', async () => {
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-listen-'));
+    const child = spawn(process.execPath, [cli, 'daemon', '--dir', dir, '--listen', '0.0.0.0:0', '--log-level', 'silent'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const [code] = await once(child, 'exit');
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/SLUICE_CONFIG: --listen 0\.0\.0\.0:0 would open the control API to the network/);
+  });
+
   it('on SIGTERM stops taking work, lets a relayed stream finish, then exits 0', async () => {
     const daemon = await startDaemonProcess(['--attach-timeout', '20s']);
     try {

@@ -138,3 +138,22 @@ describe('control API', () => {
     expect((await app.inject('/v1/runs/short')).statusCode).toBe(404);
   });
 });
+
+describe('control API over TCP (bearer secret)', () => {
+  it('refuses requests without the cluster secret, but not probes or metrics', async () => {
+    const metrics = createMetrics(() => runs.size);
+    const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics });
+    const tcp = buildApi({ node: 'node-a', version: 'test', runs, relay, metrics, workflows: new Map(), maxBodyBytes: 16 * 1024, ready: () => true, bearerSecret: 'a-cluster-secret-of-some-length' });
+    try {
+      expect((await tcp.inject('/healthz')).statusCode).toBe(200);
+      expect((await tcp.inject('/metrics')).statusCode).toBe(200);
+      const anonymous = await tcp.inject('/v1/runs');
+      expect(anonymous.statusCode).toBe(401);
+      expect(anonymous.json().code).toBe('SLUICE_UNAUTHORIZED');
+      expect((await tcp.inject({ url: '/v1/runs', headers: { authorization: 'Bearer wrong-secret-of-the-same-size!' } })).statusCode).toBe(401);
+      expect((await tcp.inject({ url: '/v1/runs', headers: { authorization: 'Bearer a-cluster-secret-of-some-length' } })).statusCode).toBe(200);
+    } finally {
+      await tcp.close();
+    }
+  });
+});
