@@ -30,6 +30,7 @@ import {
   DEFAULT_MAX_FRAME_PAYLOAD,
   FrameDecoder,
   HEADER_BYTES,
+  MAX_FRAME_PAYLOAD_LIMIT,
   FrameType,
   WIRE_VERSION,
   encodeControl,
@@ -152,7 +153,11 @@ export class ChannelWriter extends Writable {
     options: ChannelWriterOptions = {},
   ) {
     super({ highWaterMark: options.highWaterMark ?? 64 * 1024, decodeStrings: true });
-    this.maxFramePayload = options.maxFramePayload ?? DEFAULT_MAX_FRAME_PAYLOAD;
+    const max = options.maxFramePayload ?? DEFAULT_MAX_FRAME_PAYLOAD;
+    if (!Number.isInteger(max) || max < 1 || max > MAX_FRAME_PAYLOAD_LIMIT) {
+      throw new RangeError(`maxFramePayload must be an integer in 1..${MAX_FRAME_PAYLOAD_LIMIT}, got ${max}`);
+    }
+    this.maxFramePayload = max;
     this.channel = options.channel ?? 0;
     const { input, output } = conn;
     output.on('drain', () => this.release(null));

@@ -159,6 +159,20 @@ describe.each(Object.keys(media))('channel contract over %s', (name) => {
     expect(bytes).toEqual(Buffer.concat(chunks));
   });
 
+  it('splits writes larger than maxFramePayload into several frames, byte-exact', async () => {
+    const listener = await listen();
+    const accepted = listener.accept();
+    const writer = new ChannelWriter(await transport.dial(listener.endpoint), { maxFramePayload: 1000 });
+    const received = drain(new ChannelReader(await accepted, { maxFramePayload: 1000 }));
+    const data = seededBytes(100_000, 4);
+    writer.end(data);
+    const { bytes, error } = await received;
+    expect(error).toBeUndefined();
+    expect(bytes.equals(data)).toBe(true);
+    // and refuses a frame limit that would not make progress
+    expect(() => new ChannelWriter(listener as never, { maxFramePayload: 0 })).toThrow(RangeError);
+  });
+
   it('carries the producer HELLO metadata to the consumer', async () => {
     const { writer, reader } = await open({ run: 'r1', from: 'split', to: 'count' });
     const received = drain(reader);
