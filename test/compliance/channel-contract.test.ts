@@ -5,6 +5,7 @@
  */
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +27,7 @@ import {
   encodeRecord,
   fifoTransport,
   unixTransport,
+  WsTransport,
   type Connection,
   type Listener,
   type Transport,
@@ -42,6 +44,7 @@ const media: Record<string, Medium> = {
   memory: { transport: new MemoryTransport(), crossProcess: false },
   unix: { transport: unixTransport, crossProcess: true },
   fifo: { transport: fifoTransport, crossProcess: true },
+  ws: { transport: new WsTransport({ secret: 'compliance-secret-0123456789' }), crossProcess: false },
 };
 
 const peerScript = fileURLToPath(new URL('../../dist/test/fixtures/peer.js', import.meta.url));
@@ -52,7 +55,13 @@ describe.each(Object.keys(media))('channel contract over %s', (name) => {
   let dir: string;
   let serial = 0;
   const listeners: Listener[] = [];
-  const endpoint = (): string => (transport.path === 'memory' ? `ep-${++serial}` : join(dir, `ep-${++serial}`));
+  const endpoint = (): string => {
+    if (transport.path === 'memory') return `ep-${++serial}`;
+    if (transport.path === 'ws') return '127.0.0.1:0'; // the listener reports the port it got
+    return join(dir, `ep-${++serial}`);
+  };
+  /** An endpoint nobody serves (yet), which a test may dial and later listen on. */
+  const unservedEndpoint = async (): Promise<string> => (transport.path === 'ws' ? `127.0.0.1:${await freePort()}` : endpoint());
 
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), `sluice-${name}-`));
@@ -418,21 +427,21 @@ describe.each(Object.keys(media))('channel contract over %s', (name) => {
   });
 
   it('aborts a dial whose signal fired before the call: SLUICE_ABORTED', async () => {
-    await expect(transport.dial(endpoint(), { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'SLUICE_ABORTED' });
+    await expect(transport.dial(await unservedEndpoint(), { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'SLUICE_ABORTED' });
   });
 
   it('aborts a dial waiting for an absent listener when the signal fires: SLUICE_ABORTED', async () => {
     const started = performance.now();
-    await expect(transport.dial(endpoint(), { signal: AbortSignal.timeout(50), timeoutMs: 30_000 })).rejects.toMatchObject({ code: 'SLUICE_ABORTED' });
+    await expect(transport.dial(await unservedEndpoint(), { signal: AbortSignal.timeout(50), timeoutMs: 30_000 })).rejects.toMatchObject({ code: 'SLUICE_ABORTED' });
     expect(performance.now() - started).toBeLessThan(5_000);
   });
 
   it('gives up on an endpoint nobody serves after timeoutMs: SLUICE_UNAVAILABLE', async () => {
-    await expect(transport.dial(endpoint(), { timeoutMs: 50 })).rejects.toMatchObject({ code: 'SLUICE_UNAVAILABLE' });
+    await expect(transport.dial(await unservedEndpoint(), { timeoutMs: 50 })).rejects.toMatchObject({ code: 'SLUICE_UNAVAILABLE' });
   });
 
   it('connects a producer that dials before the consumer listens, within timeoutMs', async () => {
-    const ep = endpoint();
+    const ep = await unservedEndpoint();
     const dialing = transport.dial(ep, { timeoutMs: 5_000 });
     await sleep(50);
     const listener = await listen(ep);
@@ -452,6 +461,15 @@ describe.each(Object.keys(media))('channel contract over %s', (name) => {
     await pending;
   });
 });
+
+/** A loopback TCP port nobody listens on: bound, then closed. */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
 
 /** A raw end the test drives by hand: the peer's resets are expected, not failures. */
 function quiet(conn: Connection): Connection {

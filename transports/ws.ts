@@ -1,0 +1,474 @@
+/**
+ * `ws`: a channel carried over one WebSocket connection between two daemons (the first step
+ * towards multiplexed peer links). Endpoints are `HOST:PORT`; a listener runs a `ws`
+ * WebSocketServer on an HTTP server of its own bound to that address (port 0 picks a free port,
+ * reported in `listener.endpoint`).
+ *
+ * Wire: binary messages only. A non-empty message carries bytes; an empty message ends the
+ * sender's direction (WebSocket has no half-close of its own, the channel protocol needs one).
+ * Once both directions ended, the socket closes with 1000. A text message, a message over
+ * `maxPayload` or bytes after the peer's end are protocol violations: the connection is cut and
+ * the input fails with SLUICE_PROTOCOL. A socket that closes before the peer ended its direction
+ * resets the input (ECONNRESET) and fails pending writes (EPIPE): the channel layer reports
+ * SLUICE_TRUNCATED / SLUICE_CONSUMER_GONE, as for a socket.
+ *
+ * Back-pressure: a write completes when the socket took its bytes; the input pauses the socket
+ * while its buffer is full.
+ *
+ * Authentication (when `secret` is set, on both ends): mutual HMAC-SHA256 challenge-response,
+ * the secret never on the wire.
+ *
+ * ```
+ *  server → client   serverNonce (32 bytes)
+ *  client → server   clientNonce (32) | HMAC(secret, 'sluice-ws-client' | serverNonce | clientNonce)
+ *  server → client   HMAC(secret, 'sluice-ws-server' | clientNonce | serverNonce)
+ * ```
+ *
+ * Only then does `accept()` / `dial()` hand out the Connection. A wrong or missing proof: the
+ * server closes with 4401 without passing a byte on; the client's dial rejects with
+ * SLUICE_UNAUTHORIZED. A handshake not finished within `handshakeTimeoutMs` is dropped.
+ */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Readable, Writable } from 'node:stream';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { ConnectError, ErrorCodes, ProtocolError, RequestError } from './errors.js';
+import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type DialOptions, type Listener, type Transport } from './transport.js';
+import { AcceptQueue, abortedError, retryUntil } from './waiting.js';
+
+export const WS_DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024;
+export const WS_DEFAULT_HANDSHAKE_TIMEOUT_MS = 5_000;
+/** Close code for a failed authentication. */
+export const WS_CLOSE_UNAUTHORIZED = 4401;
+
+const NONCE_BYTES = 32;
+const MAC_BYTES = 32;
+/** Bytes buffered per direction before the writer waits / the socket is paused. */
+const STREAM_HIGH_WATER_MARK = 64 * 1024;
+/** Writes shorter than this are coalesced into one message. */
+const COALESCE_BELOW_BYTES = 16 * 1024;
+
+export interface WsTransportOptions {
+  /** Shared secret for mutual authentication; both ends must have the same (or none). */
+  secret?: string;
+  /** Largest message, bytes. Default 16 MiB. Larger writes are split. */
+  maxPayload?: number;
+  /** How long the authentication handshake may take, ms. Default 5000. */
+  handshakeTimeoutMs?: number;
+}
+
+interface Endpoint {
+  host: string;
+  port: number;
+}
+
+function parseEndpoint(endpoint: string): Endpoint {
+  const colon = endpoint.lastIndexOf(':');
+  let host = colon > 0 ? endpoint.slice(0, colon) : '';
+  const portText = colon > 0 ? endpoint.slice(colon + 1) : '';
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  const port = Number(portText);
+  if (!host || !/^\d+$/.test(portText) || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new RequestError(ErrorCodes.INVALID, `ws endpoint must be HOST:PORT, got ${JSON.stringify(endpoint)}`, { details: { endpoint } });
+  }
+  return { host, port };
+}
+
+function formatEndpoint(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+function mac(secret: string, label: string, a: Buffer, b: Buffer): Buffer {
+  return createHmac('sha256', secret).update(label).update(a).update(b).digest();
+}
+
+function toBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+function resetError(): Error {
+  return Object.assign(new Error('websocket peer vanished'), { code: 'ECONNRESET' });
+}
+
+function pipeError(): Error {
+  return Object.assign(new Error('websocket closed'), { code: 'EPIPE' });
+}
+
+/** Destroy a stream with `err` if someone listens for it; otherwise without (finished() still reports a premature close). */
+function destroyWith(stream: Readable | Writable, err: Error): void {
+  if (stream.destroyed) return;
+  stream.destroy(stream.listenerCount('error') > 0 ? err : undefined);
+}
+
+/** One WebSocket as a Connection: bytes with back-pressure, and a half-close per direction. */
+class WsConnection implements Connection {
+  readonly input: Readable;
+  readonly output: Writable;
+  private sentEnd = false;
+  private gotEnd = false;
+  private closed = false;
+  private failure: Error | undefined;
+
+  constructor(
+    private readonly ws: WebSocket,
+    private readonly maxPayload: number,
+  ) {
+    this.input = new Readable({
+      highWaterMark: STREAM_HIGH_WATER_MARK,
+      read: () => {
+        if (this.ws.isPaused) this.ws.resume();
+      },
+      destroy: (error, callback) => {
+        // nobody reads any more: keep the socket flowing, what arrives is dropped
+        if (this.ws.isPaused) this.ws.resume();
+        callback(error);
+      },
+    });
+    this.output = new Writable({
+      highWaterMark: STREAM_HIGH_WATER_MARK,
+      writev: (chunks, callback) => this.send(chunks.map((c) => c.chunk as Buffer), callback),
+      final: (callback) => {
+        this.sendMessages([Buffer.alloc(0)], (err) => {
+          if (err) return callback(err);
+          this.sentEnd = true;
+          callback();
+          this.maybeClose();
+        });
+      },
+      destroy: (error, callback) => {
+        // cut before the end: the peer must not mistake it for a clean end
+        if (!this.sentEnd && !this.closed) this.ws.terminate();
+        callback(error);
+      },
+    });
+  }
+
+  destroy(error?: Error): void {
+    if (!(this.sentEnd && this.gotEnd)) this.ws.terminate(); // else the clean close is already under way
+    this.input.destroy(error);
+    this.output.destroy(error);
+  }
+
+  onMessage(data: RawData, isBinary: boolean): void {
+    if (this.closed) return;
+    if (!isBinary) return this.violate('text message on a binary channel');
+    const bytes = toBuffer(data);
+    if (this.gotEnd) return this.violate('message after the peer ended its direction');
+    if (this.input.destroyed) return;
+    if (bytes.length === 0) {
+      this.gotEnd = true;
+      this.input.push(null);
+      this.maybeClose();
+      return;
+    }
+    if (!this.input.push(bytes) && !this.ws.isPaused) this.ws.pause();
+  }
+
+  onError(err: Error): void {
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    this.failure ??= code.startsWith('WS_ERR_') ? new ProtocolError(`websocket protocol violation: ${err.message}`, { cause: err }) : err;
+  }
+
+  onClose(): void {
+    this.closed = true;
+    if (!this.gotEnd) destroyWith(this.input, this.failure ?? resetError());
+    if (!this.sentEnd && !this.output.writableFinished) {
+      if (this.output.writableLength > 0 || this.output.writableEnded) destroyWith(this.output, this.failure ?? pipeError());
+      // idle: the next write fails (see send)
+    }
+  }
+
+  private violate(why: string): void {
+    this.failure ??= new ProtocolError(`websocket peer broke the protocol: ${why}`);
+    this.ws.terminate();
+  }
+
+  private maybeClose(): void {
+    if (this.sentEnd && this.gotEnd && this.ws.readyState === WebSocket.OPEN) this.ws.close(1000);
+  }
+
+  /** Coalesce small chunks, split large ones at maxPayload; call back when the socket took the last. */
+  private send(chunks: Buffer[], callback: (err?: Error | null) => void): void {
+    const messages: Buffer[] = [];
+    let small: Buffer[] = [];
+    let smallBytes = 0;
+    const flushSmall = (): void => {
+      if (small.length === 0) return;
+      messages.push(small.length === 1 ? small[0]! : Buffer.concat(small, smallBytes));
+      small = [];
+      smallBytes = 0;
+    };
+    for (const chunk of chunks) {
+      if (chunk.length === 0) continue;
+      if (chunk.length < COALESCE_BELOW_BYTES && smallBytes + chunk.length <= this.maxPayload) {
+        small.push(chunk);
+        smallBytes += chunk.length;
+        if (smallBytes >= COALESCE_BELOW_BYTES) flushSmall();
+        continue;
+      }
+      flushSmall();
+      for (let off = 0; off < chunk.length; off += this.maxPayload) messages.push(chunk.subarray(off, off + this.maxPayload));
+    }
+    flushSmall();
+    if (messages.length === 0) return callback();
+    this.sendMessages(messages, callback);
+  }
+
+  private sendMessages(messages: Buffer[], callback: (err?: Error | null) => void): void {
+    if (this.closed || this.ws.readyState !== WebSocket.OPEN) return callback(this.failure ?? pipeError());
+    const last = messages.length - 1;
+    messages.forEach((m, i) => {
+      if (i < last) this.ws.send(m, { binary: true });
+      else this.ws.send(m, { binary: true }, (err) => callback(err ? (this.failure ?? pipeError()) : null));
+    });
+  }
+}
+
+/** Route a socket's events to the handshake first, then to its Connection. */
+function wire(ws: WebSocket): {
+  setHandlers(h: { message: (d: RawData, b: boolean) => void; close: (code: number) => void; error: (e: Error) => void }): void;
+  attach(conn: WsConnection): void;
+} {
+  let message: (d: RawData, b: boolean) => void = () => undefined;
+  let close: (code: number) => void = () => undefined;
+  let error: (e: Error) => void = () => undefined;
+  ws.on('message', (d, b) => message(d, b));
+  ws.on('close', (code) => close(code));
+  ws.on('error', (e) => error(e));
+  return {
+    setHandlers(h) {
+      ({ message, close, error } = h);
+    },
+    attach(conn) {
+      message = (d, b) => conn.onMessage(d, b);
+      close = () => conn.onClose();
+      error = (e) => conn.onError(e);
+    },
+  };
+}
+
+class WsListener implements Listener {
+  private readonly queue: AcceptQueue;
+  private readonly handshaking = new Set<WebSocket>();
+  private closed = false;
+
+  constructor(
+    readonly endpoint: string,
+    private readonly server: http.Server,
+    private readonly wss: WebSocketServer,
+    private readonly options: Required<Pick<WsTransportOptions, 'maxPayload' | 'handshakeTimeoutMs'>> & { secret: string | undefined },
+  ) {
+    this.queue = new AcceptQueue(endpoint);
+    wss.on('connection', (ws) => this.admit(ws));
+    wss.on('error', () => undefined);
+  }
+
+  private admit(ws: WebSocket): void {
+    const { secret, maxPayload, handshakeTimeoutMs } = this.options;
+    const routes = wire(ws);
+    if (this.closed) return void ws.terminate();
+    if (secret === undefined) {
+      const conn = new WsConnection(ws, maxPayload);
+      routes.attach(conn);
+      this.queue.offer(conn);
+      return;
+    }
+    this.handshaking.add(ws);
+    const serverNonce = randomBytes(NONCE_BYTES);
+    const done = (): void => {
+      clearTimeout(timer);
+      this.handshaking.delete(ws);
+    };
+    const timer = setTimeout(() => {
+      done();
+      ws.terminate();
+    }, handshakeTimeoutMs);
+    timer.unref();
+    const refuse = (): void => {
+      done();
+      routes.setHandlers({ message: () => undefined, close: () => undefined, error: () => undefined });
+      ws.close(WS_CLOSE_UNAUTHORIZED, 'unauthorized');
+      // do not wait for the peer's close frame forever
+      setTimeout(() => ws.terminate(), 1_000).unref();
+    };
+    routes.setHandlers({
+      message: (data, isBinary) => {
+        const bytes = toBuffer(data);
+        if (!isBinary || bytes.length !== NONCE_BYTES + MAC_BYTES) return refuse();
+        const clientNonce = bytes.subarray(0, NONCE_BYTES);
+        const expected = mac(secret, 'sluice-ws-client', serverNonce, clientNonce);
+        if (!timingSafeEqual(bytes.subarray(NONCE_BYTES), expected)) return refuse();
+        done();
+        if (this.closed) return void ws.terminate();
+        const conn = new WsConnection(ws, maxPayload);
+        routes.attach(conn);
+        ws.send(mac(secret, 'sluice-ws-server', clientNonce, serverNonce), { binary: true });
+        this.queue.offer(conn);
+      },
+      close: () => done(),
+      error: () => undefined,
+    });
+    ws.send(serverNonce, { binary: true });
+  }
+
+  accept(options?: AcceptOptions): Promise<Connection> {
+    return this.queue.take(options);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue.close();
+    for (const ws of this.handshaking) ws.terminate();
+    this.handshaking.clear();
+    // Stop listening only: accepted connections belong to their channels.
+    this.wss.close();
+    this.server.close();
+  }
+}
+
+export class WsTransport implements Transport {
+  readonly path = 'ws' as const;
+  private readonly secret: string | undefined;
+  private readonly maxPayload: number;
+  private readonly handshakeTimeoutMs: number;
+
+  constructor(options: WsTransportOptions = {}) {
+    this.secret = options.secret;
+    this.maxPayload = options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD;
+    this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? WS_DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    if (!Number.isInteger(this.maxPayload) || this.maxPayload < 1) {
+      throw new RequestError(ErrorCodes.INVALID, `ws maxPayload must be a positive integer, got ${String(options.maxPayload)}`);
+    }
+    if (this.secret !== undefined && this.secret.length === 0) throw new RequestError(ErrorCodes.INVALID, 'ws secret must not be empty');
+  }
+
+  async listen(endpoint: string): Promise<Listener> {
+    const { host, port } = parseEndpoint(endpoint);
+    const server = http.createServer((_req, res) => {
+      res.writeHead(426, { connection: 'close', upgrade: 'websocket' }).end();
+    });
+    const wss = new WebSocketServer({ server, maxPayload: this.maxPayload, perMessageDeflate: false, clientTracking: false });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    }).catch((err: unknown) => {
+      wss.close();
+      throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot listen on ${endpoint}: ${(err as Error).message}`, { cause: err, details: { endpoint } });
+    });
+    server.on('error', () => undefined);
+    const address = server.address() as AddressInfo;
+    return new WsListener(formatEndpoint(address.address, address.port), server, wss, {
+      secret: this.secret,
+      maxPayload: this.maxPayload,
+      handshakeTimeoutMs: this.handshakeTimeoutMs,
+    });
+  }
+
+  dial(endpoint: string, options: DialOptions = {}): Promise<Connection> {
+    let target: Endpoint;
+    try {
+      target = parseEndpoint(endpoint);
+      if (target.port === 0) throw new RequestError(ErrorCodes.INVALID, `cannot dial port 0 (${endpoint})`, { details: { endpoint } });
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    const url = `ws://${formatEndpoint(target.host, target.port)}/`;
+    const { signal } = options;
+    const attempt = (): Promise<Connection> => this.attempt(url, endpoint, signal);
+    return retryUntil('dial ws', attempt, (err) => (err as NodeJS.ErrnoException).code === 'ECONNREFUSED', {
+      signal,
+      timeoutMs: options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS,
+      endpoint,
+    });
+  }
+
+  private attempt(url: string, endpoint: string, signal: AbortSignal | undefined): Promise<Connection> {
+    return new Promise<Connection>((resolve, reject) => {
+      const ws = new WebSocket(url, {
+        maxPayload: this.maxPayload,
+        perMessageDeflate: false,
+        handshakeTimeout: this.handshakeTimeoutMs,
+        followRedirects: false,
+      });
+      const routes = wire(ws);
+      let settled = false;
+      let timer: NodeJS.Timeout | undefined;
+      const onAbort = (): void => fail(abortedError('dial ws', signal));
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const cleanup = (): void => {
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      function fail(err: Error): void {
+        if (settled) return;
+        cleanup();
+        routes.setHandlers({ message: () => undefined, close: () => undefined, error: () => undefined });
+        ws.terminate();
+        reject(err);
+      }
+      const succeed = (): void => {
+        if (settled) return;
+        cleanup();
+        const conn = new WsConnection(ws, this.maxPayload);
+        routes.attach(conn);
+        resolve(conn);
+      };
+      const unauthorized = (why: string): ConnectError =>
+        new ConnectError(ErrorCodes.UNAUTHORIZED, `ws peer ${endpoint} refused the connection: ${why}`, { details: { endpoint } });
+      let lastError: Error | undefined;
+      const secret = this.secret;
+      let clientNonce: Buffer | undefined;
+      let serverNonce: Buffer | undefined;
+      routes.setHandlers({
+        error: (err) => {
+          lastError = err;
+          // before 'open' the error is the connection's (ECONNREFUSED, ...): retryUntil decides
+          if (ws.readyState !== WebSocket.OPEN && ws.readyState !== WebSocket.CLOSING) fail(err);
+        },
+        close: (code) => {
+          if (code === WS_CLOSE_UNAUTHORIZED) return fail(unauthorized('wrong or missing secret'));
+          fail(lastError ?? resetError());
+        },
+        message: (data, isBinary) => {
+          const bytes = toBuffer(data);
+          if (secret === undefined) return; // unreachable: no handshake without a secret
+          if (!isBinary) return fail(unauthorized('text message during the handshake'));
+          if (!serverNonce) {
+            if (bytes.length !== NONCE_BYTES) return fail(unauthorized('malformed challenge'));
+            serverNonce = Buffer.from(bytes);
+            clientNonce = randomBytes(NONCE_BYTES);
+            ws.send(Buffer.concat([clientNonce, mac(secret, 'sluice-ws-client', serverNonce, clientNonce)]), { binary: true });
+            return;
+          }
+          const expected = mac(secret, 'sluice-ws-server', clientNonce!, serverNonce);
+          if (bytes.length !== MAC_BYTES || !timingSafeEqual(bytes, expected)) {
+            if (!settled) {
+              cleanup();
+              routes.setHandlers({ message: () => undefined, close: () => undefined, error: () => undefined });
+              ws.close(WS_CLOSE_UNAUTHORIZED, 'unauthorized');
+              setTimeout(() => ws.terminate(), 1_000).unref();
+              reject(unauthorized('the server could not prove it knows the secret'));
+            }
+            return;
+          }
+          succeed();
+        },
+      });
+      ws.once('open', () => {
+        if (settled) return;
+        if (secret === undefined) return succeed();
+        timer = setTimeout(() => fail(new ConnectError(ErrorCodes.UNAVAILABLE, `ws handshake with ${endpoint} did not finish within ${this.handshakeTimeoutMs} ms`, { details: { endpoint } })), this.handshakeTimeoutMs);
+        timer.unref();
+      });
+      if (signal?.aborted) onAbort();
+    });
+  }
+}
