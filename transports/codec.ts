@@ -7,7 +7,8 @@
  * ```
  *  offset  size  field
  *  0       1     version      1; anything else is refused (SLUICE_PROTOCOL)
- *  1       1     type         FrameType below; unknown types are refused
+ *  1       1     type         FrameType below (1-5 channel protocol, 6-9 peer links); unknown
+ *                             types are refused
  *  2       2     reserved     0; anything else is refused (catches garbage early)
  *  4       4     channel      u32 big-endian; 0 on a connection that carries one channel,
  *                             the channel id on a multiplexed peer link
@@ -50,6 +51,14 @@ export const FrameType = {
   ACK: 4,
   /** either way: the stream is abandoned, `{ code, message }` */
   ABORT: 5,
+  /** peer links (mux.ts): open a connection, `{ endpoint, window }` */
+  OPEN: 6,
+  /** peer links: the receiver consumed bytes, `{ bytes }` more may be sent */
+  CREDIT: 7,
+  /** peer links: the sender's direction of a connection ended, `{}` */
+  CLOSE: 8,
+  /** peer links: a connection is abandoned or refused, `{ code, message }` */
+  RESET: 9,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 

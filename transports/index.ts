@@ -10,3 +10,4 @@ export * from './layout.js';
 export { FifoTransport, fifoTransport, ACK_SUFFIX } from './fifo.js';
 export { MemoryTransport } from './memory.js';
 export { WsTransport, WS_DEFAULT_MAX_PAYLOAD, WS_DEFAULT_HANDSHAKE_TIMEOUT_MS, WS_CLOSE_UNAUTHORIZED, type WsTransportOptions } from './ws.js';
+export { Mux, MuxTransport, type MuxOptions } from './mux.js';

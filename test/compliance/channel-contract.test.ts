@@ -21,6 +21,8 @@ import {
   FrameDecoder,
   FrameType,
   MemoryTransport,
+  Mux,
+  MuxTransport,
   decodeRecords,
   encodeControl,
   encodeHeader,
@@ -38,6 +40,30 @@ interface Medium {
   transport: Transport;
   /** can a peer live in another process (so the test can kill it)? */
   crossProcess: boolean;
+  /** endpoints are plain names (memory, connections over a peer link), not paths or addresses */
+  names?: boolean;
+}
+
+/**
+ * Virtual connections over one peer link (mux.ts), the link itself over `base`: the suite then
+ * checks that every connection multiplexed on a link keeps the whole contract. Small windows and
+ * pieces make credit and interleaving work hard.
+ */
+function overPeerLink(base: Transport, linkEndpoint: () => string): Transport {
+  let ready: Promise<MuxTransport> | undefined;
+  const link = (): Promise<MuxTransport> =>
+    (ready ??= (async () => {
+      const listener = await base.listen(linkEndpoint());
+      const accepted = listener.accept();
+      const dialed = await base.dial(listener.endpoint);
+      const options = { windowBytes: 96 * 1024, maxFramePayload: 16 * 1024 };
+      return new MuxTransport(new Mux(dialed, 'dialer', options), new Mux(await accepted, 'listener', options));
+    })());
+  return {
+    path: 'ws',
+    listen: async (endpoint) => (await link()).listen(endpoint),
+    dial: async (endpoint, options) => (await link()).dial(endpoint, options),
+  };
 }
 
 const media: Record<string, Medium> = {
@@ -45,23 +71,25 @@ const media: Record<string, Medium> = {
   unix: { transport: unixTransport, crossProcess: true },
   fifo: { transport: fifoTransport, crossProcess: true },
   ws: { transport: new WsTransport({ secret: 'compliance-secret-0123456789' }), crossProcess: false },
+  'peer link over memory': { transport: overPeerLink(new MemoryTransport(), () => 'link'), crossProcess: false, names: true },
+  'peer link over unix': { transport: overPeerLink(unixTransport, () => join(tmpdir(), `sluice-link-${process.pid}.sock`)), crossProcess: false, names: true },
 };
 
 const peerScript = fileURLToPath(new URL('../../dist/test/fixtures/peer.js', import.meta.url));
 const MiB = 1024 * 1024;
 
 describe.each(Object.keys(media))('channel contract over %s', (name) => {
-  const { transport, crossProcess } = media[name]!;
+  const { transport, crossProcess, names } = media[name]!;
   let dir: string;
   let serial = 0;
   const listeners: Listener[] = [];
   const endpoint = (): string => {
-    if (transport.path === 'memory') return `ep-${++serial}`;
+    if (transport.path === 'memory' || names) return `ep-${++serial}`;
     if (transport.path === 'ws') return '127.0.0.1:0'; // the listener reports the port it got
     return join(dir, `ep-${++serial}`);
   };
   /** An endpoint nobody serves (yet), which a test may dial and later listen on. */
-  const unservedEndpoint = async (): Promise<string> => (transport.path === 'ws' ? `127.0.0.1:${await freePort()}` : endpoint());
+  const unservedEndpoint = async (): Promise<string> => (transport.path === 'ws' && !names ? `127.0.0.1:${await freePort()}` : endpoint());
 
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), `sluice-${name}-`));

@@ -493,7 +493,7 @@ describe('frame codec: garbage', () => {
     expect(rec.events).toEqual([]);
   });
 
-  it.each([0, 6, 0x42, 0xff])('refuses unknown frame type %i', (type) => {
+  it.each([0, 10, 0x42, 0xff])('refuses unknown frame type %i', (type) => {
     const rec = new Recorder();
     protocolError(() => rec.push(new FrameDecoder(), withByte(valid, 1, type)));
     expect(rec.events).toEqual([]);
