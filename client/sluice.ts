@@ -316,7 +316,7 @@ export class Sluice {
   private channelOf(from: InstanceRef, to: InstanceRef): RunManifest['channels'][number] {
     const channel = this.manifest.channels.find((c) => c.from.step === from.step && c.from.index === from.index && c.to.step === to.step && c.to.index === to.index);
     if (!channel) {
-      throw new RequestError(ErrorCodes.NOT_FOUND, `channel ${from.step}[${from.index}] → ${to.step}[${to.index}] is not on this node (cross-node channels arrive with peer links)`);
+      throw new RequestError(ErrorCodes.NOT_FOUND, `channel ${from.step}[${from.index}] → ${to.step}[${to.index}] has no end on this node (check the run's placement)`);
     }
     return channel;
   }
@@ -324,6 +324,11 @@ export class Sluice {
   private async openProducer(to: InstanceRef, timeoutMs: number): Promise<ChannelWriter> {
     const channel = this.channelOf(this.self, to);
     const hello = { run: this.run, from: this.self, to };
+    if (channel.path === 'relay') {
+      // the consumer is on another node: this node's daemon forwards over its peer link
+      const conn = await unixTransport.dial(join(this.dir, RELAY_SOCKET), { timeoutMs });
+      return new ChannelWriter(conn, { hello: { ...hello, token: this.token } });
+    }
     try {
       // direct when the consumer is reading already: no daemon in the path
       return new ChannelWriter(await fifoTransport.dial(join(this.runDir, channel.name), { timeoutMs: 0 }), { hello });
@@ -336,6 +341,7 @@ export class Sluice {
 
   private async openConsumer(from: InstanceRef): Promise<ChannelReader> {
     const channel = this.channelOf(from, this.self);
+    if (channel.path !== 'fifo') throw new RequestError(ErrorCodes.INVALID, `channel ${channel.name} is not delivered on this node`);
     const listener = await fifoTransport.listen(join(this.runDir, channel.name));
     this.listeners.push(listener);
     const reader = new ChannelReader(await listener.accept());

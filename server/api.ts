@@ -5,12 +5,14 @@
  * GET    /healthz                 200 { ok: true } while the process runs
  * GET    /readyz                  200 once runs and relay are up, 503 while starting or draining
  * GET    /metrics                 Prometheus text
- * GET    /v1/status               node, version, uptime, runs, relays
+ * GET    /v1/status               node, version, uptime, runs, relays, peers (link state, channels, bytes)
  * POST   /v1/workflows            body: a workflow (JSON)        → 201 the validated workflow
  * GET    /v1/workflows            → [workflow]
  * GET    /v1/workflows/:name      → workflow
  * POST   /v1/runs                 body: { workflow, id?, placement?, ttlSeconds? }
- *                                  → 201 { run, token, workflow, channels, expiresAt }
+ *                                  → 201 { run, token, workflow, channels, expiresAt }; a run
+ *                                  placed on other nodes is shared with them, and its cross-node
+ *                                  channels opened, before this answers
  * GET    /v1/runs                 → [{ run, workflow, createdAt, expiresAt, channels }]
  * GET    /v1/runs/:id             → { run, workflow, ..., channels: [{ name, from, to, path, state, relayedBytes }] }
  * DELETE /v1/runs/:id             → 204; endpoints and buffers removed
@@ -25,6 +27,8 @@ import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ErrorCodes, RequestError, isErrorCode } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
+import type { Cluster } from './cluster.js';
+import type { PeerLinks } from './peers.js';
 import type { Relay } from './relay.js';
 import type { Run, RunRegistry } from './runs.js';
 import { validateWorkflow, type Workflow } from './workflow.js';
@@ -33,6 +37,8 @@ export interface ApiContext {
   node: string;
   version: string;
   runs: RunRegistry;
+  cluster: Cluster;
+  peers: PeerLinks | undefined;
   relay: Relay;
   metrics: Metrics;
   workflows: Map<string, Workflow>;
@@ -122,6 +128,7 @@ export function buildApi(ctx: ApiContext): FastifyInstance {
     workflows: ctx.workflows.size,
     runs: ctx.runs.list().map((r) => describeRun(r, true)),
     relays: ctx.relay.activeChannels,
+    peers: ctx.peers?.status() ?? [],
   }));
 
   app.post('/v1/workflows', async (request, reply) => {
@@ -145,7 +152,7 @@ export function buildApi(ctx: ApiContext): FastifyInstance {
     if (unknownKeys.length > 0) throw new RequestError(ErrorCodes.INVALID, `unknown field(s) ${unknownKeys.join(', ')}; allowed: workflow, id, placement, ttlSeconds`);
     const workflow = ctx.workflows.get(body.workflow);
     if (!workflow) throw new RequestError(ErrorCodes.NOT_FOUND, `no workflow "${body.workflow}": apply it first (sluice workflow apply FILE)`);
-    const run = await ctx.runs.create({
+    const run = await ctx.cluster.createRun({
       workflow,
       ...(body.id !== undefined ? { id: body.id } : {}),
       ...(body.placement !== undefined ? { placement: body.placement } : {}),
@@ -159,7 +166,7 @@ export function buildApi(ctx: ApiContext): FastifyInstance {
   app.get<{ Params: { id: string } }>('/v1/runs/:id', async (request) => describeRun(ctx.runs.get(request.params.id), true));
   app.delete<{ Params: { id: string } }>('/v1/runs/:id', async (request, reply) => {
     const run = ctx.runs.get(request.params.id);
-    await ctx.runs.delete(request.params.id);
+    await ctx.cluster.deleteRun(request.params.id);
     ctx.metrics.runsDeleted.inc();
     ctx.metrics.preparedChannels.dec({ path: 'fifo' }, run.manifest.channels.length);
     return reply.status(204).send();

@@ -12,6 +12,7 @@ import { control } from '../client/control.js';
 import { defaultRuntimeDir, isErrorCode } from '../transports/index.js';
 import { demo, demoConsumer, demoFunction, demoPaths } from './demo.js';
 import { configHelp, loadConfig } from './config.js';
+import type { PeerStatus } from './peers.js';
 import { startDaemon } from './daemon.js';
 import { parseWorkflowText } from './workflow.js';
 
@@ -195,7 +196,7 @@ async function recvCommand(args: string[]): Promise<number> {
 
 async function statusCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: common });
-  const { body } = await control<{ node: string; version: string; uptimeSeconds: number; ready: boolean; workflows: number; relays: number; runs: Array<{ run: string; workflow: string; channels: Array<{ name: string; path: string; state: string; relayedBytes: number }> }> }>(
+  const { body } = await control<{ node: string; version: string; uptimeSeconds: number; ready: boolean; workflows: number; relays: number; peers: PeerStatus[]; runs: Array<{ run: string; workflow: string; channels: Array<{ name: string; path: string; state: string; relayedBytes: number }> }> }>(
     runtimeDir(values.dir),
     'GET',
     '/v1/status',
@@ -204,6 +205,7 @@ async function statusCommand(args: string[]): Promise<number> {
     [
       `node ${body.node}  sluice ${body.version}  ${body.ready ? 'ready' : 'NOT READY'}  up ${body.uptimeSeconds}s`,
       `${body.workflows} workflow(s), ${body.runs.length} run(s), ${body.relays} relayed stream(s) now`,
+      ...(body.peers.length === 0 ? ['no peers'] : body.peers.map((p) => `peer ${p.node.padEnd(16)} ${p.state.padEnd(10)} since ${p.since}  ${p.channels} channel(s)  sent ${p.bytesSent} B  received ${p.bytesReceived} B  reconnects ${p.reconnects}${p.lastError ? `  last error: ${p.lastError}` : ''}`)),
       ...body.runs.flatMap((r) => [`run ${r.run} (${r.workflow})`, ...r.channels.map((c) => `  ${c.name.padEnd(32)} ${c.path.padEnd(6)} ${c.state.padEnd(9)} relayed ${c.relayedBytes} B`)]),
       '',
     ].join('\n'),

@@ -81,6 +81,10 @@ export interface ConfigValues {
   readonly relayBufferBytes: number;
   /** milliseconds */
   readonly attachTimeoutMs: number;
+  /** bytes */
+  readonly peerWindowBytes: number;
+  /** milliseconds */
+  readonly peerHeartbeatMs: number;
   /** seconds */
   readonly runTtlSeconds: number;
   readonly maxRuns: number;
@@ -111,6 +115,8 @@ export interface ConfigDescription {
   logLevel: LogLevel;
   relayBufferBytes: number;
   attachTimeoutMs: number;
+  peerWindowBytes: number;
+  peerHeartbeatMs: number;
   runTtlSeconds: number;
   maxRuns: number;
   maxBodyBytes: number;
@@ -255,6 +261,28 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     description: 'How long a producer waits for its consumer to attach.',
   },
   {
+    key: 'peerWindowBytes',
+    flag: '--peer-window',
+    arg: 'BYTES',
+    env: 'SLUICE_PEER_WINDOW',
+    fileKey: 'peerWindowBytes',
+    default: '1MiB',
+    unit: SIZE_UNIT,
+    range: '64KiB..64MiB',
+    description: 'Credit window of each cross-node channel on a peer link: the most bytes in flight per channel and the most the receiving daemon buffers for it. A stalled consumer holds back only its own channel.',
+  },
+  {
+    key: 'peerHeartbeatMs',
+    flag: '--peer-heartbeat',
+    arg: 'MS',
+    env: 'SLUICE_PEER_HEARTBEAT',
+    fileKey: 'peerHeartbeatMs',
+    default: '2s',
+    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 2s)',
+    range: '50ms..1m',
+    description: 'Peer links are pinged this often; a link silent for three intervals is declared down, its channels fail with typed errors, and it is dialled again.',
+  },
+  {
     key: 'runTtlSeconds',
     flag: '--run-ttl',
     arg: 'SECONDS',
@@ -356,6 +384,8 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     logLevel: () => 'info',
     relayBufferBytes: () => 8 * MiB,
     attachTimeoutMs: () => 30 * SECOND,
+    peerWindowBytes: () => MiB,
+    peerHeartbeatMs: () => 2 * SECOND,
     runTtlSeconds: () => 86_400,
     maxRuns: () => 1000,
     maxBodyBytes: () => MiB,
@@ -392,6 +422,8 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
     logLevel: config.logLevel,
     relayBufferBytes: config.relayBufferBytes,
     attachTimeoutMs: config.attachTimeoutMs,
+    peerWindowBytes: config.peerWindowBytes,
+    peerHeartbeatMs: config.peerHeartbeatMs,
     runTtlSeconds: config.runTtlSeconds,
     maxRuns: config.maxRuns,
     maxBodyBytes: config.maxBodyBytes,
@@ -504,6 +536,8 @@ const parsers: Parsers = {
   },
   relayBufferBytes: (v) => parseSize(v, 64 * KiB, GiB),
   attachTimeoutMs: (v) => parseDuration(v, 'ms', 100, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
+  peerWindowBytes: (v) => parseSize(v, 64 * KiB, 64 * MiB),
+  peerHeartbeatMs: (v) => parseDuration(v, 'ms', 50, MINUTE, 'milliseconds or a number with ms, s, m or h (e.g. 2s)'),
   runTtlSeconds: (v) => parseDuration(v, 's', 10 * SECOND, 30 * DAY, 'seconds or a number with s, m, h or d (e.g. 24h)') ,
   maxRuns: (v) => parseCount(v, 1, 100_000),
   maxBodyBytes: (v) => parseSize(v, KiB, 16 * MiB),

@@ -1,5 +1,5 @@
 /**
- * The daemon: runs, relay and control API put together, started and stopped as one.
+ * The daemon: runs, relay, peer links and control API put together, started and stopped as one.
  */
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
@@ -9,6 +9,8 @@ import { DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket } from '../t
 import { buildApi } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
+import { Cluster } from './cluster.js';
+import { PeerLinks } from './peers.js';
 import { Relay } from './relay.js';
 import { RunRegistry } from './runs.js';
 import type { Workflow } from './workflow.js';
@@ -31,14 +33,41 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   const log = options.log ?? pino({ level: config.logLevel, base: { node: config.node } });
   await fs.mkdir(config.dir, { recursive: true, mode: 0o755 });
   const runs = new RunRegistry({ dir: config.dir, node: config.node, runTtlSeconds: config.runTtlSeconds, maxRuns: config.maxRuns, log });
-  const metrics = createMetrics(() => runs.size);
+  if (Object.keys(config.peers).length > 0 && !config.secret) {
+    throw new RequestError(ErrorCodes.CONFIG, '--peers needs the cluster secret (--secret-file or SLUICE_SECRET): peer links open only with proof of it', { details: { option: 'secret' } });
+  }
+  // peer links when there is a secret: dialled to the listed peers, served on the TCP port
+  const peers = config.secret
+    ? new PeerLinks({
+        node: config.node,
+        peers: config.peers,
+        secret: config.secret,
+        windowBytes: config.peerWindowBytes,
+        heartbeatMs: config.peerHeartbeatMs,
+        log,
+        onRequest: (from, request) => cluster.onRequest(from, request),
+        onChannel: (from, endpoint) => cluster.onChannel(from, endpoint),
+      })
+    : undefined;
+  const metrics = createMetrics(
+    () => runs.size,
+    () => peers?.status() ?? [],
+  );
   await runs.start();
-  const relay = new Relay(runs, { dir: config.dir, relayBufferBytes: config.relayBufferBytes, attachTimeoutMs: config.attachTimeoutMs, log, metrics });
+  const cluster: Cluster = new Cluster({ node: config.node, runs, peers, attachTimeoutMs: config.attachTimeoutMs, log, metrics });
+  const relay = new Relay(runs, {
+    dir: config.dir,
+    relayBufferBytes: config.relayBufferBytes,
+    attachTimeoutMs: config.attachTimeoutMs,
+    log,
+    metrics,
+    forward: (run, channel, conn, head) => cluster.forward(run, channel, conn, head),
+  });
   await relay.start();
 
   let ready = false;
   const workflows = new Map<string, Workflow>();
-  const context = { node: config.node, version: options.version, runs, relay, metrics, workflows, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
+  const context = { node: config.node, version: options.version, runs, cluster, peers, relay, metrics, workflows, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
   const servers: FastifyInstance[] = [];
   const socketPath = join(config.dir, DAEMON_SOCKET);
   await removeStaleSocket(socketPath);
@@ -59,9 +88,12 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     const tcp = buildApi({ ...context, bearerSecret: config.secret });
     tcpAddress = await tcp.listen({ host: config.listen.host, port: config.listen.port });
     servers.push(tcp);
+    peers?.start(tcp.server);
+  } else {
+    if (peers && Object.keys(config.peers).length > 0) log.warn('no --listen: this node dials its peers, and they cannot dial it');
+    peers?.start(undefined);
   }
   ready = true;
-  if (Object.keys(config.peers).length > 0) log.warn({ peers: Object.keys(config.peers) }, 'peer links are not built yet: --peers is accepted and not used');
   log.info({ dir: config.dir, socket: socketPath, tcp: tcpAddress, config: config.toJSON() }, 'sluice daemon ready');
 
   let closing: Promise<void> | undefined;
@@ -80,6 +112,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         while (relay.activeChannels > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
         if (relay.activeChannels > 0) log.warn({ streams: relay.activeChannels }, 'grace period over: cutting relayed streams');
         relay.abortInFlight();
+        await peers?.close();
         await Promise.all(servers.map((s) => s.close()));
         await runs.stop();
         log.info('sluice daemon stopped');

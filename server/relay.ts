@@ -18,6 +18,7 @@
  * verifies it again at the end.
  */
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import {
@@ -25,18 +26,23 @@ import {
   ChannelWriter,
   ConnectError,
   ErrorCodes,
+  FrameDecoder,
+  FrameType,
+  ProtocolError,
   RELAY_SOCKET,
+  frameTypeName,
   RequestError,
   channelName,
   checkName,
   fifoTransport,
   unixTransport,
   type Connection,
+  type FrameSink,
   type InstanceRef,
   type Listener,
 } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
-import type { RunRegistry } from './runs.js';
+import type { ChannelInfo, Run, RunRegistry } from './runs.js';
 
 export interface RelayOptions {
   dir: string;
@@ -46,6 +52,62 @@ export interface RelayOptions {
   metrics: Metrics;
   /** connections beyond this many at once are refused. Default 4096. */
   maxRelays?: number;
+  /**
+   * Takes a stream whose consumer is on another node: `conn` is the producer's connection,
+   * `head` the bytes already read from it (its HELLO, maybe more), to be sent on first.
+   */
+  forward: (run: Run, channel: ChannelInfo, conn: Connection, head: Buffer) => Promise<void>;
+}
+
+/**
+ * Read a producer's first frame, which must be a HELLO, without consuming the stream: the bytes
+ * read are returned to be passed on (or put back) whole.
+ */
+export function peekHello(input: Readable, timeoutMs: number): Promise<{ hello: Record<string, unknown>; bytes: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const decoder = new FrameDecoder();
+    const chunks: Buffer[] = [];
+    let found: Record<string, unknown> | undefined;
+    const stop = {};
+    const sink: FrameSink = {
+      data: () => {
+        throw new ProtocolError('DATA before HELLO');
+      },
+      control: (type, _channel, fields) => {
+        if (type !== FrameType.HELLO) throw new ProtocolError(`${frameTypeName(type)} before HELLO`);
+        found = fields;
+        throw stop;
+      },
+    };
+    const timer = setTimeout(() => done(new ConnectError(ErrorCodes.TIMEOUT, `no HELLO from the producer within ${timeoutMs} ms`)), timeoutMs);
+    const onData = (chunk: Buffer): void => {
+      chunks.push(chunk);
+      try {
+        decoder.push(chunk, sink);
+      } catch (err) {
+        if (err !== stop) return done(err as Error);
+        input.pause();
+        return done(undefined);
+      }
+    };
+    const onEnd = (): void => done(new ProtocolError('the producer closed before its HELLO'));
+    const onError = (err: Error): void => done(err);
+    function done(err: Error | undefined): void {
+      clearTimeout(timer);
+      input.off('data', onData);
+      input.off('end', onEnd);
+      input.off('error', onError);
+      const bytes = Buffer.concat(chunks);
+      if (err) {
+        input.pause();
+        input.unshift(bytes);
+        reject(err);
+      } else resolve({ hello: found!, bytes });
+    }
+    input.on('data', onData);
+    input.on('end', onEnd);
+    input.on('error', onError);
+  });
 }
 
 /** A producer that connects and says nothing is dropped after this long, ms. */
@@ -110,35 +172,72 @@ export class Relay {
     const { log, metrics } = this.options;
     this.active.add(conn);
     conn.input.once('close', () => this.active.delete(conn));
+    const failed = (err: unknown, run: unknown): void => {
+      metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
+      log.warn({ err, run }, 'relay failed');
+    };
+    peekHello(conn.input, HELLO_TIMEOUT_MS).then(
+      ({ hello, bytes }) => {
+        let target: { run: Run; channel: ChannelInfo };
+        try {
+          target = this.target(hello);
+        } catch (err) {
+          conn.input.unshift(bytes);
+          return this.relayHere(conn, () => Promise.reject(err as Error));
+        }
+        if (target.channel.path === 'remote') {
+          // the consumer is on another node: pass the stream through, bytes untouched
+          this.options.forward(target.run, target.channel, conn, bytes).catch((err: unknown) => failed(err, target.run.id));
+          return;
+        }
+        conn.input.unshift(bytes);
+        this.relayHere(conn, (reader) => this.deliver(reader, target.run, target.channel));
+      },
+      (err: unknown) => {
+        failed(err, undefined);
+        if ((err as { code?: string }).code === ErrorCodes.TIMEOUT) return conn.destroy();
+        // bytes that are not a HELLO: the channel layer finds the same fault and tells the producer
+        this.relayHere(conn, () => Promise.reject(err as Error));
+      },
+    );
+  }
+
+  /** Terminate the producer's stream here and hand it to `route`, acknowledging once `route` resolves. */
+  private relayHere(conn: Connection, route: (reader: ChannelReader) => Promise<void>): void {
+    const { log, metrics } = this.options;
     let settle!: { resolve: () => void; reject: (err: unknown) => void };
     const delivered = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
     delivered.catch(() => undefined);
     const reader = new ChannelReader(conn, { highWaterMark: this.options.relayBufferBytes, acknowledge: () => delivered });
     reader.on('error', () => undefined); // reported where the pipeline fails
-    const helloTimer = setTimeout(() => reader.destroy(new ConnectError(ErrorCodes.TIMEOUT, 'no HELLO from the producer')), HELLO_TIMEOUT_MS);
     reader.once('hello', (hello: Record<string, unknown>) => {
-      clearTimeout(helloTimer);
-      this.route(reader, hello).then(settle.resolve, (err: unknown) => {
+      route(reader).then(settle.resolve, (err: unknown) => {
         settle.reject(err);
         metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
         log.warn({ err, run: hello.run }, 'relay failed');
         reader.destroy(err as Error);
       });
     });
-    reader.once('close', () => clearTimeout(helloTimer));
   }
 
-  private async route(reader: ChannelReader, hello: Record<string, unknown>): Promise<void> {
-    const { log, metrics, attachTimeoutMs } = this.options;
+  /** The run and channel a HELLO names, after checking its token. */
+  private target(hello: Record<string, unknown>): { run: Run; channel: ChannelInfo } {
     const runId = checkName('run', hello.run);
     const from = instance('from', hello.from);
     const to = instance('to', hello.to);
     const run = this.runs.authorize(runId, hello.token);
     const name = channelName(from, to);
     const channel = run.channels.get(name);
-    if (!channel || channel.path !== 'fifo') {
-      throw new RequestError(ErrorCodes.NOT_FOUND, `run "${runId}" has no channel ${name} with its consumer on this node`, { details: { run: runId, channel: name } });
+    if (!channel || (channel.path === 'remote' && channel.peer === undefined)) {
+      throw new RequestError(ErrorCodes.NOT_FOUND, `run "${runId}" has no channel ${name} with an end on this node`, { details: { run: runId, channel: name } });
     }
+    return { run, channel };
+  }
+
+  private async deliver(reader: ChannelReader, run: Run, channel: ChannelInfo): Promise<void> {
+    const { log, metrics, attachTimeoutMs } = this.options;
+    const runId = run.id;
+    const { name, to, from } = channel;
     channel.state = 'relaying';
     metrics.relayChannels.inc();
     const log2 = log.child({ run: runId, channel: name });

@@ -38,14 +38,18 @@ export interface CreateRunRequest {
   placement?: Record<string, string | string[]>;
   /** expire the run after this many seconds without deletion; default the daemon's runTtlSeconds */
   ttlSeconds?: number;
+  /** the run's token, when the run was created at another node and shared with this one */
+  token?: string;
 }
 
 export interface ChannelInfo {
   from: InstanceRef;
   to: InstanceRef;
   name: string;
-  /** 'fifo' when the consumer is on this node (prepared here), 'remote' otherwise */
+  /** 'fifo' when the consumer is on this node (prepared here), 'remote' when it is on `peer` */
   path: 'fifo' | 'remote';
+  /** the node at the channel's other end, when that is not this node */
+  peer?: string;
   state: 'prepared' | 'relaying' | 'done' | 'failed';
   relayedBytes: number;
 }
@@ -76,6 +80,8 @@ function newRunId(): string {
 export class RunRegistry {
   private readonly runs = new Map<string, Run>();
   private sweeper: NodeJS.Timeout | undefined;
+  /** Called after a run was deleted (by request or by its TTL), to release what else it holds. */
+  onDeleted: ((run: Run) => void) | undefined;
 
   constructor(private readonly options: RunRegistryOptions) {}
 
@@ -135,7 +141,10 @@ export class RunRegistry {
       });
     }
     const steps = placeSteps(workflow, request.placement ?? {}, this.options.node);
-    const token = randomBytes(24).toString('base64url');
+    if (request.token !== undefined && (typeof request.token !== 'string' || !/^[A-Za-z0-9_-]{32}$/.test(request.token))) {
+      throw new RequestError(ErrorCodes.INVALID, 'a shared run token must be 32 base64url characters');
+    }
+    const token = request.token ?? randomBytes(24).toString('base64url');
     const directory = runDirectory(this.options.dir, id, token);
     const channels = new Map<string, ChannelInfo>();
     for (const edge of workflow.edges) {
@@ -147,7 +156,9 @@ export class RunRegistry {
           const f = { step: edge.from, index: i };
           const t = { step: edge.to, index: j };
           const name = channelName(f, t);
-          channels.set(name, { from: f, to: t, name, path: to.nodes[j] === this.options.node ? 'fifo' : 'remote', state: 'prepared', relayedBytes: 0 });
+          const local = to.nodes[j] === this.options.node;
+          const other = local ? from.nodes[i]! : to.nodes[j]!;
+          channels.set(name, { from: f, to: t, name, path: local ? 'fifo' : 'remote', ...(other !== this.options.node ? { peer: other } : {}), state: 'prepared', relayedBytes: 0 });
         }
       }
     }
@@ -158,7 +169,8 @@ export class RunRegistry {
       node: this.options.node,
       steps,
       edges: workflow.edges.map((e) => ({ ...e })),
-      channels: [...channels.values()].filter((c) => c.path === 'fifo').map((c) => ({ from: c.from, to: c.to, name: c.name, path: 'fifo' as const })),
+      // a producer here whose consumer is elsewhere streams to this daemon's relay, which forwards
+      channels: [...channels.values()].map((c) => ({ from: c.from, to: c.to, name: c.name, path: c.path === 'fifo' ? ('fifo' as const) : ('relay' as const) })),
     };
     const created: Run = { id, token, workflow, createdAt: Date.now(), expiresAt: Date.now() + ttl * 1000, directory, manifest, channels };
     // reserve the id before the first await: two concurrent creates of one id must not both win
@@ -170,7 +182,7 @@ export class RunRegistry {
       await fs.rm(directory, { recursive: true, force: true });
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot prepare run "${id}" under ${this.options.dir}: ${(err as Error).message}`, { cause: err });
     }
-    this.options.log.info({ run: id, workflow: workflow.name, channels: manifest.channels.length }, 'run prepared');
+    this.options.log.info({ run: id, workflow: workflow.name, channels: manifest.channels.length, shared: request.token !== undefined }, 'run prepared');
     return created;
   }
 
@@ -178,6 +190,7 @@ export class RunRegistry {
   async delete(id: string): Promise<void> {
     const found = this.get(id);
     this.runs.delete(id);
+    this.onDeleted?.(found);
     await fs.rm(found.directory, { recursive: true, force: true });
     this.options.log.info({ run: id }, 'run deleted');
   }
@@ -215,7 +228,7 @@ function placeSteps(workflow: Workflow, placement: Record<string, string | strin
 /** The run directory, one FIFO pair per local channel, and the manifest, written last. */
 async function prepareDirectory(directory: string, manifest: RunManifest): Promise<void> {
   await fs.mkdir(directory, { mode: 0o700 });
-  const fifos = manifest.channels.flatMap((c) => [join(directory, c.name), join(directory, c.name + ACK_SUFFIX)]);
+  const fifos = manifest.channels.filter((c) => c.path === 'fifo').flatMap((c) => [join(directory, c.name), join(directory, c.name + ACK_SUFFIX)]);
   // one mkfifo process for the whole run, in batches that fit a command line
   for (let i = 0; i < fifos.length; i += 512) await run('mkfifo', ['-m', '600', '--', ...fifos.slice(i, i + 512)]);
   const manifestPath = join(directory, MANIFEST_FILE);

@@ -74,8 +74,12 @@ export interface RunManifest {
   node: string;
   steps: Record<string, { replicas: number; nodes: string[] }>;
   edges: Array<{ from: string; to: string; fanout: 'broadcast' | 'partition'; via: 'direct' | 's3'; persist: boolean }>;
-  /** every channel with at least one end on this node */
-  channels: Array<{ from: InstanceRef; to: InstanceRef; name: string; path: 'fifo' }>;
+  /**
+   * every channel with at least one end on this node: `fifo` when its consumer is here (the
+   * daemon made its FIFOs), `relay` when its consumer is on another node (the producer streams to
+   * this daemon's relay socket, which forwards over the peer link)
+   */
+  channels: Array<{ from: InstanceRef; to: InstanceRef; name: string; path: 'fifo' | 'relay' }>;
 }
 
 /**

@@ -43,6 +43,9 @@ export interface MuxOptions {
   maxConnections?: number;
 }
 
+/** What to do with a connection opened to `endpoint`; throw a SluiceError to refuse it. */
+export type OpenHandler = (endpoint: string) => (conn: Connection) => void;
+
 const DEFAULTS = { windowBytes: 256 * 1024, maxFramePayload: 64 * 1024, maxConnections: 4096 };
 
 function resetError(message: string): Error {
@@ -148,6 +151,13 @@ export class Mux {
   private readonly decoder: FrameDecoder;
   private linkWaiters: Array<() => void> = [];
   private failure: Error | undefined;
+  private handler: OpenHandler | undefined;
+  private resolveClosed!: (why: Error) => void;
+  /** Settles, with the reason, when the link has failed or was closed. */
+  readonly closed: Promise<Error> = new Promise((resolve) => (this.resolveClosed = resolve));
+  /** DATA payload bytes sent and received on this link, all connections together. */
+  bytesSent = 0;
+  bytesReceived = 0;
 
   constructor(
     private readonly link: Connection,
@@ -173,6 +183,7 @@ export class Mux {
         this.fail(err as Error);
       }
     });
+    link.input.resume(); // it may have been paused by a handshake before the multiplexer took over
     link.input.on('end', () => this.fail(new ConnectError(ErrorCodes.UNAVAILABLE, 'peer link closed')));
     link.input.on('error', (err) => this.fail(err));
     link.input.on('close', () => this.fail(new ConnectError(ErrorCodes.UNAVAILABLE, 'peer link closed')));
@@ -196,6 +207,19 @@ export class Mux {
         queue.close();
       },
     };
+  }
+
+  /**
+   * Accept OPENs to endpoints nobody `listen`s on: `handler(endpoint)` returns what to do with the
+   * connection, or throws a SluiceError to refuse it (its code and message go back to the opener).
+   */
+  serve(handler: OpenHandler): void {
+    this.handler = handler;
+  }
+
+  /** Is the link still up? */
+  get up(): boolean {
+    return this.failure === undefined;
   }
 
   /** Open a connection to `endpoint` on the peer; rejects with the peer's reason if refused. */
@@ -224,6 +248,7 @@ export class Mux {
       if (!vc) return this.late(id, 'DATA');
       if (vc.inputEnded) throw new ProtocolError(`DATA after CLOSE on connection ${id}`);
       vc.received += bytes.length;
+      this.bytesReceived += bytes.length;
       if (vc.received - vc.granted > this.windowBytes) {
         // the peer ignored its credit: refuse this connection, not the link
         vc.abandon(new ProtocolError(`connection ${id} sent past its window of ${this.windowBytes} bytes`));
@@ -287,17 +312,26 @@ export class Mux {
     this.highest[id & 1] = id;
     const window = fields.window;
     if (typeof fields.endpoint !== 'string' || !Number.isInteger(window) || (window as number) < 1) throw new ProtocolError(`bad OPEN on connection ${id}`);
-    const queue = this.listeners.get(fields.endpoint);
-    if (!queue || this.connections.size >= this.maxConnections) {
-      const message = queue ? `too many connections on this link (${this.maxConnections})` : `nothing listens on ${fields.endpoint}`;
-      this.sendControl(FrameType.RESET, id, { code: ErrorCodes.UNAVAILABLE, message });
-      return;
+    const endpoint = fields.endpoint;
+    const queue = this.listeners.get(endpoint);
+    const refuse = (code: string, message: string): void => this.sendControl(FrameType.RESET, id, { code, message });
+    if (this.connections.size >= this.maxConnections) return refuse(ErrorCodes.UNAVAILABLE, `too many connections on this link (${this.maxConnections})`);
+    let take: ((conn: Connection) => void) | undefined;
+    if (queue) take = (conn) => queue.offer(conn);
+    else if (this.handler) {
+      try {
+        take = this.handler(endpoint);
+      } catch (err) {
+        const code = (err as { code?: unknown }).code;
+        return refuse(isErrorCode(code) ? code : ErrorCodes.UNAVAILABLE, (err as Error).message);
+      }
     }
+    if (!take) return refuse(ErrorCodes.UNAVAILABLE, `nothing listens on ${endpoint}`);
     const vc = new Virtual(id, this, this.windowBytes);
     vc.credit = window as number;
     this.connections.set(id, vc);
     this.sendControl(FrameType.CREDIT, id, { bytes: this.windowBytes });
-    queue.offer(vc);
+    take(vc);
   }
 
   /** A frame for a connection we do not know: late (after a reset) if its id was seen, else a violation. */
@@ -322,6 +356,7 @@ export class Mux {
         }
         const n = Math.min(vc.credit, chunk.length - offset, this.maxFramePayload);
         vc.credit -= n;
+        this.bytesSent += n;
         const header = Buffer.allocUnsafe(HEADER_BYTES);
         writeHeader(header, 0, FrameType.DATA, vc.id, n);
         const out = this.link.output;
@@ -351,6 +386,7 @@ export class Mux {
   private fail(error: Error): void {
     if (this.failure) return;
     this.failure = error;
+    this.resolveClosed(error);
     for (const [, pending] of this.opening) pending.reject(new ConnectError(ErrorCodes.UNAVAILABLE, `peer link failed: ${error.message}`, { cause: error, details: { link: 'down' } }));
     this.opening.clear();
     for (const vc of [...this.connections.values()]) vc.broken(`peer link failed: ${error.message}`);

@@ -31,6 +31,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Readable, Writable } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { ConnectError, ErrorCodes, ProtocolError, RequestError } from './errors.js';
@@ -56,6 +57,22 @@ export interface WsTransportOptions {
   maxPayload?: number;
   /** How long the authentication handshake may take, ms. Default 5000. */
   handshakeTimeoutMs?: number;
+  /** The URL path dialled (`ws://HOST:PORT<path>`). Default `/`. */
+  path?: string;
+  /**
+   * Ping the peer this often, ms; a connection that hears nothing (no pong, no message) for three
+   * intervals is cut, its streams failing as if the socket had died. Default 0: no heartbeat
+   * (the kernel notices a dead peer only when TCP gives up, which takes minutes).
+   */
+  heartbeatMs?: number;
+  /** Told about every connection refused for a wrong or missing secret: the remote address and why. */
+  onUnauthorized?: (remote: string, why: string) => void;
+}
+
+/** Options a connection needs once it is open. */
+interface ConnectionOptions {
+  maxPayload: number;
+  heartbeatMs: number;
 }
 
 interface Endpoint {
@@ -112,10 +129,16 @@ class WsConnection implements Connection {
   private closed = false;
   private failure: Error | undefined;
 
+  private readonly maxPayload: number;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private lastHeard = Date.now();
+
   constructor(
     private readonly ws: WebSocket,
-    private readonly maxPayload: number,
+    options: ConnectionOptions,
   ) {
+    this.maxPayload = options.maxPayload;
+    if (options.heartbeatMs > 0) this.startHeartbeat(options.heartbeatMs);
     this.input = new Readable({
       highWaterMark: STREAM_HIGH_WATER_MARK,
       read: () => {
@@ -146,6 +169,21 @@ class WsConnection implements Connection {
     });
   }
 
+  private startHeartbeat(intervalMs: number): void {
+    this.ws.on('pong', () => (this.lastHeard = Date.now()));
+    this.heartbeat = setInterval(() => {
+      // a paused socket reads nothing, pongs included: our reader is slow, not the peer dead
+      if (this.ws.isPaused) this.lastHeard = Date.now();
+      if (Date.now() - this.lastHeard > 3 * intervalMs) {
+        this.failure ??= new ConnectError(ErrorCodes.UNAVAILABLE, `websocket peer silent for ${Date.now() - this.lastHeard} ms (heartbeat every ${intervalMs} ms)`);
+        this.ws.terminate();
+        return;
+      }
+      if (this.ws.readyState === WebSocket.OPEN) this.ws.ping();
+    }, intervalMs);
+    this.heartbeat.unref();
+  }
+
   destroy(error?: Error): void {
     if (!(this.sentEnd && this.gotEnd)) this.ws.terminate(); // else the clean close is already under way
     this.input.destroy(error);
@@ -154,6 +192,7 @@ class WsConnection implements Connection {
 
   onMessage(data: RawData, isBinary: boolean): void {
     if (this.closed) return;
+    this.lastHeard = Date.now();
     if (!isBinary) return this.violate('text message on a binary channel');
     const bytes = toBuffer(data);
     if (this.gotEnd) return this.violate('message after the peer ended its direction');
@@ -174,6 +213,7 @@ class WsConnection implements Connection {
 
   onClose(): void {
     this.closed = true;
+    clearInterval(this.heartbeat);
     if (!this.gotEnd) destroyWith(this.input, this.failure ?? resetError());
     if (!this.sentEnd && !this.output.writableFinished) {
       if (this.output.writableLength > 0 || this.output.writableEnded) destroyWith(this.output, this.failure ?? pipeError());
@@ -227,6 +267,12 @@ class WsConnection implements Connection {
   }
 }
 
+interface ListenerOptions extends ConnectionOptions {
+  handshakeTimeoutMs: number;
+  secret: string | undefined;
+  onUnauthorized: ((remote: string, why: string) => void) | undefined;
+}
+
 /** Route a socket's events to the handshake first, then to its Connection. */
 function wire(ws: WebSocket): {
   setHandlers(h: { message: (d: RawData, b: boolean) => void; close: (code: number) => void; error: (e: Error) => void }): void;
@@ -257,21 +303,22 @@ class WsListener implements Listener {
 
   constructor(
     readonly endpoint: string,
-    private readonly server: http.Server,
+    /** stops whatever serves the upgrades (the listener's own HTTP server, or the hook on a shared one) */
+    private readonly stopServing: () => void,
     private readonly wss: WebSocketServer,
-    private readonly options: Required<Pick<WsTransportOptions, 'maxPayload' | 'handshakeTimeoutMs'>> & { secret: string | undefined },
+    private readonly options: ListenerOptions,
   ) {
     this.queue = new AcceptQueue(endpoint);
-    wss.on('connection', (ws) => this.admit(ws));
+    wss.on('connection', (ws, request: http.IncomingMessage) => this.admit(ws, `${request.socket.remoteAddress ?? '?'}:${request.socket.remotePort ?? '?'}`));
     wss.on('error', () => undefined);
   }
 
-  private admit(ws: WebSocket): void {
-    const { secret, maxPayload, handshakeTimeoutMs } = this.options;
+  private admit(ws: WebSocket, remote: string): void {
+    const { secret, handshakeTimeoutMs } = this.options;
     const routes = wire(ws);
     if (this.closed) return void ws.terminate();
     if (secret === undefined) {
-      const conn = new WsConnection(ws, maxPayload);
+      const conn = new WsConnection(ws, this.options);
       routes.attach(conn);
       this.queue.offer(conn);
       return;
@@ -287,7 +334,8 @@ class WsListener implements Listener {
       ws.terminate();
     }, handshakeTimeoutMs);
     timer.unref();
-    const refuse = (): void => {
+    const refuse = (why: string): void => {
+      this.options.onUnauthorized?.(remote, why);
       done();
       routes.setHandlers({ message: () => undefined, close: () => undefined, error: () => undefined });
       ws.close(WS_CLOSE_UNAUTHORIZED, 'unauthorized');
@@ -297,13 +345,13 @@ class WsListener implements Listener {
     routes.setHandlers({
       message: (data, isBinary) => {
         const bytes = toBuffer(data);
-        if (!isBinary || bytes.length !== NONCE_BYTES + MAC_BYTES) return refuse();
+        if (!isBinary || bytes.length !== NONCE_BYTES + MAC_BYTES) return refuse('no proof of the secret (not a Sluice peer?)');
         const clientNonce = bytes.subarray(0, NONCE_BYTES);
         const expected = mac(secret, 'sluice-ws-client', serverNonce, clientNonce);
-        if (!timingSafeEqual(bytes.subarray(NONCE_BYTES), expected)) return refuse();
+        if (!timingSafeEqual(bytes.subarray(NONCE_BYTES), expected)) return refuse('wrong secret');
         done();
         if (this.closed) return void ws.terminate();
-        const conn = new WsConnection(ws, maxPayload);
+        const conn = new WsConnection(ws, this.options);
         routes.attach(conn);
         ws.send(mac(secret, 'sluice-ws-server', clientNonce, serverNonce), { binary: true });
         this.queue.offer(conn);
@@ -326,7 +374,7 @@ class WsListener implements Listener {
     this.handshaking.clear();
     // Stop listening only: accepted connections belong to their channels.
     this.wss.close();
-    this.server.close();
+    this.stopServing();
   }
 }
 
@@ -335,8 +383,16 @@ export class WsTransport implements Transport {
   private readonly secret: string | undefined;
   private readonly maxPayload: number;
   private readonly handshakeTimeoutMs: number;
+  private readonly urlPath: string;
+  private readonly heartbeatMs: number;
+  private readonly onUnauthorized: ((remote: string, why: string) => void) | undefined;
 
   constructor(options: WsTransportOptions = {}) {
+    this.urlPath = options.path ?? '/';
+    this.onUnauthorized = options.onUnauthorized;
+    this.heartbeatMs = options.heartbeatMs ?? 0;
+    if (!this.urlPath.startsWith('/')) throw new RequestError(ErrorCodes.INVALID, `ws path must start with /, got ${JSON.stringify(this.urlPath)}`);
+    if (!Number.isInteger(this.heartbeatMs) || this.heartbeatMs < 0) throw new RequestError(ErrorCodes.INVALID, `ws heartbeatMs must be a whole number of ms, got ${String(options.heartbeatMs)}`);
     this.secret = options.secret;
     this.maxPayload = options.maxPayload ?? WS_DEFAULT_MAX_PAYLOAD;
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? WS_DEFAULT_HANDSHAKE_TIMEOUT_MS;
@@ -364,11 +420,29 @@ export class WsTransport implements Transport {
     });
     server.on('error', () => undefined);
     const address = server.address() as AddressInfo;
-    return new WsListener(formatEndpoint(address.address, address.port), server, wss, {
-      secret: this.secret,
-      maxPayload: this.maxPayload,
-      handshakeTimeoutMs: this.handshakeTimeoutMs,
-    });
+    return new WsListener(formatEndpoint(address.address, address.port), () => server.close(), wss, this.listenerOptions());
+  }
+
+  /**
+   * Serve WebSocket upgrades to `path` on an HTTP server that exists already (the daemon's
+   * control API port), with this transport's authentication. Upgrades to other paths are
+   * refused with 404. The listener's `endpoint` is the path.
+   */
+  listenOn(server: http.Server, path: string): Listener {
+    const wss = new WebSocketServer({ noServer: true, maxPayload: this.maxPayload, perMessageDeflate: false, clientTracking: false });
+    const onUpgrade = (request: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+      if ((request.url ?? '').split('?')[0] !== path) {
+        socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+        return;
+      }
+      wss.handleUpgrade(request, socket, head, (ws) => wss.emit('connection', ws, request));
+    };
+    server.on('upgrade', onUpgrade);
+    return new WsListener(path, () => server.off('upgrade', onUpgrade), wss, this.listenerOptions());
+  }
+
+  private listenerOptions(): ListenerOptions {
+    return { secret: this.secret, maxPayload: this.maxPayload, heartbeatMs: this.heartbeatMs, handshakeTimeoutMs: this.handshakeTimeoutMs, onUnauthorized: this.onUnauthorized };
   }
 
   dial(endpoint: string, options: DialOptions = {}): Promise<Connection> {
@@ -379,7 +453,7 @@ export class WsTransport implements Transport {
     } catch (err) {
       return Promise.reject(err as Error);
     }
-    const url = `ws://${formatEndpoint(target.host, target.port)}/`;
+    const url = `ws://${formatEndpoint(target.host, target.port)}${this.urlPath}`;
     const { signal } = options;
     const attempt = (): Promise<Connection> => this.attempt(url, endpoint, signal);
     return retryUntil('dial ws', attempt, (err) => (err as NodeJS.ErrnoException).code === 'ECONNREFUSED', {
@@ -417,7 +491,7 @@ export class WsTransport implements Transport {
       const succeed = (): void => {
         if (settled) return;
         cleanup();
-        const conn = new WsConnection(ws, this.maxPayload);
+        const conn = new WsConnection(ws, { maxPayload: this.maxPayload, heartbeatMs: this.heartbeatMs });
         routes.attach(conn);
         resolve(conn);
       };

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApi } from '../../server/api.js';
+import { Cluster } from '../../server/cluster.js';
 import { createMetrics } from '../../server/metrics.js';
 import { Relay } from '../../server/relay.js';
 import { RunRegistry } from '../../server/runs.js';
@@ -22,8 +23,9 @@ beforeAll(async () => {
   runs = new RunRegistry({ dir, node: 'node-a', runTtlSeconds: 3600, maxRuns: 5, log });
   await runs.start();
   const metrics = createMetrics(() => runs.size);
-  const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics });
-  app = buildApi({ node: 'node-a', version: 'test', runs, relay, metrics, workflows: new Map<string, Workflow>(), maxBodyBytes: 16 * 1024, ready: () => true });
+  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, log, metrics });
+  const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics, forward: (...args) => cluster.forward(...args) });
+  app = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows: new Map<string, Workflow>(), maxBodyBytes: 16 * 1024, ready: () => true });
 });
 afterAll(async () => {
   await app.close();
@@ -142,8 +144,9 @@ describe('control API', () => {
 describe('control API over TCP (bearer secret)', () => {
   it('refuses requests without the cluster secret, but not probes or metrics', async () => {
     const metrics = createMetrics(() => runs.size);
-    const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics });
-    const tcp = buildApi({ node: 'node-a', version: 'test', runs, relay, metrics, workflows: new Map(), maxBodyBytes: 16 * 1024, ready: () => true, bearerSecret: 'a-cluster-secret-of-some-length' });
+    const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, log, metrics });
+    const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics, forward: (...args) => cluster.forward(...args) });
+    const tcp = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows: new Map(), maxBodyBytes: 16 * 1024, ready: () => true, bearerSecret: 'a-cluster-secret-of-some-length' });
     try {
       expect((await tcp.inject('/healthz')).statusCode).toBe(200);
       expect((await tcp.inject('/metrics')).statusCode).toBe(200);

@@ -1,0 +1,356 @@
+/**
+ * Runs that span nodes: sharing a run with the peers it involves, and carrying its cross-node
+ * channels over the peer links.
+ *
+ * **Creating a run** (at any daemon): this node prepares its part, then every other node in the
+ * placement prepares its part (FIFOs for the consumers it hosts), then every involved node opens
+ * a connection on the peer link for each channel whose producer it hosts and whose consumer is
+ * elsewhere — with its credit window — and parks it. Only then does the request return: when the
+ * functions start, no dial, no handshake and no OPEN is left on the path of the first byte. If
+ * any node fails, the run is deleted everywhere and the error names the node.
+ *
+ * **A cross-node channel carries the channel protocol end to end.** The producer streams to its
+ * daemon's relay socket; the relay reads the HELLO (token, channel), then passes the bytes on,
+ * untouched, into the parked connection. The consumer's daemon, at the first byte, opens the
+ * consumer's FIFO (waiting up to the attach timeout) and passes the bytes on into it. Neither
+ * daemon decodes the stream: the consumer verifies length and checksum, and its ACK travels back
+ * the same way, so the producer's `end()` still means "the consumer verified every byte".
+ *
+ * **Faults.** A link that fails resets its connections: the consumer's daemon closes the FIFO
+ * mid-stream (the consumer reports SLUICE_TRUNCATED), and the producer's daemon sends the
+ * producer an ABORT with SLUICE_UNAVAILABLE naming the peer. A producer that dies makes its
+ * daemon reset the connection, with the same effect on the consumer. Nothing ends cleanly
+ * without the consumer's verification.
+ */
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import {
+  ConnectError,
+  ErrorCodes,
+  FrameType,
+  RequestError,
+  checkName,
+  encodeControl,
+  fifoTransport,
+  type Connection,
+} from '../transports/index.js';
+import type { Metrics } from './metrics.js';
+import { CHANNEL_PREFIX, type PeerLinks } from './peers.js';
+import type { ChannelInfo, CreateRunRequest, Run, RunRegistry } from './runs.js';
+import { validateWorkflow } from './workflow.js';
+
+export interface ClusterOptions {
+  node: string;
+  runs: RunRegistry;
+  /** undefined when this daemon has no peers (no secret, no --peers) */
+  peers: PeerLinks | undefined;
+  attachTimeoutMs: number;
+  log: Logger;
+  metrics: Metrics;
+}
+
+/** How long run sharing may wait for a peer (its link, then its answer), ms. */
+const PEER_REQUEST_TIMEOUT_MS = 10_000;
+
+const key = (run: string, channel: string): string => `${run}/${channel}`;
+
+/** Pass bytes both ways between two connections until both directions ended; reject on the first fault. */
+function splice(a: Connection, b: Connection, onForward: (bytes: number) => void, onBack: () => void): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let open = 2;
+    let failed = false;
+    const fail = (err: Error): void => {
+      if (failed) return;
+      failed = true;
+      a.input.unpipe(b.output);
+      b.input.unpipe(a.output);
+      reject(err);
+    };
+    const direction = (from: Connection['input'], to: Connection['output'], what: string): void => {
+      from.on('error', fail);
+      to.on('error', fail);
+      from.on('close', () => {
+        if (!from.readableEnded) fail(Object.assign(new Error(`${what} closed mid-stream`), { code: 'ECONNRESET' }));
+      });
+      to.on('finish', () => {
+        if (--open === 0 && !failed) resolve();
+      });
+      from.pipe(to);
+    };
+    a.input.on('data', (chunk: Buffer) => onForward(chunk.length));
+    b.input.once('data', onBack);
+    direction(a.input, b.output, 'the sending side');
+    direction(b.input, a.output, 'the receiving side');
+  });
+}
+
+/** The first chunk of `input`, put back; rejects if the stream ends or fails first. */
+function firstBytes(input: Connection['input']): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer): void => {
+      input.pause();
+      cleanup();
+      input.unshift(chunk);
+      resolve();
+    };
+    const onGone = (): void => {
+      cleanup();
+      reject(new ConnectError(ErrorCodes.UNAVAILABLE, 'the channel closed before any bytes'));
+    };
+    const cleanup = (): void => {
+      input.off('data', onData);
+      input.off('end', onGone);
+      input.off('close', onGone);
+      input.off('error', onGone);
+    };
+    input.on('data', onData);
+    input.on('end', onGone);
+    input.on('close', onGone);
+    input.on('error', onGone);
+  });
+}
+
+export class Cluster {
+  /** connections opened at run creation, waiting for their producer */
+  private readonly parked = new Map<string, Connection>();
+  /** every peer-link connection a run uses, to cut when it is deleted */
+  private readonly inUse = new Map<string, Set<Connection>>();
+
+  constructor(private readonly options: ClusterOptions) {
+    options.runs.onDeleted = (run) => this.forget(run);
+  }
+
+  /** Create a run here and on every node its placement names; see the file comment. */
+  async createRun(request: CreateRunRequest): Promise<Run> {
+    const { runs, peers, node } = this.options;
+    const run = await runs.create(request);
+    const others = this.nodesOf(run).filter((n) => n !== node);
+    try {
+      for (const other of others) {
+        if (!peers?.knows(other)) {
+          throw new RequestError(ErrorCodes.INVALID, `run places steps on node "${other}", which is not a peer of node "${node}": list it in --peers (and set the cluster secret)`, {
+            details: { node: other },
+          });
+        }
+      }
+      const shared = {
+        run: run.id,
+        token: run.token,
+        workflow: run.workflow,
+        placement: Object.fromEntries(Object.entries(run.manifest.steps).map(([step, s]) => [step, s.nodes])),
+        ttlSeconds: Math.max(1, Math.round((run.expiresAt - Date.now()) / 1000)),
+      };
+      await Promise.all(others.map((other) => peers!.request(other, { op: 'prepare', ...shared }, PEER_REQUEST_TIMEOUT_MS)));
+      await Promise.all([this.openChannels(run), ...others.map((other) => peers!.request(other, { op: 'open', run: run.id }, PEER_REQUEST_TIMEOUT_MS))]);
+    } catch (err) {
+      await this.deleteRun(run.id).catch(() => undefined);
+      throw err;
+    }
+    return run;
+  }
+
+  /** Delete a run here and on the other nodes it involves (which may have forgotten it already). */
+  async deleteRun(id: string): Promise<void> {
+    const { runs, peers, node } = this.options;
+    const run = runs.get(id);
+    await runs.delete(id);
+    const others = this.nodesOf(run).filter((n) => n !== node && peers?.knows(n));
+    const results = await Promise.allSettled(others.map((other) => peers!.request(other, { op: 'delete', run: id }, PEER_REQUEST_TIMEOUT_MS)));
+    results.forEach((r, i) => {
+      if (r.status === 'rejected') this.options.log.warn({ run: id, peer: others[i], err: r.reason as Error }, 'peer did not delete its part of the run; its TTL will');
+    });
+  }
+
+  /** A control request from a peer: its part of a run created elsewhere. */
+  readonly onRequest = async (from: string, request: Record<string, unknown>): Promise<unknown> => {
+    const { runs } = this.options;
+    switch (request.op) {
+      case 'prepare': {
+        const run = await runs.create({
+          workflow: validateWorkflow(request.workflow),
+          id: checkName('run', request.run),
+          token: request.token as string,
+          placement: request.placement as Record<string, string[]>,
+          ttlSeconds: request.ttlSeconds as number,
+        });
+        this.options.metrics.runsCreated.inc();
+        this.options.log.info({ run: run.id, origin: from }, 'run shared by a peer');
+        return null;
+      }
+      case 'open':
+        return this.openChannels(runs.get(checkName('run', request.run)));
+      case 'delete': {
+        const id = checkName('run', request.run);
+        if (runs.list().some((r) => r.id === id)) await runs.delete(id);
+        return null;
+      }
+      default:
+        throw new RequestError(ErrorCodes.INVALID, `unknown peer request ${JSON.stringify(request.op)}`);
+    }
+  };
+
+  /** A peer opened a channel to a consumer on this node: check it, then deliver it. */
+  readonly onChannel = (from: string, endpoint: string): ((conn: Connection) => void) => {
+    const [runId, name, extra] = endpoint.startsWith(CHANNEL_PREFIX) ? endpoint.slice(CHANNEL_PREFIX.length).split('/') : [];
+    if (runId === undefined || name === undefined || extra !== undefined) throw new RequestError(ErrorCodes.INVALID, `unknown endpoint ${JSON.stringify(endpoint)}`);
+    const run = this.options.runs.get(checkName('run', runId));
+    const channel = run.channels.get(name);
+    if (!channel || channel.path !== 'fifo' || channel.peer !== from) {
+      throw new RequestError(ErrorCodes.NOT_FOUND, `run "${runId}" has no channel ${name} from node "${from}" to this node`, { details: { run: runId, channel: name } });
+    }
+    if (channel.state !== 'prepared') throw new RequestError(ErrorCodes.INVALID, `channel ${name} of run "${runId}" is open already`);
+    channel.state = 'relaying';
+    return (conn) => void this.deliver(run, channel, conn);
+  };
+
+  /** The producer side: pass the producer's stream into the channel's connection on the link. */
+  async forward(run: Run, channel: ChannelInfo, producer: Connection, head: Buffer): Promise<void> {
+    const { log, metrics, peers } = this.options;
+    const log2 = log.child({ run: run.id, channel: channel.name, peer: channel.peer });
+    let link: Connection;
+    try {
+      link = this.parked.get(key(run.id, channel.name)) ?? (await this.openChannel(run, channel));
+      this.parked.delete(key(run.id, channel.name));
+    } catch (err) {
+      channel.state = 'failed';
+      this.abortProducer(producer, err as Error);
+      throw err;
+    }
+    channel.state = 'relaying';
+    metrics.relayChannels.inc();
+    let answered = false;
+    try {
+      link.output.write(head);
+      channel.relayedBytes += head.length;
+      await splice(
+        producer,
+        link,
+        (n) => {
+          channel.relayedBytes += n;
+          metrics.relayBytes.inc(n);
+        },
+        () => (answered = true),
+      );
+      channel.state = 'done';
+      producer.destroy();
+      link.destroy();
+      log2.info({ bytes: channel.relayedBytes }, 'cross-node stream delivered');
+    } catch (err) {
+      channel.state = 'failed';
+      link.destroy();
+      const down = peers && channel.peer ? !(await peers.link(channel.peer, 0).then(() => true, () => false)) : false;
+      const reason = new ConnectError(ErrorCodes.UNAVAILABLE, down ? `the peer link to node "${channel.peer}" failed mid-stream` : `the stream to node "${channel.peer}" broke: ${(err as Error).message}`, {
+        cause: err,
+        details: { run: run.id, channel: channel.name, peer: channel.peer },
+      });
+      // the consumer's answer may be half through already: then only cutting is safe
+      if (answered) producer.destroy();
+      else this.abortProducer(producer, reason);
+      throw reason;
+    } finally {
+      metrics.relayChannels.dec();
+    }
+  }
+
+  /** The consumer side: at the first byte, open the consumer's FIFO and pass the stream into it. */
+  private async deliver(run: Run, channel: ChannelInfo, link: Connection): Promise<void> {
+    const { log, metrics, attachTimeoutMs } = this.options;
+    const log2 = log.child({ run: run.id, channel: channel.name, peer: channel.peer });
+    this.track(run.id, link);
+    try {
+      await firstBytes(link.input);
+    } catch {
+      channel.state = 'prepared'; // closed before use (run deleted, producer's daemon gone): may be opened again
+      link.destroy();
+      return;
+    }
+    metrics.relayChannels.inc();
+    let fifo: Connection | undefined;
+    try {
+      fifo = await fifoTransport.dial(join(run.directory, channel.name), { timeoutMs: attachTimeoutMs }).catch((err: unknown) => {
+        if ((err as { code?: string }).code === ErrorCodes.UNAVAILABLE) {
+          throw new ConnectError(ErrorCodes.TIMEOUT, `consumer ${channel.to.step}[${channel.to.index}] did not attach within ${attachTimeoutMs} ms`, { cause: err });
+        }
+        throw err;
+      });
+      await splice(link, fifo, (n) => {
+        channel.relayedBytes += n;
+        metrics.relayBytes.inc(n);
+      }, () => undefined);
+      channel.state = 'done';
+      log2.info({ bytes: channel.relayedBytes }, 'cross-node stream delivered');
+    } catch (err) {
+      channel.state = 'failed';
+      metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
+      log2.warn({ err }, 'cross-node delivery failed');
+      if (!fifo) this.abortProducer(link, err as Error);
+      else link.destroy();
+    } finally {
+      metrics.relayChannels.dec();
+      fifo?.destroy();
+      this.untrack(run.id, link);
+    }
+  }
+
+  /** Tell the producer why (an ABORT frame), then close; the channel layer reports its code. */
+  private abortProducer(conn: Connection, err: Error): void {
+    const code = (err as { code?: unknown }).code;
+    const frame = encodeControl(FrameType.ABORT, 0, { code: typeof code === 'string' && code.startsWith('SLUICE_') ? code : ErrorCodes.UNAVAILABLE, message: err.message });
+    conn.output.on('error', () => undefined);
+    conn.input.on('error', () => undefined);
+    if (conn.output.destroyed || conn.output.writableEnded) return conn.destroy();
+    conn.output.end(frame, () => setTimeout(() => conn.destroy(), 1_000).unref());
+    conn.input.resume(); // drop what it still sends until it closes
+  }
+
+  /** Open and park a connection for every channel whose producer is here and consumer on a peer. */
+  private async openChannels(run: Run): Promise<null> {
+    const remote = [...run.channels.values()].filter((c) => c.path === 'remote' && c.peer !== undefined);
+    await Promise.all(
+      remote.map(async (channel) => {
+        const conn = await this.openChannel(run, channel);
+        if (!this.options.runs.list().includes(run)) return conn.destroy(); // deleted meanwhile
+        const k = key(run.id, channel.name);
+        this.parked.get(k)?.destroy();
+        this.parked.set(k, conn);
+        // a parked connection that breaks (link down) is dropped; the producer then opens anew
+        conn.input.once('close', () => {
+          if (this.parked.get(k) === conn) this.parked.delete(k);
+        });
+        conn.input.on('error', () => undefined);
+      }),
+    );
+    return null;
+  }
+
+  private async openChannel(run: Run, channel: ChannelInfo): Promise<Connection> {
+    const { peers } = this.options;
+    if (!peers || channel.peer === undefined) throw new ConnectError(ErrorCodes.UNAVAILABLE, `channel ${channel.name} needs a peer link, and this node has none`);
+    const conn = await peers.open(channel.peer, `${CHANNEL_PREFIX}${run.id}/${channel.name}`, PEER_REQUEST_TIMEOUT_MS);
+    this.track(run.id, conn);
+    conn.input.once('close', () => this.untrack(run.id, conn));
+    return conn;
+  }
+
+  private track(run: string, conn: Connection): void {
+    let set = this.inUse.get(run);
+    if (!set) this.inUse.set(run, (set = new Set()));
+    set.add(conn);
+  }
+
+  private untrack(run: string, conn: Connection): void {
+    const set = this.inUse.get(run);
+    set?.delete(conn);
+    if (set?.size === 0) this.inUse.delete(run);
+  }
+
+  private forget(run: Run): void {
+    for (const name of run.channels.keys()) this.parked.delete(key(run.id, name));
+    for (const conn of this.inUse.get(run.id) ?? []) conn.destroy();
+    this.inUse.delete(run.id);
+  }
+
+  private nodesOf(run: Run): string[] {
+    return [...new Set(Object.values(run.manifest.steps).flatMap((s) => s.nodes))];
+  }
+}

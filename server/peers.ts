@@ -1,0 +1,402 @@
+/**
+ * Peer links: one long-lived, authenticated WebSocket between this daemon and each other node's,
+ * many connections multiplexed on it (`transports/mux.ts`), each with its own credit window.
+ *
+ * - **Where.** A daemon serves peer links on its TCP control port (`--listen`), at
+ *   `PEER_LINK_PATH`; `--peers NAME=ws://HOST:PORT` names the others. A peer that is not listed
+ *   may still dial in: knowing the secret is what admits it.
+ * - **Who dials.** Both ends dial a listed peer that has no link; the node with the larger name
+ *   waits a moment first, so that usually one link forms. If two form at once, both ends keep the
+ *   one dialled by the node with the smaller name and close the other, so they agree without
+ *   talking about it.
+ * - **Authentication.** The cluster secret, through the ws transport's mutual HMAC
+ *   challenge-response: a dialler without the secret (or with a wrong one) is closed with 4401
+ *   before a byte of Sluice's protocol passes, and the log says so. Then the dialler names
+ *   itself and the node it meant to reach, `{ node, to }`, and the other end answers with its
+ *   name; a link to the wrong node is refused.
+ * - **Health.** The link is pinged every `heartbeatMs`; one silent for three intervals is cut.
+ *   Its connections then fail (typed errors at both ends of each channel) and it is dialled
+ *   again with back-off (100 ms doubling to 5 s).
+ * - **Use.** `request(node, body)` sends one control request (run sharing) and awaits its
+ *   answer; `open(node, endpoint)` opens a connection for a channel. What arrives from a peer
+ *   goes to the handlers given to the constructor.
+ */
+import type http from 'node:http';
+import type { Logger } from 'pino';
+import {
+  ConnectError,
+  ErrorCodes,
+  Mux,
+  ProtocolError,
+  RequestError,
+  WsTransport,
+  checkName,
+  decodeRecords,
+  encodeRecord,
+  isErrorCode,
+  type Connection,
+  type Listener,
+} from '../transports/index.js';
+
+/** The URL path peer links are served at, on the daemon's TCP control port. */
+export const PEER_LINK_PATH = '/v1/peer-link';
+/** The endpoint of control requests on a link. */
+const CONTROL_ENDPOINT = 'sluice.control';
+/** Channel endpoints on a link: `CHANNEL_PREFIX<run>/<channel>`. */
+export const CHANNEL_PREFIX = 'ch/';
+const HANDSHAKE_TIMEOUT_MS = 5_000;
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 5_000;
+/** The node with the larger name waits this long before dialling, ms. */
+const DEFER_MS = 1_000;
+/** Largest control request or answer on a link, bytes. */
+const MAX_CONTROL_BYTES = 16 * 1024 * 1024;
+
+export interface PeerLinksOptions {
+  node: string;
+  /** listed peers: node name → ws://HOST:PORT */
+  peers: Readonly<Record<string, string>>;
+  secret: string;
+  /** credit window per connection, bytes */
+  windowBytes: number;
+  /** ping interval, ms */
+  heartbeatMs: number;
+  log: Logger;
+  /** answers a peer's control request; throw a SluiceError to refuse */
+  onRequest: (from: string, request: Record<string, unknown>) => Promise<unknown>;
+  /** takes a channel connection a peer opened to `endpoint`; throw a SluiceError to refuse */
+  onChannel: (from: string, endpoint: string) => (conn: Connection) => void;
+}
+
+export type LinkState = 'up' | 'connecting' | 'down';
+
+export interface PeerStatus {
+  node: string;
+  /** the URL dialled, or null for a peer that is not listed (it dialled in) */
+  url: string | null;
+  state: LinkState;
+  /** when the state last changed (ISO 8601) */
+  since: string;
+  /** connections open on the link now */
+  channels: number;
+  /** bytes of channel data sent and received over all of this peer's links */
+  bytesSent: number;
+  bytesReceived: number;
+  /** links that came up after the first one */
+  reconnects: number;
+  lastError: string | null;
+}
+
+interface Peer {
+  node: string;
+  url: string | undefined;
+  mux: Mux | undefined;
+  /** the node that dialled the current link */
+  dialedBy: string | undefined;
+  state: LinkState;
+  since: number;
+  links: number;
+  lastError: string | undefined;
+  /** bytes of links that are gone */
+  pastSent: number;
+  pastReceived: number;
+  waiters: Set<() => void>;
+}
+
+function hostPort(url: string): string {
+  const parsed = new URL(url);
+  const port = parsed.port || (parsed.protocol === 'wss:' ? '443' : '80');
+  return `${parsed.hostname}:${port}`;
+}
+
+/** The first message on a fresh link (the other end sends nothing until it has answered it). */
+function readFirst(input: Connection['input'], timeoutMs: number): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const timer = setTimeout(() => done(new ConnectError(ErrorCodes.TIMEOUT, `peer link handshake did not finish within ${timeoutMs} ms`)), timeoutMs);
+    const onData = (chunk: Buffer): void => {
+      // stop the flow here: what follows belongs to the multiplexer
+      input.pause();
+      done(undefined, chunk);
+    };
+    const onGone = (): void => done(new ConnectError(ErrorCodes.UNAVAILABLE, 'peer closed the link during the handshake'));
+    const onError = (err: Error): void => done(err);
+    function done(err: Error | undefined, chunk?: Buffer): void {
+      clearTimeout(timer);
+      input.off('data', onData);
+      input.off('end', onGone);
+      input.off('close', onGone);
+      input.off('error', onError);
+      if (err) reject(err);
+      else resolve(chunk!);
+    }
+    input.on('data', onData);
+    input.on('end', onGone);
+    input.on('close', onGone);
+    input.on('error', onError);
+  });
+}
+
+function parseHello(bytes: Buffer): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = bytes.length <= 1024 ? JSON.parse(bytes.toString('utf8')) : undefined;
+  } catch {
+    value = undefined;
+  }
+  if (typeof value !== 'object' || value === null || (value as { sluice?: unknown }).sluice !== 'peer-link') {
+    throw new ProtocolError('the peer did not start the peer-link handshake');
+  }
+  return value as Record<string, unknown>;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    timer.unref();
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+export class PeerLinks {
+  private readonly peers = new Map<string, Peer>();
+  private readonly transport: WsTransport;
+  private readonly stopping = new AbortController();
+  private listener: Listener | undefined;
+
+  constructor(private readonly options: PeerLinksOptions) {
+    this.transport = new WsTransport({
+      secret: options.secret,
+      path: PEER_LINK_PATH,
+      heartbeatMs: options.heartbeatMs,
+      handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
+      onUnauthorized: (remote, why) => options.log.warn({ remote, why }, 'peer link refused: no valid proof of the cluster secret'),
+    });
+    for (const [node, url] of Object.entries(options.peers)) this.peers.set(node, this.newPeer(node, url));
+  }
+
+  private newPeer(node: string, url: string | undefined): Peer {
+    return { node, url, mux: undefined, dialedBy: undefined, state: 'connecting', since: Date.now(), links: 0, lastError: undefined, pastSent: 0, pastReceived: 0, waiters: new Set() };
+  }
+
+  /** Serve peer links on `server` (the TCP control API's) when given, and dial the listed peers. */
+  start(server: http.Server | undefined): void {
+    if (server) {
+      this.listener = this.transport.listenOn(server, PEER_LINK_PATH);
+      void this.acceptLoop(this.listener);
+    }
+    for (const peer of this.peers.values()) if (peer.url) void this.dialLoop(peer);
+  }
+
+  async close(): Promise<void> {
+    this.stopping.abort();
+    await this.listener?.close();
+    for (const peer of this.peers.values()) peer.mux?.close(new ConnectError(ErrorCodes.UNAVAILABLE, 'this daemon is stopping'));
+  }
+
+  /** Is `node` a peer (listed, or linked to us now)? */
+  knows(node: string): boolean {
+    return this.peers.has(node);
+  }
+
+  status(): PeerStatus[] {
+    return [...this.peers.values()].map((p) => ({
+      node: p.node,
+      url: p.url ?? null,
+      state: p.state,
+      since: new Date(p.since).toISOString(),
+      channels: p.mux?.up ? p.mux.size : 0,
+      bytesSent: p.pastSent + (p.mux?.bytesSent ?? 0),
+      bytesReceived: p.pastReceived + (p.mux?.bytesReceived ?? 0),
+      reconnects: Math.max(0, p.links - 1),
+      lastError: p.lastError ?? null,
+    }));
+  }
+
+  /** The link to `node`, waiting up to `timeoutMs` for it to come up; SLUICE_UNAVAILABLE otherwise. */
+  async link(node: string, timeoutMs: number): Promise<Mux> {
+    const peer = this.peers.get(node);
+    if (!peer) throw new RequestError(ErrorCodes.INVALID, `node "${node}" is not a peer of this node: list it in --peers (NAME=ws://HOST:PORT)`, { details: { node } });
+    const deadline = Date.now() + timeoutMs;
+    while (!peer.mux?.up) {
+      const left = deadline - Date.now();
+      if (left <= 0 || this.stopping.signal.aborted) {
+        throw new ConnectError(ErrorCodes.UNAVAILABLE, `no link to peer "${node}" (${peer.state}${peer.lastError ? `: ${peer.lastError}` : ''})`, { details: { node, link: 'down' } });
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(wake, left);
+        function wake(): void {
+          clearTimeout(timer);
+          peer!.waiters.delete(wake);
+          resolve();
+        }
+        peer.waiters.add(wake);
+      });
+    }
+    return peer.mux;
+  }
+
+  /** Open a channel connection on the link to `node`. */
+  async open(node: string, endpoint: string, timeoutMs: number): Promise<Connection> {
+    const mux = await this.link(node, timeoutMs);
+    return mux.open(endpoint);
+  }
+
+  /** Send `body` to `node` as one control request and return its answer (or throw its error). */
+  async request(node: string, body: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
+    const conn = await this.open(node, CONTROL_ENDPOINT, timeoutMs);
+    const timer = setTimeout(() => conn.destroy(new ConnectError(ErrorCodes.TIMEOUT, `peer "${node}" did not answer within ${timeoutMs} ms`)), timeoutMs);
+    try {
+      conn.output.end(encodeRecord(body, MAX_CONTROL_BYTES));
+      for await (const answer of decodeRecords(conn.input, MAX_CONTROL_BYTES)) {
+        const a = answer as { ok?: unknown; result?: unknown; error?: { code?: unknown; message?: unknown } };
+        if (a.ok === true) return a.result;
+        const code = isErrorCode(a.error?.code) ? a.error.code : ErrorCodes.UNAVAILABLE;
+        const message = `peer "${node}": ${String(a.error?.message ?? 'request failed')}`;
+        throw code === ErrorCodes.INVALID || code === ErrorCodes.NOT_FOUND || code === ErrorCodes.UNAUTHORIZED
+          ? new RequestError(code, message, { details: { node } })
+          : new ConnectError(code, message, { details: { node } });
+      }
+      throw new ConnectError(ErrorCodes.UNAVAILABLE, `peer "${node}" closed the request without an answer`, { details: { node } });
+    } catch (err) {
+      if ((err as { code?: unknown }).code && isErrorCode((err as { code?: unknown }).code)) throw err;
+      throw new ConnectError(ErrorCodes.UNAVAILABLE, `request to peer "${node}" failed: ${(err as Error).message}`, { cause: err, details: { node } });
+    } finally {
+      clearTimeout(timer);
+      conn.destroy();
+    }
+  }
+
+  private async serveRequest(from: string, conn: Connection): Promise<void> {
+    let answer: unknown;
+    try {
+      // read to the end (the requester ends after one record): leaving early would reset the connection
+      let request: unknown;
+      let count = 0;
+      for await (const r of decodeRecords(conn.input, MAX_CONTROL_BYTES)) if (count++ === 0) request = r;
+      if (count !== 1) throw new RequestError(ErrorCodes.INVALID, `a control request is one record, got ${count}`);
+      if (typeof request !== 'object' || request === null) throw new RequestError(ErrorCodes.INVALID, 'a control request must be a map');
+      answer = { ok: true, result: (await this.options.onRequest(from, request as Record<string, unknown>)) ?? null };
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      answer = { ok: false, error: { code: isErrorCode(code) ? code : ErrorCodes.UNAVAILABLE, message: (err as Error).message } };
+      this.options.log.warn({ err, peer: from }, 'control request from a peer failed');
+    }
+    conn.output.on('error', () => undefined);
+    conn.output.end(encodeRecord(answer, MAX_CONTROL_BYTES));
+  }
+
+  private async acceptLoop(listener: Listener): Promise<void> {
+    for (;;) {
+      let conn: Connection;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return; // closed
+      }
+      this.admit(conn).catch((err: unknown) => {
+        this.options.log.warn({ err }, 'peer link refused');
+        conn.destroy();
+      });
+    }
+  }
+
+  /** A link dialled by a peer: it names itself, we answer with our name. */
+  private async admit(conn: Connection): Promise<void> {
+    const hello = parseHello(await readFirst(conn.input, HANDSHAKE_TIMEOUT_MS));
+    const node = checkName('peer node', hello.node);
+    if (hello.to !== this.options.node) {
+      conn.output.end(JSON.stringify({ sluice: 'peer-link', error: `this is node "${this.options.node}", not "${String(hello.to)}"` }));
+      throw new ProtocolError(`peer "${node}" dialled this node as "${String(hello.to)}"; fix its --peers entry`);
+    }
+    if (node === this.options.node) throw new ProtocolError(`a peer claims this node's own name "${node}"`);
+    conn.output.write(JSON.stringify({ sluice: 'peer-link', node: this.options.node }));
+    this.register(node, conn, 'listener');
+  }
+
+  private async dialLoop(peer: Peer): Promise<void> {
+    const { signal } = this.stopping;
+    let backoff = BACKOFF_MIN_MS;
+    const defer = this.options.node > peer.node;
+    if (defer) await sleep(DEFER_MS, signal);
+    while (!signal.aborted) {
+      if (peer.mux?.up) {
+        await Promise.race([peer.mux.closed, new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))]);
+        backoff = BACKOFF_MIN_MS;
+        if (defer) await sleep(DEFER_MS, signal);
+        continue;
+      }
+      try {
+        const conn = await this.transport.dial(hostPort(peer.url!), { timeoutMs: 0, signal });
+        try {
+          conn.output.write(JSON.stringify({ sluice: 'peer-link', node: this.options.node, to: peer.node }));
+          const answer = parseHello(await readFirst(conn.input, HANDSHAKE_TIMEOUT_MS));
+          if (typeof answer.error === 'string') throw new ProtocolError(`peer at ${peer.url} refused the link: ${answer.error}`);
+          if (answer.node !== peer.node) throw new ProtocolError(`${peer.url} is node "${String(answer.node)}", not "${peer.node}"; fix --peers`);
+        } catch (err) {
+          conn.destroy();
+          throw err;
+        }
+        if (!signal.aborted) this.register(peer.node, conn, 'dialer');
+        else conn.destroy();
+        backoff = BACKOFF_MIN_MS;
+      } catch (err) {
+        if (signal.aborted) return;
+        const message = (err as Error).message;
+        if (peer.lastError !== message) {
+          const level = (err as { code?: string }).code === ErrorCodes.UNAUTHORIZED ? 'error' : 'warn';
+          this.options.log[level]({ peer: peer.node, url: peer.url, err }, 'cannot link to peer; retrying');
+        }
+        peer.lastError = message;
+        peer.state = peer.links > 0 ? 'down' : 'connecting';
+        await sleep(backoff * (0.75 + Math.random() / 2), signal);
+        backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+      }
+    }
+  }
+
+  private register(node: string, conn: Connection, role: 'dialer' | 'listener'): void {
+    let peer = this.peers.get(node);
+    if (!peer) {
+      peer = this.newPeer(node, undefined);
+      this.peers.set(node, peer);
+    }
+    const dialedBy = role === 'dialer' ? this.options.node : node;
+    if (peer.mux?.up) {
+      const preferred = this.options.node < node ? this.options.node : node;
+      if (dialedBy !== preferred) {
+        conn.destroy();
+        return;
+      }
+      peer.mux.close(new ConnectError(ErrorCodes.UNAVAILABLE, 'replaced by the link the other node dialled'));
+    }
+    const mux = new Mux(conn, role, { windowBytes: this.options.windowBytes });
+    mux.serve((endpoint) => {
+      if (endpoint === CONTROL_ENDPOINT) return (c) => void this.serveRequest(node, c);
+      return this.options.onChannel(node, endpoint);
+    });
+    peer.mux = mux;
+    peer.dialedBy = dialedBy;
+    peer.state = 'up';
+    peer.since = Date.now();
+    peer.links++;
+    peer.lastError = undefined;
+    this.options.log.info({ peer: node, dialedBy, links: peer.links }, 'peer link up');
+    for (const wake of [...peer.waiters]) wake();
+    const linked = peer;
+    void mux.closed.then((why) => {
+      linked.pastSent += mux.bytesSent;
+      linked.pastReceived += mux.bytesReceived;
+      if (linked.mux !== mux) return;
+      linked.mux = undefined;
+      linked.state = 'down';
+      linked.since = Date.now();
+      linked.lastError = why.message;
+      if (!this.stopping.signal.aborted) this.options.log.warn({ peer: node, reason: why.message }, 'peer link down');
+    });
+  }
+}
