@@ -50,6 +50,8 @@ describe('defaults', () => {
       logLevel: 'info',
       relayBufferBytes: 8 * 1024 * 1024,
       attachTimeoutMs: 30_000,
+      peerWindowBytes: 1024 * 1024,
+      peerHeartbeatMs: 2_000,
       runTtlSeconds: 86_400,
       maxRuns: 1000,
       maxBodyBytes: 1024 * 1024,
@@ -358,6 +360,8 @@ describe('every validation error names the option as the user wrote it', () => {
     logLevel: 'loud',
     relayBufferBytes: '8MB',
     attachTimeoutMs: 'soon',
+    peerWindowBytes: '1KiB',
+    peerHeartbeatMs: '10ms',
     runTtlSeconds: 'forever',
     maxRuns: 'many',
     maxBodyBytes: '1TB',
@@ -424,7 +428,7 @@ describe('config files', () => {
   });
 
   it.each([
-    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, logLevel, relayBufferBytes, attachTimeoutMs, runTtlSeconds, maxRuns, maxBodyBytes'],
+    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, logLevel, relayBufferBytes, attachTimeoutMs, peerWindowBytes, peerHeartbeatMs, runTtlSeconds, maxRuns, maxBodyBytes'],
     ['log-level: debug\n', 'unknown key "log-level" (did you mean "logLevel"?)'],
     ['SLUICE_NODE: n\n', 'unknown key "SLUICE_NODE" (did you mean "node"?)'],
     ['colour: blue\n', 'unknown key "colour"; allowed keys: node,'],
