@@ -1,14 +1,34 @@
 /** What the orchestrator (run.ts) asks of a worker process (worker.ts), and what it answers over IPC. */
 
-/** A medium under test: the raw baselines and Sluice's framed transports. */
-export type Subject = 'raw-unix' | 'raw-tcp' | 'raw-fifo' | 'unix' | 'fifo';
+/**
+ * The medium a producer and a consumer process talk over: raw sockets and FIFOs, Sluice's framed
+ * transports, and `ws`, a channel of a Sluice run through the daemons. Endpoints: a path
+ * (raw-unix, raw-fifo, unix, fifo), HOST:PORT (raw-tcp; the consumer serves HOST:0), or for `ws`
+ * the node's Sluice directory, with the run in the job's `run`.
+ */
+export type Subject = 'raw-unix' | 'raw-tcp' | 'raw-fifo' | 'unix' | 'fifo' | 'ws';
+
+/** A Sluice run, for the `ws` subject; its workflow is WS_STEPS.producer → WS_STEPS.consumer. */
+export interface RunRef {
+  id: string;
+  token: string;
+}
+export const WS_STEPS = { producer: 'p', consumer: 'c' } as const;
 
 export type Job =
-  | { role: 'consumer' | 'producer'; subject: Subject; endpoint: string; bytes: number }
-  | { role: 'lat-consumer' | 'lat-producer'; subject: Subject; endpoint: string; pongPath: string; warmup: number; count: number }
+  | { role: 'consumer' | 'producer'; subject: Subject; endpoint: string; run?: RunRef; bytes: number }
+  | { role: 'lat-consumer' | 'lat-producer'; subject: Subject; endpoint: string; run?: RunRef; pongPath: string; warmup: number; count: number }
+  /**
+   * A plain byte copier in both directions: connects to `target` first, then serves `listen` and
+   * joins its first connection to the target. Addresses: a Unix socket path or HOST:PORT.
+   */
+  | { role: 'relay'; listen: string; target: string }
   | { role: 'memcpy'; bytes: number };
 
-/** Times are process.hrtime in ns: CLOCK_MONOTONIC, comparable across processes on one machine. */
+/**
+ * Times are process.hrtime in ns: CLOCK_MONOTONIC, comparable across processes on one machine,
+ * network namespaces included.
+ */
 export interface ConsumerResult {
   type: 'result';
   received: number;
@@ -45,7 +65,7 @@ export interface MemcpyResult {
 }
 
 export type WorkerMessage =
-  /** the consumer serves `endpoint` (for raw-tcp, with the port it got) */
+  /** the consumer (or relay) serves `endpoint` (for TCP, with the port it got) */
   | { type: 'ready'; endpoint: string }
   | ConsumerResult
   | ProducerResult

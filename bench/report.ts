@@ -38,7 +38,8 @@ export interface Case {
   hops: number;
   fanout: number;
   path: string;
-  placement: 'same-node';
+  /** cross-node: producer and consumer in two network namespaces joined by veth links and a bridge */
+  placement: 'same-node' | 'cross-node';
   bytes: number;
   e2e_ms: number | null;
   ttfb_ms: number | null;
@@ -75,6 +76,8 @@ export interface Report {
     /** measured 1 KiB records per latency run, and the warm-up records before them */
     latency_records?: number;
     latency_warmup?: number;
+    /** whether the cross-node rows were measured, and how (or why not) */
+    cross_node?: { measured: boolean; note: string };
   };
   baselines: Baseline[];
   cases: Case[];
@@ -125,7 +128,11 @@ function ratio(
   return { ...r, target, pass: value !== null && (target.op === '>=' ? value >= target.bound : value <= target.bound) };
 }
 
-/** Sluice's framed paths against the raw baseline of the same medium, measured in the same run. */
+/**
+ * Sluice's framed paths against the raw baseline of the same medium, and its cross-node path
+ * against the same topology built from plain processes (and against plain TCP), measured in
+ * the same run.
+ */
 export function computeRatios(report: Pick<Report, 'baselines' | 'cases'>): Ratio[] {
   const out: Ratio[] = [];
   for (const path of ['unix', 'fifo']) {
@@ -139,6 +146,18 @@ export function computeRatios(report: Pick<Report, 'baselines' | 'cases'>): Rati
     if (!raw || !row) continue;
     const target = path === 'unix' ? ({ op: '<=', bound: 1.2 } as const) : undefined;
     out.push(ratio(`${path} / raw-${path} 1 KiB hop p50`, 'round', row.hop_us?.p50, raw.hop_us_p50, divRuns(row.hop_us_p50_runs, raw.hop_us_p50_runs), target));
+  }
+  const wsBytes = report.cases.find((c) => c.path === 'ws' && c.hop_us === null);
+  const wsHop = report.cases.find((c) => c.path === 'ws' && c.hop_us !== null);
+  const against: Array<[string, { MBps?: Ratio['target']; hop?: Ratio['target'] }]> = [
+    ['raw-relay-veth', { MBps: { op: '>=', bound: 0.7 }, hop: { op: '<=', bound: 1.3 } }],
+    ['raw-tcp-veth', {}],
+  ];
+  for (const [name, targets] of against) {
+    const raw = report.baselines.find((b) => b.name === name);
+    if (!raw) continue;
+    if (wsBytes) out.push(ratio(`ws / ${name} MB/s`, 'repetition', wsBytes.MBps, raw.MBps, divRuns(wsBytes.MBps_runs, raw.MBps_runs), targets.MBps));
+    if (wsHop) out.push(ratio(`ws / ${name} 1 KiB hop p50`, 'round', wsHop.hop_us?.p50, raw.hop_us_p50, divRuns(wsHop.hop_us_p50_runs, raw.hop_us_p50_runs), targets.hop));
   }
   return out;
 }
@@ -161,6 +180,7 @@ export function renderMarkdown(report: Report): string {
     `${m.mode}: ${m.reps} throughput repetition(s) of ${size(throughputBytes(report))}` +
       (m.latency_rounds ? `, ${m.latency_rounds} latency round(s) of ${m.latency_records} + ${m.latency_warmup} warm-up 1 KiB records per subject` : '') +
       `; node ${m.node}, ${m.cpus} × ${m.cpu_model}, Linux ${m.kernel}.`,
+    ...(m.cross_node ? [`Cross-node: ${m.cross_node.measured ? '' : 'not measured, '}${m.cross_node.note}.`] : []),
     'MB = 10^6 bytes; MB/s = median over repetitions (runs listed in order); hop = one-way latency of a 1 KiB record,',
     "each percentile the median over rounds of that round's percentile.",
     '',
@@ -176,13 +196,14 @@ export function renderMarkdown(report: Report): string {
       row([b.name, size(b.bytes), num(b.MBps), runs(b.MBps_runs), num(b.hop_us_p50, 1), num(b.hop_us_p90, 1), num(b.hop_us_p99, 1), yes(b.verified)]),
     ),
     '',
-    '## Cases: transport, 1 hop, fan-out 1, same node, proactive',
+    '## Cases: transport, 1 hop, fan-out 1, proactive',
     '',
-    '| path | bytes | MB/s | runs MB/s | e2e ms | ttfb ms | hop µs p50 | p90 | p99 | verified |',
-    '|---|--:|--:|---|--:|--:|--:|--:|--:|---|',
+    '| path | placement | bytes | MB/s | runs MB/s | e2e ms | ttfb ms | hop µs p50 | p90 | p99 | verified |',
+    '|---|---|--:|--:|---|--:|--:|--:|--:|--:|---|',
     ...report.cases.map((c) =>
       row([
         c.path,
+        c.placement,
         size(c.bytes),
         num(c.MBps),
         runs(c.MBps_runs),
@@ -209,9 +230,15 @@ export function renderMarkdown(report: Report): string {
     'Knative Serving 2150 µs, Eventing sequence 1453 µs, Eventing + Serving 4594 µs; 1 MiB: 24.2 ms (Services).',
     '',
   ];
-  const errors = [...report.baselines.map((b) => [b.name, b.errors] as const), ...report.cases.map((c) => [`${c.path} ${size(c.bytes)}`, c.errors] as const)].flatMap(
-    ([name, errs]) => (errs ?? []).map((e) => `- ${name}: ${e.split('\n')[0]}`),
-  );
+  // a subject that cannot run at all fails the same way in every repetition: one line each, counted
+  const errors = [...report.baselines.map((b) => [b.name, b.errors] as const), ...report.cases.map((c) => [`${c.path} ${size(c.bytes)}`, c.errors] as const)].flatMap(([name, errs]) => {
+    const counts = new Map<string, number>();
+    for (const e of errs ?? []) {
+      const line = `- ${name}: ${e.split('\n')[0]}`;
+      counts.set(line, (counts.get(line) ?? 0) + 1);
+    }
+    return [...counts].map(([line, n]) => (n > 1 ? `${line} (×${n})` : line));
+  });
   if (errors.length > 0) lines.push('## Errors', '', ...errors, '');
   return lines.join('\n');
 }

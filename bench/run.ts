@@ -5,21 +5,31 @@
  * too, interleaved with Sluice's paths: throughput in repetitions, latency in shorter rounds. A
  * raw baseline and its framed path run back to back within each repetition or round, and the
  * headline ratio is the median of those paired ratios, which cancels most of the machine's drift.
+ *
+ * Then the cross-node section does the same between two network namespaces on a veth bridge
+ * (test/helpers/netns.ts): plain TCP, plain relays, and Sluice's daemons with their peer link.
  */
-import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { createCluster, namespacesAvailable, type Cluster, type NetnsNode } from '../test/helpers/netns.js';
 import { GiB, KiB, MiB, RECORD_BYTES } from './data.js';
-import type { ConsumerResult, CpuMs, Job, LatencyResult, MemcpyResult, ProducerResult, Subject, WorkerMessage } from './protocol.js';
+import { Daemons, killDaemons } from './daemons.js';
+import type { ConsumerResult, CpuMs, LatencyResult, MemcpyResult, ProducerResult, RunRef, Subject } from './protocol.js';
 import { computeRatios, median, renderMarkdown, size, type Baseline, type Case, type Percentiles, type Report } from './report.js';
+import { killWorkers, setWorkerExecArgv, withWorkers, type StartWorker } from './workers.js';
 
-const NAMES = ['raw-unix', 'unix', 'raw-fifo', 'fifo', 'raw-tcp', 'memcpy'] as const;
+const SAME_NODE = ['raw-unix', 'unix', 'raw-fifo', 'fifo', 'raw-tcp', 'memcpy'] as const;
+/** Measured between two network namespaces; run order within a repetition or round. */
+const CROSS_NODE = ['raw-tcp-veth', 'raw-relay-veth', 'ws'] as const;
+const NAMES = [...SAME_NODE, ...CROSS_NODE] as const;
 type Name = (typeof NAMES)[number];
+type CrossNodeName = (typeof CROSS_NODE)[number];
+const isCrossNode = (name: Name): name is CrossNodeName => (CROSS_NODE as readonly string[]).includes(name);
 /** Subjects whose 1 KiB one-way latency is measured too. */
-const WITH_LATENCY: ReadonlySet<Name> = new Set(['raw-unix', 'unix', 'raw-fifo', 'fifo']);
+const WITH_LATENCY: ReadonlySet<Name> = new Set(['raw-unix', 'unix', 'raw-fifo', 'fifo', ...CROSS_NODE]);
 
 const QUICK_REPS = 9;
 const QUICK_ROUNDS = 21;
@@ -27,8 +37,9 @@ const QUICK_ROUNDS = 21;
 const USAGE = `Usage: npm run bench -- [options]
 
 Runs Sluice's framed transports against raw baselines on this machine, interleaved over
-throughput repetitions and latency rounds, and writes bench/results/latest.{json,md} plus a
-timestamped JSON copy.
+throughput repetitions and latency rounds, then the cross-node subjects between two network
+namespaces (skipped, with the reason, where namespaces are not allowed), and writes
+bench/results/latest.{json,md} plus a timestamped JSON copy.
 
   --quick        1 GiB per throughput run, QUICK_REPS repetitions; QUICK_ROUNDS latency rounds of
                  5,000 + 1,000 warm-up 1 KiB records per subject (default)
@@ -36,7 +47,9 @@ timestamped JSON copy.
   --smoke        fast self-check: 64 MiB, 1 repetition, 2 short latency rounds; writes no results
   --reps N       throughput repetitions (overrides the mode's)
   --rounds N     latency rounds (overrides the mode's)
-  --only LIST    comma-separated subset of: ${NAMES.join(', ')}
+  --only LIST    comma-separated subset of: ${SAME_NODE.join(', ')},
+                 and cross-node: ${CROSS_NODE.join(', ')}
+  --no-cross-node  leave out the cross-node subjects
   --cpu-prof DIR run the workers under --cpu-prof, profiles in DIR
   -h, --help     this text
 `
@@ -67,6 +80,7 @@ function parseOptions(argv: string[]): Options | undefined {
       reps: { type: 'string' },
       rounds: { type: 'string' },
       only: { type: 'string' },
+      'no-cross-node': { type: 'boolean' },
       'cpu-prof': { type: 'string' },
     },
   });
@@ -78,9 +92,14 @@ function parseOptions(argv: string[]): Options | undefined {
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`--reps must be a positive integer, got ${values.reps}`);
   const rounds = values.rounds === undefined ? { quick: QUICK_ROUNDS, full: 31, smoke: 2 }[mode] : Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got ${values.rounds}`);
-  const only = values.only === undefined ? [...NAMES] : values.only.split(',').map((s) => s.trim());
-  const unknown = only.filter((n) => !(NAMES as readonly string[]).includes(n));
+  const requested = values.only === undefined ? [...NAMES] : values.only.split(',').map((s) => s.trim());
+  const unknown = requested.filter((n) => !(NAMES as readonly string[]).includes(n));
   if (unknown.length > 0) throw new Error(`--only: unknown ${unknown.join(', ')}; choose from ${NAMES.join(', ')}`);
+  const crossNode = (n: string): boolean => (CROSS_NODE as readonly string[]).includes(n);
+  if (values['no-cross-node'] && values.only !== undefined && requested.some(crossNode)) {
+    throw new Error(`--no-cross-node leaves out ${requested.filter(crossNode).join(', ')}, which --only asks for`);
+  }
+  const only = values['no-cross-node'] ? requested.filter((n) => !crossNode(n)) : requested;
   const cpuProf = values['cpu-prof'];
   return {
     mode,
@@ -94,101 +113,33 @@ function parseOptions(argv: string[]): Options | undefined {
   };
 }
 
-// ---- worker processes ----
-
-const WORKER = fileURLToPath(new URL('./worker.js', import.meta.url));
 const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.url));
-/** A run that takes longer than this is stuck, not slow (1 GiB at a mere 20 MB/s takes under a minute). */
-const RUN_TIMEOUT_MS = 120_000;
-
-const children = new Set<ChildProcess>();
-let workerExecArgv: string[] = [];
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve(value: T): void;
-  reject(err: Error): void;
-}
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (err: Error) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  promise.catch(() => undefined); // a failure nobody waits for yet must not crash the orchestrator
-  return { promise, resolve, reject };
-}
-
-interface Worker {
-  message(type: 'ready' | 'result'): Promise<WorkerMessage>;
-  /** resolves when the process exited with code 0 */
-  exited: Promise<void>;
-  kill(): void;
-}
-
-function startWorker(job: Job, label: string): Worker {
-  const child = fork(WORKER, [JSON.stringify(job)], { execArgv: workerExecArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  children.add(child);
-  const slots = new Map<string, Deferred<WorkerMessage>>();
-  const exited = deferred<void>();
-  let failure: Error | undefined;
-  const slot = (type: string): Deferred<WorkerMessage> => {
-    let d = slots.get(type);
-    if (!d) {
-      d = deferred();
-      if (failure) d.reject(failure);
-      slots.set(type, d);
-    }
-    return d;
-  };
-  const fail = (err: Error): void => {
-    failure ??= err;
-    for (const d of slots.values()) d.reject(failure);
-  };
-  child.on('message', (m: WorkerMessage) => (m.type === 'error' ? fail(new Error(`${label}: ${m.message}`)) : slot(m.type).resolve(m)));
-  child.on('error', (err) => fail(new Error(`${label}: ${err.message}`)));
-  child.on('exit', (code, signal) => {
-    children.delete(child);
-    const err = new Error(`${label} exited with ${signal ?? `code ${code}`}`);
-    fail(err);
-    if (code === 0) exited.resolve();
-    else exited.reject(failure ?? err);
-  });
-  return {
-    message: (type) => slot(type).promise,
-    exited: exited.promise,
-    kill: () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    },
-  };
-}
-
-/** Run `body` with the workers it starts; kill whatever is left when it finished, failed or timed out. */
-async function withWorkers<T>(body: (start: typeof startWorker) => Promise<T>): Promise<T> {
-  const started: Worker[] = [];
-  const start = (job: Job, label: string): Worker => {
-    const w = startWorker(job, label);
-    started.push(w);
-    return w;
-  };
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${RUN_TIMEOUT_MS / 1000} s`)), RUN_TIMEOUT_MS);
-  });
-  try {
-    return await Promise.race([body(start), timeout]);
-  } finally {
-    clearTimeout(timer);
-    for (const w of started) w.kill();
-  }
-}
 
 // ---- single runs ----
 
 let tmpDir = '';
 let endpointSeq = 0;
-const endpointFor = (subject: Subject): string => (subject === 'raw-tcp' ? '127.0.0.1:0' : path.join(tmpDir, `${subject}-${++endpointSeq}`));
+/** A fresh socket or FIFO path in the bench's temporary directory (visible from every namespace). */
+const pathFor = (what: string): string => path.join(tmpDir, `${what}-${++endpointSeq}`);
+
+/** Where a run's processes go and how they reach each other. */
+interface Topology {
+  /** for worker labels */
+  name: string;
+  subject: Subject;
+  /** what the consumer serves */
+  endpoint: string;
+  run?: RunRef;
+  consumerNode?: NetnsNode;
+  producerNode?: NetnsNode;
+  /**
+   * What the producer dials, given what the consumer serves; by default, that. May start the
+   * processes in between (relays), with `start`.
+   */
+  producerEndpoint?: (start: StartWorker, served: string) => Promise<string>;
+}
+
+const sameNode = (subject: Exclude<Subject, 'ws'>): Topology => ({ name: subject, subject, endpoint: subject === 'raw-tcp' ? '127.0.0.1:0' : pathFor(subject) });
 
 interface ThroughputSample {
   MBps: number;
@@ -209,13 +160,14 @@ interface LatencySample {
   error?: string;
 }
 
-async function throughputRun(subject: Subject, bytes: number): Promise<ThroughputSample> {
+async function throughputRun(t: Topology, bytes: number): Promise<ThroughputSample> {
   return withWorkers(async (start) => {
-    const consumer = start({ role: 'consumer', subject, endpoint: endpointFor(subject), bytes }, `${subject} consumer`);
-    const ready = (await consumer.message('ready')) as { endpoint: string };
-    const producer = start({ role: 'producer', subject, endpoint: ready.endpoint, bytes }, `${subject} producer`);
+    const common = { subject: t.subject, run: t.run, bytes };
+    const consumer = start({ role: 'consumer', endpoint: t.endpoint, ...common }, `${t.name} consumer`, t.consumerNode);
+    const { endpoint: served } = (await consumer.message('ready')) as { endpoint: string };
+    const endpoint = t.producerEndpoint ? await t.producerEndpoint(start, served) : served;
+    const producer = start({ role: 'producer', endpoint, ...common }, `${t.name} producer`, t.producerNode);
     const [c, p] = (await Promise.all([consumer.message('result'), producer.message('result')])) as [ConsumerResult, ProducerResult];
-    await Promise.all([consumer.exited, producer.exited]);
     const seconds = (c.lastByteNs - p.startNs) / 1e9;
     const sample: ThroughputSample = {
       MBps: bytes / 1e6 / seconds,
@@ -229,15 +181,15 @@ async function throughputRun(subject: Subject, bytes: number): Promise<Throughpu
   });
 }
 
-async function latencyRun(subject: Subject, warmup: number, count: number): Promise<LatencySample> {
+async function latencyRun(t: Topology, warmup: number, count: number): Promise<LatencySample> {
   return withWorkers(async (start) => {
-    const pongPath = path.join(tmpDir, `pong-${++endpointSeq}`);
-    const common = { subject, pongPath, warmup, count };
-    const consumer = start({ role: 'lat-consumer', endpoint: endpointFor(subject), ...common }, `${subject} latency consumer`);
-    const ready = (await consumer.message('ready')) as { endpoint: string };
-    const producer = start({ role: 'lat-producer', endpoint: ready.endpoint, ...common }, `${subject} latency producer`);
+    // a plain Unix socket for every subject: its path reaches across namespaces
+    const common = { subject: t.subject, run: t.run, pongPath: pathFor('pong'), warmup, count };
+    const consumer = start({ role: 'lat-consumer', endpoint: t.endpoint, ...common }, `${t.name} latency consumer`, t.consumerNode);
+    const { endpoint: served } = (await consumer.message('ready')) as { endpoint: string };
+    const endpoint = t.producerEndpoint ? await t.producerEndpoint(start, served) : served;
+    const producer = start({ role: 'lat-producer', endpoint, ...common }, `${t.name} latency producer`, t.producerNode);
     const [c] = (await Promise.all([consumer.message('result'), producer.message('result')])) as [LatencyResult, ProducerResult];
-    await Promise.all([consumer.exited, producer.exited]);
     const us = (ns: number): number => ns / 1e3;
     const sample: LatencySample = { p50: us(c.p50), p90: us(c.p90), p99: us(c.p99), max: us(c.max), verified: c.verified };
     if (!c.verified) sample.error = `latency records did not verify (${c.records} measured of ${count})`;
@@ -249,9 +201,54 @@ async function memcpyRun(bytes: number): Promise<ThroughputSample> {
   return withWorkers(async (start) => {
     const w = start({ role: 'memcpy', bytes }, 'memcpy');
     const { ns } = (await w.message('result')) as MemcpyResult;
-    await w.exited;
     return { MBps: bytes / 1e6 / (ns / 1e9), e2e_ms: ns / 1e6, ttfb_ms: 0, verified: true };
   });
+}
+
+// ---- cross-node ----
+
+/** The two nodes, and the daemons on them when `ws` is measured (or why they did not start). */
+interface CrossNode {
+  nodes: readonly [NetnsNode, NetnsNode];
+  daemons?: Daemons | { error: string };
+}
+
+/** The producer runs on n0 and the consumer on n1. */
+function rawCrossTopology(x: CrossNode, name: Exclude<CrossNodeName, 'ws'>): Topology {
+  const [n0, n1] = x.nodes;
+  const placed = { name, producerNode: n0, consumerNode: n1 };
+  if (name === 'raw-tcp-veth') return { ...placed, subject: 'raw-tcp', endpoint: `${n1.address}:0` };
+  return {
+    ...placed,
+    subject: 'raw-unix',
+    endpoint: pathFor(name),
+    // producer → Unix socket → relay on n0 → TCP over the veth → relay on n1 → Unix socket → consumer
+    producerEndpoint: async (start, served) => {
+      const far = start({ role: 'relay', listen: `${n1.address}:0`, target: served }, `${name} relay on n1`, n1);
+      const { endpoint: farEnd } = (await far.message('ready')) as { endpoint: string };
+      const near = start({ role: 'relay', listen: pathFor(`${name}-relay`), target: farEnd }, `${name} relay on n0`, n0);
+      return ((await near.message('ready')) as { endpoint: string }).endpoint;
+    },
+  };
+}
+
+/** Measure `name` across the nodes; `ws` on a fresh run of the daemons, deleted afterwards. */
+async function onCrossNode<T>(x: CrossNode, name: CrossNodeName, measure: (t: Topology) => Promise<T>): Promise<T> {
+  if (name !== 'ws') return measure(rawCrossTopology(x, name));
+  const daemons = x.daemons;
+  if (!(daemons instanceof Daemons)) throw new Error(`the Sluice daemons are not running: ${daemons?.error ?? 'not started'}`);
+  const [n0, n1] = x.nodes;
+  const run = await daemons.createRun();
+  let result: T;
+  try {
+    result = await measure({ name, subject: 'ws', run, endpoint: daemons.dir(1), consumerNode: n1, producerNode: n0, producerEndpoint: async () => daemons.dir(0) });
+  } catch (err) {
+    // the measurement's failure is the one to report; the daemons are stopped at the end anyway
+    await daemons.deleteRun(run.id).catch(() => undefined);
+    throw err;
+  }
+  await daemons.deleteRun(run.id);
+  return result;
 }
 
 // ---- aggregation ----
@@ -290,12 +287,20 @@ function summarizeLatency(samples: LatencySample[]) {
   };
 }
 
-function buildReport(options: Options, started: Date, throughput: Map<Name, ThroughputSample[]>, latency: Map<Name, LatencySample[]>): Report {
+interface Samples {
+  throughput: Map<Name, ThroughputSample[]>;
+  latency: Map<Name, LatencySample[]>;
+}
+
+type CrossNodeNote = NonNullable<Report['machine']['cross_node']>;
+
+/** The report on the subjects in `names` (those measured, in order). */
+function buildReport(options: Options, started: Date, names: readonly Name[], samples: Samples, crossNode: CrossNodeNote | undefined): Report {
   const baselines: Baseline[] = [];
   const cases: Case[] = [];
-  for (const name of options.only) {
-    const t = summarizeThroughput(throughput.get(name) ?? []);
-    const l = WITH_LATENCY.has(name) ? summarizeLatency(latency.get(name) ?? []) : undefined;
+  for (const name of names) {
+    const t = summarizeThroughput(samples.throughput.get(name) ?? []);
+    const l = WITH_LATENCY.has(name) ? summarizeLatency(samples.latency.get(name) ?? []) : undefined;
     if (name.startsWith('raw-') || name === 'memcpy') {
       const baseline: Baseline = { name, MBps: t.MBps, MBps_runs: t.MBps_runs, bytes: options.bytes, verified: t.verified };
       if (name !== 'memcpy') Object.assign(baseline, { e2e_ms: t.e2e_ms, ttfb_ms: t.ttfb_ms, cpu_ms: t.cpu_ms });
@@ -314,7 +319,8 @@ function buildReport(options: Options, started: Date, throughput: Map<Name, Thro
       baselines.push(baseline);
       continue;
     }
-    const common = { pattern: 'transport', hops: 1, fanout: 1, path: name, placement: 'same-node', disk_bytes: 0, daemon_rss_mb: 0, proactive: true } as const;
+    const placement = isCrossNode(name) ? 'cross-node' : 'same-node';
+    const common = { pattern: 'transport', hops: 1, fanout: 1, path: name, placement, disk_bytes: 0, daemon_rss_mb: 0, proactive: true } as const;
     cases.push({
       ...common,
       bytes: options.bytes,
@@ -354,11 +360,12 @@ function buildReport(options: Options, started: Date, throughput: Map<Name, Thro
       kernel: os.release(),
       mode: options.mode,
       reps: options.reps,
-      ...(options.only.some((n) => WITH_LATENCY.has(n)) && {
+      ...(names.some((n) => WITH_LATENCY.has(n)) && {
         latency_rounds: options.rounds,
         latency_records: options.count,
         latency_warmup: options.warmup,
       }),
+      ...(crossNode && { cross_node: crossNode }),
     },
     baselines,
     cases,
@@ -373,6 +380,97 @@ const fmt = (x: number, digits = 0): string => x.toFixed(digits);
 const cpuNote = (cpu: ThroughputSample['cpu_ms']): string =>
   cpu ? `; cpu ms user+sys: consumer ${fmt(cpu.consumer.user)}+${fmt(cpu.consumer.system)}, producer ${fmt(cpu.producer.user)}+${fmt(cpu.producer.system)}` : '';
 
+const failedThroughput = (err: unknown): ThroughputSample => ({ MBps: 0, e2e_ms: 0, ttfb_ms: 0, verified: false, error: (err as Error).message });
+const failedLatency = (err: unknown): LatencySample => ({ p50: 0, p90: 0, p99: 0, max: 0, verified: false, error: (err as Error).message });
+
+function record<S>(map: Map<Name, S[]>, name: Name, sample: S): void {
+  map.set(name, [...(map.get(name) ?? []), sample]);
+}
+
+/**
+ * The throughput repetitions of `names`, then their latency rounds: latency in shorter rounds
+ * than the throughput repetitions, so that each raw baseline and its framed path are paired
+ * closely in time: the drift between them within a round is small.
+ */
+async function measureAll<N extends Name>(
+  options: Options,
+  section: string,
+  names: readonly N[],
+  samples: Samples,
+  runs: { throughput(name: N): Promise<ThroughputSample>; latency(name: N): Promise<LatencySample> },
+): Promise<void> {
+  for (let rep = 1; rep <= options.reps; rep++) {
+    const tag = `[${section}rep ${rep}/${options.reps}]`;
+    for (const name of names) {
+      progress(`${tag} ${name}: throughput ...`);
+      const t = await runs.throughput(name).catch(failedThroughput);
+      record(samples.throughput, name, t);
+      progress(`${tag} ${name}: ${t.error ? `FAILED: ${t.error}` : `${fmt(t.MBps)} MB/s, e2e ${fmt(t.e2e_ms)} ms, ttfb ${fmt(t.ttfb_ms, 2)} ms${cpuNote(t.cpu_ms)}`}`);
+    }
+  }
+  const latencyNames = names.filter((n) => WITH_LATENCY.has(n));
+  for (let r = 1; latencyNames.length > 0 && r <= options.rounds; r++) {
+    const tag = `[${section}latency round ${r}/${options.rounds}]`;
+    const line: string[] = [];
+    for (const name of latencyNames) {
+      const l = await runs.latency(name).catch(failedLatency);
+      record(samples.latency, name, l);
+      line.push(`${name} ${l.error ? `FAILED: ${l.error}` : `${fmt(l.p50, 1)}/${fmt(l.p90, 1)}/${fmt(l.p99, 1)}`}`);
+    }
+    progress(`${tag} hop µs p50/p90/p99: ${line.join(', ')}`);
+  }
+}
+
+/**
+ * Two nodes as network namespaces (and, for `ws`, a daemon on each) for the cross-node subjects;
+ * removed at the end, and by the harness's exit hook on SIGINT or a crash. Returns whether and
+ * how they were measured; where namespaces are not allowed, measures nothing.
+ */
+async function crossNodeSection(options: Options, names: readonly CrossNodeName[], samples: Samples): Promise<CrossNodeNote> {
+  const available = await namespacesAvailable();
+  if (!available.ok) {
+    progress(`cross-node: skipped: ${available.why}`);
+    return { measured: false, note: available.why };
+  }
+  let cluster: Cluster | undefined;
+  let daemons: Daemons | undefined;
+  try {
+    try {
+      cluster = await createCluster(2);
+    } catch (err) {
+      // namespaces work here, so this is a failure of the section, reported in its rows
+      const message = `cannot create the nodes: ${(err as Error).message}`;
+      progress(`cross-node: ${message}`);
+      for (const name of names) {
+        record(samples.throughput, name, failedThroughput(new Error(message)));
+        if (WITH_LATENCY.has(name)) record(samples.latency, name, failedLatency(new Error(message)));
+      }
+      return { measured: false, note: message };
+    }
+    const nodes = [cluster.nodes[0]!, cluster.nodes[1]!] as const;
+    const note = `producer on n0 (${nodes[0].address}), consumer on n1 (${nodes[1].address}): network namespaces joined by veth links and a bridge`;
+    progress(`cross-node: ${note}`);
+    const x: CrossNode = { nodes };
+    if (names.includes('ws')) {
+      progress('cross-node: starting a Sluice daemon on each node ...');
+      try {
+        x.daemons = daemons = await Daemons.start(nodes, tmpDir);
+      } catch (err) {
+        x.daemons = { error: (err as Error).message };
+        progress(`cross-node: the daemons did not start, so ws fails: ${(err as Error).message}`);
+      }
+    }
+    await measureAll(options, 'cross-node ', names, samples, {
+      throughput: (name) => onCrossNode(x, name, (t) => throughputRun(t, options.bytes)),
+      latency: (name) => onCrossNode(x, name, (t) => latencyRun(t, options.warmup, options.count)),
+    });
+    return { measured: true, note };
+  } finally {
+    await daemons?.stop();
+    await cluster?.destroy().catch((err: Error) => progress(`cross-node: ${err.message}`));
+  }
+}
+
 async function main(): Promise<number> {
   let options: Options | undefined;
   try {
@@ -385,50 +483,27 @@ async function main(): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  workerExecArgv = options.workerExecArgv;
+  setWorkerExecArgv(options.workerExecArgv);
   const started = new Date();
   tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-'));
 
-  const throughput = new Map<Name, ThroughputSample[]>();
-  const latency = new Map<Name, LatencySample[]>();
-  const record = <S>(map: Map<Name, S[]>, name: Name, sample: S): void => void map.set(name, [...(map.get(name) ?? []), sample]);
-  const failed = (err: unknown): { error: string } => ({ error: (err as Error).message });
-  const latencySubjects = options.only.filter((n): n is Exclude<Name, 'memcpy'> => WITH_LATENCY.has(n));
+  const samples: Samples = { throughput: new Map(), latency: new Map() };
+  const sameNodeNames = options.only.filter((n): n is Exclude<Name, CrossNodeName> => !isCrossNode(n));
+  const crossNodeNames = options.only.filter(isCrossNode);
   progress(
     `sluice bench: ${options.mode}, ${options.reps} throughput rep(s) of ${size(options.bytes)}` +
-      (latencySubjects.length > 0 ? `, ${options.rounds} latency round(s) of ${options.count} + ${options.warmup} warm-up ${RECORD_BYTES / KiB} KiB records per subject` : ''),
+      (options.only.some((n) => WITH_LATENCY.has(n)) ? `, ${options.rounds} latency round(s) of ${options.count} + ${options.warmup} warm-up ${RECORD_BYTES / KiB} KiB records per subject` : '') +
+      (crossNodeNames.length > 0 ? `; then cross-node: ${crossNodeNames.join(', ')}` : ''),
   );
 
-  for (let rep = 1; rep <= options.reps; rep++) {
-    const tag = `[rep ${rep}/${options.reps}]`;
-    for (const name of options.only) {
-      progress(`${tag} ${name}: throughput ...`);
-      const t: ThroughputSample = await (name === 'memcpy' ? memcpyRun(options.bytes) : throughputRun(name, options.bytes)).catch((err) => ({
-        MBps: 0,
-        e2e_ms: 0,
-        ttfb_ms: 0,
-        verified: false,
-        ...failed(err),
-      }));
-      record(throughput, name, t);
-      progress(`${tag} ${name}: ${t.error ? `FAILED: ${t.error}` : `${fmt(t.MBps)} MB/s, e2e ${fmt(t.e2e_ms)} ms, ttfb ${fmt(t.ttfb_ms, 2)} ms${cpuNote(t.cpu_ms)}`}`);
-    }
-  }
+  await measureAll(options, '', sameNodeNames, samples, {
+    throughput: (name) => (name === 'memcpy' ? memcpyRun(options.bytes) : throughputRun(sameNode(name), options.bytes)),
+    latency: (name) => (name === 'memcpy' ? Promise.reject(new Error('memcpy has no latency')) : latencyRun(sameNode(name), options.warmup, options.count)),
+  });
+  const crossNode = crossNodeNames.length > 0 ? await crossNodeSection(options, crossNodeNames, samples) : undefined;
 
-  // Latency in shorter rounds than the throughput repetitions, so that each raw baseline and its
-  // framed path are paired closely in time: the drift between them within a round is small.
-  for (let r = 1; latencySubjects.length > 0 && r <= options.rounds; r++) {
-    const tag = `[latency round ${r}/${options.rounds}]`;
-    const line: string[] = [];
-    for (const name of latencySubjects) {
-      const l: LatencySample = await latencyRun(name, options.warmup, options.count).catch((err) => ({ p50: 0, p90: 0, p99: 0, max: 0, verified: false, ...failed(err) }));
-      record(latency, name, l);
-      line.push(`${name} ${l.error ? `FAILED: ${l.error}` : `${fmt(l.p50, 1)}/${fmt(l.p90, 1)}/${fmt(l.p99, 1)}`}`);
-    }
-    progress(`${tag} hop µs p50/p90/p99: ${line.join(', ')}`);
-  }
-
-  const report = buildReport(options, started, throughput, latency);
+  const measured = options.only.filter((n) => !isCrossNode(n) || samples.throughput.has(n));
+  const report = buildReport(options, started, measured, samples, crossNode);
   const markdown = renderMarkdown(report);
   process.stdout.write(markdown);
   if (options.mode === 'smoke') {
@@ -449,7 +524,9 @@ async function main(): Promise<number> {
 }
 
 function cleanUp(): void {
-  for (const child of children) child.kill('SIGKILL');
+  // the daemons first: they may still write into tmpDir
+  killDaemons();
+  killWorkers();
   if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
 }
 

@@ -1,6 +1,6 @@
 /**
  * One side of one benchmark run, in its own process: started by run.ts with the job as its only
- * argument (JSON), it reports 'ready' (consumers) and then its 'result' over IPC.
+ * argument (JSON), it reports 'ready' (consumers, relays) and then its 'result' over IPC.
  */
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
@@ -11,13 +11,14 @@ import type { Readable, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import { connect } from '../client/index.js';
 import { ChannelReader, ChannelWriter, fifoTransport, unixTransport } from '../transports/index.js';
 import { BLOCK_BYTES, MiB, RECORD_BYTES, Verifier, cpuMsSince, makeBlock, nowNs, pump } from './data.js';
-import type { Job, Subject, WorkerMessage } from './protocol.js';
+import { WS_STEPS, type Job, type RunRef, type Subject, type WorkerMessage } from './protocol.js';
 
 const { O_RDONLY, O_WRONLY, O_NONBLOCK } = fs.constants;
 const openFd = promisify(fs.open);
-const run = promisify(execFile);
+const execFileAsync = promisify(execFile);
 
 function send(message: WorkerMessage): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -47,6 +48,33 @@ function listenNet(server: net.Server, address: string | net.ListenOptions): Pro
   });
 }
 
+/** A Unix socket path (absolute), or HOST:PORT. */
+function socketAddress(address: string): { path: string } | { host: string; port: number } {
+  if (address.startsWith('/')) return { path: address };
+  const colon = address.lastIndexOf(':');
+  const port = Number(address.slice(colon + 1));
+  if (colon < 1 || !Number.isInteger(port)) throw new Error(`not a socket path or HOST:PORT: ${address}`);
+  return { host: address.slice(0, colon), port };
+}
+
+/**
+ * Nagle off on TCP, as the ws library does for Sluice's peer links: with one small record in
+ * flight at a time and no data coming back on that connection, Nagle would wait for a delayed ACK.
+ */
+async function connectTo(address: string, allowHalfOpen = false): Promise<net.Socket> {
+  const at = socketAddress(address);
+  const socket = 'path' in at ? net.connect({ path: at.path, allowHalfOpen }) : net.connect({ host: at.host, port: at.port, allowHalfOpen, noDelay: true });
+  await once(socket, 'connect');
+  return socket;
+}
+
+/** Listen on `address` (TCP: port 0 picks one); resolves with the address served. */
+async function listenOn(server: net.Server, address: string): Promise<string> {
+  const at = socketAddress(address);
+  await listenNet(server, at);
+  return 'path' in at ? at.path : `${at.host}:${(server.address() as net.AddressInfo).port}`;
+}
+
 function firstConnection(server: net.Server): Promise<net.Socket> {
   return new Promise((resolve) => {
     server.once('connection', (socket) => {
@@ -56,22 +84,22 @@ function firstConnection(server: net.Server): Promise<net.Socket> {
   });
 }
 
-async function serve(subject: Subject, endpoint: string): Promise<Served> {
+function runOf(subject: Subject, run: RunRef | undefined): RunRef {
+  if (!run) throw new Error(`a ${subject} job needs a run`);
+  return run;
+}
+
+async function serve(subject: Subject, endpoint: string, run: RunRef | undefined): Promise<Served> {
   switch (subject) {
-    case 'raw-unix': {
-      const server = net.createServer();
-      await listenNet(server, endpoint);
-      return { endpoint, stream: firstConnection(server) };
-    }
+    case 'raw-unix':
     case 'raw-tcp': {
-      const server = net.createServer();
-      await listenNet(server, { host: '127.0.0.1', port: 0 });
-      const { port } = server.address() as net.AddressInfo;
-      return { endpoint: `127.0.0.1:${port}`, stream: firstConnection(server) };
+      const server = net.createServer({ noDelay: true });
+      const served = await listenOn(server, endpoint);
+      return { endpoint: served, stream: firstConnection(server) };
     }
     case 'raw-fifo': {
       // as transports/fifo.ts: the read end first, non-blocking, so the writer's open succeeds
-      await run('mkfifo', ['-m', '600', '--', endpoint]);
+      await execFileAsync('mkfifo', ['-m', '600', '--', endpoint]);
       const fd = await openFd(endpoint, O_RDONLY | O_NONBLOCK);
       return { endpoint, stream: Promise.resolve(new net.Socket({ fd, readable: true, writable: false })) };
     }
@@ -83,6 +111,11 @@ async function serve(subject: Subject, endpoint: string): Promise<Served> {
         return new ChannelReader(conn);
       });
       return { endpoint, stream };
+    }
+    case 'ws': {
+      const { id, token } = runOf(subject, run);
+      const sl = await connect({ dir: endpoint, run: id, step: WS_STEPS.consumer, token });
+      return { endpoint, stream: Promise.resolve(sl.input(WS_STEPS.producer)) };
     }
   }
 }
@@ -98,13 +131,11 @@ async function openFifoWriter(endpoint: string): Promise<number> {
   }
 }
 
-async function dial(subject: Subject, endpoint: string): Promise<Dialed> {
+async function dial(subject: Subject, endpoint: string, run: RunRef | undefined): Promise<Dialed> {
   switch (subject) {
     case 'raw-unix':
     case 'raw-tcp': {
-      const [host, port] = endpoint.split(':');
-      const socket = subject === 'raw-unix' ? net.connect(endpoint) : net.connect(Number(port), host);
-      await once(socket, 'connect');
+      const socket = await connectTo(endpoint);
       // nothing comes back, but reading lets the consumer's FIN through so the socket can finish
       socket.resume();
       return {
@@ -136,14 +167,27 @@ async function dial(subject: Subject, endpoint: string): Promise<Dialed> {
         },
       };
     }
+    case 'ws': {
+      const { id, token } = runOf(subject, run);
+      const sl = await connect({ dir: endpoint, run: id, step: WS_STEPS.producer, token });
+      const out = sl.output(WS_STEPS.consumer);
+      return {
+        out,
+        // the output finishes once the consumer has verified the stream
+        close: async () => {
+          out.end();
+          await finished(out);
+        },
+      };
+    }
   }
 }
 
-const framed = (subject: Subject): boolean => subject === 'unix' || subject === 'fifo';
+const framed = (subject: Subject): boolean => subject === 'unix' || subject === 'fifo' || subject === 'ws';
 
-async function consumer(subject: Subject, endpoint: string, bytes: number): Promise<void> {
+async function consumer(subject: Subject, endpoint: string, run: RunRef | undefined, bytes: number): Promise<void> {
   const block = makeBlock();
-  const served = await serve(subject, endpoint);
+  const served = await serve(subject, endpoint, run);
   await send({ type: 'ready', endpoint: served.endpoint });
   const stream = await served.stream;
   const verifier = new Verifier(block);
@@ -173,9 +217,9 @@ async function consumer(subject: Subject, endpoint: string, bytes: number): Prom
   });
 }
 
-async function producer(subject: Subject, endpoint: string, bytes: number): Promise<void> {
+async function producer(subject: Subject, endpoint: string, run: RunRef | undefined, bytes: number): Promise<void> {
   const block = makeBlock();
-  const dialed = await dial(subject, endpoint);
+  const dialed = await dial(subject, endpoint, run);
   const cpuStart = process.cpuUsage();
   const startNs = await pump(dialed.out, block, bytes);
   await dialed.close();
@@ -187,9 +231,9 @@ async function producer(subject: Subject, endpoint: string, bytes: number): Prom
  * block's bytes. Every complete record is answered with one byte on a separate plain unix socket,
  * the same for every subject, so the pong path does not bias the comparison.
  */
-async function latencyConsumer(subject: Subject, endpoint: string, pongPath: string, warmup: number, count: number): Promise<void> {
+async function latencyConsumer(subject: Subject, endpoint: string, run: RunRef | undefined, pongPath: string, warmup: number, count: number): Promise<void> {
   const block = makeBlock();
-  const served = await serve(subject, endpoint);
+  const served = await serve(subject, endpoint, run);
   const pongServer = net.createServer();
   await listenNet(pongServer, pongPath);
   let pong: net.Socket | undefined;
@@ -242,11 +286,11 @@ async function latencyConsumer(subject: Subject, endpoint: string, pongPath: str
   });
 }
 
-async function latencyProducer(subject: Subject, endpoint: string, pongPath: string, warmup: number, count: number): Promise<void> {
+async function latencyProducer(subject: Subject, endpoint: string, run: RunRef | undefined, pongPath: string, warmup: number, count: number): Promise<void> {
   const block = makeBlock();
   const pong = net.connect(pongPath);
   await once(pong, 'connect');
-  const dialed = await dial(subject, endpoint);
+  const dialed = await dial(subject, endpoint, run);
   let credit = 0;
   let wake: (() => void) | undefined;
   pong.on('data', (chunk: Buffer) => {
@@ -269,6 +313,22 @@ async function latencyProducer(subject: Subject, endpoint: string, pongPath: str
   await send({ type: 'result', startNs: 0, cpu: cpuMsSince(cpuStart) });
 }
 
+/**
+ * A plain byte copier, both ways: the same topology as a daemon relaying a channel, without
+ * framing. Half-open on both sides, so each direction's end is passed on by itself: the
+ * producer's FIN reaches the consumer, and the consumer's FIN comes back only after that.
+ */
+async function relay(listen: string, target: string): Promise<void> {
+  const out = await connectTo(target, true);
+  const server = net.createServer({ allowHalfOpen: true, noDelay: true });
+  const endpoint = await listenOn(server, listen);
+  await send({ type: 'ready', endpoint });
+  const inbound = await firstConnection(server);
+  inbound.pipe(out);
+  out.pipe(inbound);
+  await Promise.all([finished(inbound), finished(out)]);
+}
+
 /** Copies from the block into a 64 MiB ring, so the destination does not just sit in cache. */
 async function memcpy(bytes: number): Promise<void> {
   const block = makeBlock();
@@ -286,13 +346,15 @@ async function memcpy(bytes: number): Promise<void> {
 async function main(job: Job): Promise<void> {
   switch (job.role) {
     case 'consumer':
-      return consumer(job.subject, job.endpoint, job.bytes);
+      return consumer(job.subject, job.endpoint, job.run, job.bytes);
     case 'producer':
-      return producer(job.subject, job.endpoint, job.bytes);
+      return producer(job.subject, job.endpoint, job.run, job.bytes);
     case 'lat-consumer':
-      return latencyConsumer(job.subject, job.endpoint, job.pongPath, job.warmup, job.count);
+      return latencyConsumer(job.subject, job.endpoint, job.run, job.pongPath, job.warmup, job.count);
     case 'lat-producer':
-      return latencyProducer(job.subject, job.endpoint, job.pongPath, job.warmup, job.count);
+      return latencyProducer(job.subject, job.endpoint, job.run, job.pongPath, job.warmup, job.count);
+    case 'relay':
+      return relay(job.listen, job.target);
     case 'memcpy':
       return memcpy(job.bytes);
   }
@@ -304,17 +366,18 @@ process.on('disconnect', () => {
   if (!done) process.exit(2);
 });
 
-main(JSON.parse(process.argv[2] ?? '') as Job).then(
-  () => {
-    done = true;
-    // Exit by itself once the last sockets closed (a consumer's ACK may still be flushing).
-    process.disconnect();
-  },
-  async (err: unknown) => {
-    try {
-      await send({ type: 'error', message: err instanceof Error ? (err.stack ?? err.message) : String(err) });
-    } finally {
-      process.exit(1);
-    }
-  },
-);
+async function fail(err: unknown): Promise<void> {
+  try {
+    await send({ type: 'error', message: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+  } finally {
+    process.exit(1);
+  }
+}
+// e.g. a stream's 'error' before anything listens to it: report it rather than only die
+process.on('uncaughtException', (err) => void fail(err));
+
+main(JSON.parse(process.argv[2] ?? '') as Job).then(() => {
+  done = true;
+  // Exit by itself once the last sockets closed (a consumer's ACK may still be flushing).
+  process.disconnect();
+}, fail);

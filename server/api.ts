@@ -6,7 +6,8 @@
  * GET    /readyz                  200 once runs and relay are up, 503 while starting or draining
  * GET    /metrics                 Prometheus text
  * GET    /v1/status               node, version, uptime, runs, relays, peers (link state, channels, bytes)
- * POST   /v1/workflows            body: a workflow (JSON)        → 201 the validated workflow
+ * POST   /v1/workflows            body: a workflow (JSON)        → 201 the validated workflow;
+ *                                  shared with the peers, so runs of it can start at any daemon
  * GET    /v1/workflows            → [workflow]
  * GET    /v1/workflows/:name      → workflow
  * POST   /v1/runs                 body: { workflow, id?, placement?, ttlSeconds? }
@@ -133,7 +134,7 @@ export function buildApi(ctx: ApiContext): FastifyInstance {
 
   app.post('/v1/workflows', async (request, reply) => {
     const workflow = validateWorkflow(request.body);
-    ctx.workflows.set(workflow.name, workflow);
+    await ctx.cluster.applyWorkflow(workflow);
     return reply.status(201).send(workflow);
   });
   app.get('/v1/workflows', async () => [...ctx.workflows.values()]);

@@ -37,7 +37,7 @@ import {
 import type { Metrics } from './metrics.js';
 import { CHANNEL_PREFIX, type PeerLinks } from './peers.js';
 import type { ChannelInfo, CreateRunRequest, Run, RunRegistry } from './runs.js';
-import { validateWorkflow } from './workflow.js';
+import { validateWorkflow, type Workflow } from './workflow.js';
 
 export interface ClusterOptions {
   node: string;
@@ -47,6 +47,8 @@ export interface ClusterOptions {
   attachTimeoutMs: number;
   log: Logger;
   metrics: Metrics;
+  /** the workflows applied at this node or shared by a peer, by name */
+  workflows: Map<string, Workflow>;
 }
 
 /** How long run sharing may wait for a peer (its link, then its answer), ms. */
@@ -113,11 +115,39 @@ function firstBytes(input: Connection['input']): Promise<void> {
 export class Cluster {
   /** connections opened at run creation, waiting for their producer */
   private readonly parked = new Map<string, Connection>();
+  /** consumer side: channels a peer has opened a connection for */
+  private readonly linked = new Set<string>();
   /** every peer-link connection a run uses, to cut when it is deleted */
   private readonly inUse = new Map<string, Set<Connection>>();
 
   constructor(private readonly options: ClusterOptions) {
     options.runs.onDeleted = (run) => this.forget(run);
+  }
+
+  /**
+   * Register a workflow here and share it with every peer linked now (a peer linked later gets
+   * it when its link comes up), so that runs of it can be created at any daemon.
+   */
+  async applyWorkflow(workflow: Workflow): Promise<void> {
+    this.options.workflows.set(workflow.name, workflow);
+    const { peers } = this.options;
+    if (!peers) return;
+    const up = peers.status().filter((p) => p.state === 'up').map((p) => p.node);
+    await Promise.all(up.map((node) => this.shareWorkflows(node, [workflow])));
+  }
+
+  /** A link to `node` came up: give it our workflows. */
+  readonly onLinkUp = (node: string): void => {
+    void this.shareWorkflows(node, [...this.options.workflows.values()]);
+  };
+
+  private async shareWorkflows(node: string, workflows: Workflow[]): Promise<void> {
+    if (workflows.length === 0) return;
+    try {
+      await this.options.peers!.request(node, { op: 'workflows', workflows }, PEER_REQUEST_TIMEOUT_MS);
+    } catch (err) {
+      this.options.log.warn({ peer: node, err }, 'could not share workflows with a peer');
+    }
   }
 
   /** Create a run here and on every node its placement names; see the file comment. */
@@ -177,6 +207,12 @@ export class Cluster {
         this.options.log.info({ run: run.id, origin: from }, 'run shared by a peer');
         return null;
       }
+      case 'workflows': {
+        if (!Array.isArray(request.workflows)) throw new RequestError(ErrorCodes.INVALID, 'workflows must be a list');
+        const valid = request.workflows.map((w) => validateWorkflow(w));
+        for (const w of valid) this.options.workflows.set(w.name, w);
+        return null;
+      }
       case 'open':
         return this.openChannels(runs.get(checkName('run', request.run)));
       case 'delete': {
@@ -198,9 +234,10 @@ export class Cluster {
     if (!channel || channel.path !== 'fifo' || channel.peer !== from) {
       throw new RequestError(ErrorCodes.NOT_FOUND, `run "${runId}" has no channel ${name} from node "${from}" to this node`, { details: { run: runId, channel: name } });
     }
-    if (channel.state !== 'prepared') throw new RequestError(ErrorCodes.INVALID, `channel ${name} of run "${runId}" is open already`);
-    channel.state = 'relaying';
-    return (conn) => void this.deliver(run, channel, conn);
+    const k = key(runId, name);
+    if (this.linked.has(k) || channel.state !== 'prepared') throw new RequestError(ErrorCodes.INVALID, `channel ${name} of run "${runId}" is open already`);
+    this.linked.add(k);
+    return (conn) => void this.deliver(run, channel, conn).finally(() => this.linked.delete(k));
   };
 
   /** The producer side: pass the producer's stream into the channel's connection on the link. */
@@ -260,10 +297,10 @@ export class Cluster {
     try {
       await firstBytes(link.input);
     } catch {
-      channel.state = 'prepared'; // closed before use (run deleted, producer's daemon gone): may be opened again
-      link.destroy();
+      link.destroy(); // closed before use (run deleted, producer's daemon gone): may be opened again
       return;
     }
+    channel.state = 'relaying';
     metrics.relayChannels.inc();
     let fifo: Connection | undefined;
     try {

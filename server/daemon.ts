@@ -47,6 +47,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         log,
         onRequest: (from, request) => cluster.onRequest(from, request),
         onChannel: (from, endpoint) => cluster.onChannel(from, endpoint),
+        onLinkUp: (node) => cluster.onLinkUp(node),
       })
     : undefined;
   const metrics = createMetrics(
@@ -54,7 +55,8 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     () => peers?.status() ?? [],
   );
   await runs.start();
-  const cluster: Cluster = new Cluster({ node: config.node, runs, peers, attachTimeoutMs: config.attachTimeoutMs, log, metrics });
+  const workflows = new Map<string, Workflow>();
+  const cluster: Cluster = new Cluster({ node: config.node, runs, peers, attachTimeoutMs: config.attachTimeoutMs, log, metrics, workflows });
   const relay = new Relay(runs, {
     dir: config.dir,
     relayBufferBytes: config.relayBufferBytes,
@@ -66,7 +68,6 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   await relay.start();
 
   let ready = false;
-  const workflows = new Map<string, Workflow>();
   const context = { node: config.node, version: options.version, runs, cluster, peers, relay, metrics, workflows, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
   const servers: FastifyInstance[] = [];
   const socketPath = join(config.dir, DAEMON_SOCKET);

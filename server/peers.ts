@@ -66,6 +66,8 @@ export interface PeerLinksOptions {
   onRequest: (from: string, request: Record<string, unknown>) => Promise<unknown>;
   /** takes a channel connection a peer opened to `endpoint`; throw a SluiceError to refuse */
   onChannel: (from: string, endpoint: string) => (conn: Connection) => void;
+  /** told each time a link to `node` comes up */
+  onLinkUp?: (node: string) => void;
 }
 
 export type LinkState = 'up' | 'connecting' | 'down';
@@ -387,6 +389,7 @@ export class PeerLinks {
     peer.lastError = undefined;
     this.options.log.info({ peer: node, dialedBy, links: peer.links }, 'peer link up');
     for (const wake of [...peer.waiters]) wake();
+    this.options.onLinkUp?.(node);
     const linked = peer;
     void mux.closed.then((why) => {
       linked.pastSent += mux.bytesSent;

@@ -55,6 +55,15 @@ function pipeError(message: string): Error {
   return Object.assign(new Error(message), { code: 'EPIPE' });
 }
 
+/**
+ * Destroy `stream` with `err` if someone listens for errors; otherwise without, so that an idle
+ * connection nobody watches cannot crash the process (finished() still reports a premature close).
+ */
+function destroyWith(stream: Readable | Writable, err: Error): void {
+  if (stream.destroyed) return;
+  stream.destroy(stream.listenerCount('error') > 0 ? err : undefined);
+}
+
 /** One virtual connection's state on this side. */
 class Virtual implements Connection {
   readonly input: Readable;
@@ -126,8 +135,8 @@ class Virtual implements Connection {
   broken(why: string): void {
     this.reset = true;
     this.waitingForCredit = undefined;
-    if (!this.inputEnded) this.input.destroy(resetError(why));
-    if (!this.output.writableFinished) this.output.destroy(pipeError(why));
+    if (!this.inputEnded) destroyWith(this.input, resetError(why));
+    if (!this.output.writableFinished) destroyWith(this.output, pipeError(why));
     this.mux.forget(this);
   }
 
@@ -252,7 +261,7 @@ export class Mux {
       if (vc.received - vc.granted > this.windowBytes) {
         // the peer ignored its credit: refuse this connection, not the link
         vc.abandon(new ProtocolError(`connection ${id} sent past its window of ${this.windowBytes} bytes`));
-        vc.input.destroy(new ProtocolError(`peer sent past the window on connection ${id}`));
+        destroyWith(vc.input, new ProtocolError(`peer sent past the window on connection ${id}`));
         vc.output.destroy();
         return;
       }

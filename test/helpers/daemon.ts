@@ -1,5 +1,5 @@
 /** A real `sluice daemon` process for end-to-end tests, and functions run as processes. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,40 +16,60 @@ export interface DaemonProcess {
   child: ChildProcess;
   /** everything the daemon logged, for assertions and for a failing test's message */
   logs: () => string;
+  /** SIGKILL the daemon (if running) and start it again on the same directory and arguments. */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
+export interface DaemonProcessOptions {
+  /** the node name; default node-a */
+  node?: string;
+  /** how to start it, e.g. inside a network namespace; default child_process.spawn */
+  spawn?: (cmd: string, args: string[], opts: SpawnOptions) => ChildProcess;
+}
+
 /** Start `sluice daemon` in a fresh directory and wait until it is ready. */
-export async function startDaemonProcess(extraArgs: string[] = []): Promise<DaemonProcess> {
+export async function startDaemonProcess(extraArgs: string[] = [], options: DaemonProcessOptions = {}): Promise<DaemonProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'sluice-e2e-'));
-  const child = spawn(process.execPath, [cli, 'daemon', '--dir', dir, '--node', 'node-a', '--log-level', 'info', ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const start = options.spawn ?? spawn;
   let output = '';
-  child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
-  child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`daemon exited with ${child.exitCode}:\n${output}`);
-    try {
-      const { body } = await control<{ ready: boolean }>(dir, 'GET', '/readyz');
-      if (body.ready) break;
-    } catch {
-      // not listening yet
+  const launch = async (): Promise<ChildProcess> => {
+    const child = start(process.execPath, [cli, 'daemon', '--dir', dir, '--node', options.node ?? 'node-a', '--log-level', 'info', ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
+    child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      if (child.exitCode !== null) throw new Error(`daemon exited with ${child.exitCode}:\n${output}`);
+      try {
+        const { body } = await control<{ ready: boolean }>(dir, 'GET', '/readyz');
+        if (body.ready) return child;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) throw new Error(`daemon not ready after 15 s:\n${output}`);
+      await sleep(50);
     }
-    if (Date.now() > deadline) throw new Error(`daemon not ready after 15 s:\n${output}`);
-    await sleep(50);
-  }
-  return {
+  };
+  const handle: DaemonProcess = {
     dir,
-    child,
+    child: await launch(),
     logs: () => output,
+    async restart() {
+      if (handle.child.exitCode === null) {
+        handle.child.kill('SIGKILL');
+        await once(handle.child, 'exit');
+      }
+      handle.child = await launch();
+    },
     async stop() {
-      if (child.exitCode === null) {
-        child.kill('SIGTERM');
-        await once(child, 'exit');
+      if (handle.child.exitCode === null) {
+        handle.child.kill('SIGTERM');
+        await once(handle.child, 'exit');
       }
       rmSync(dir, { recursive: true, force: true });
     },
   };
+  return handle;
 }
 
 export interface FnResult {

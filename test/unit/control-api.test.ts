@@ -23,9 +23,10 @@ beforeAll(async () => {
   runs = new RunRegistry({ dir, node: 'node-a', runTtlSeconds: 3600, maxRuns: 5, log });
   await runs.start();
   const metrics = createMetrics(() => runs.size);
-  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, log, metrics });
+  const workflows = new Map<string, Workflow>();
+  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, log, metrics, workflows });
   const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics, forward: (...args) => cluster.forward(...args) });
-  app = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows: new Map<string, Workflow>(), maxBodyBytes: 16 * 1024, ready: () => true });
+  app = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, maxBodyBytes: 16 * 1024, ready: () => true });
 });
 afterAll(async () => {
   await app.close();
@@ -144,9 +145,10 @@ describe('control API', () => {
 describe('control API over TCP (bearer secret)', () => {
   it('refuses requests without the cluster secret, but not probes or metrics', async () => {
     const metrics = createMetrics(() => runs.size);
-    const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, log, metrics });
+    const workflows = new Map<string, Workflow>();
+    const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, log, metrics, workflows });
     const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics, forward: (...args) => cluster.forward(...args) });
-    const tcp = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows: new Map(), maxBodyBytes: 16 * 1024, ready: () => true, bearerSecret: 'a-cluster-secret-of-some-length' });
+    const tcp = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, maxBodyBytes: 16 * 1024, ready: () => true, bearerSecret: 'a-cluster-secret-of-some-length' });
     try {
       expect((await tcp.inject('/healthz')).statusCode).toBe(200);
       expect((await tcp.inject('/metrics')).statusCode).toBe(200);

@@ -1,0 +1,161 @@
+/**
+ * Two Sluice daemons for the cross-node `ws` subject, one in each node's network namespace,
+ * peered with each other over the veth, driven through the `sluice` CLI as a user would.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import type { PeerStatus } from '../server/peers.js';
+import type { NetnsNode } from '../test/helpers/netns.js';
+import { WS_STEPS, type RunRef } from './protocol.js';
+
+const CLI = fileURLToPath(new URL('../server/cli.js', import.meta.url));
+/** Each daemon's --listen port, on its node's address; peer links use it too. */
+const PORT = 7700;
+const WORKFLOW = 'bench-pipe';
+const READY_TIMEOUT_MS = 20_000;
+const RUN_SHARED_TIMEOUT_MS = 10_000;
+const STOP_TIMEOUT_MS = 5_000;
+/** How much of a daemon's output to keep for error messages, characters. */
+const OUTPUT_TAIL = 2_000;
+
+const running = new Set<ChildProcess>();
+
+/** SIGKILL every daemon still running: for the orchestrator's exit. */
+export function killDaemons(): void {
+  for (const child of running) child.kill('SIGKILL');
+}
+
+interface Daemon {
+  /** the Sluice node name (`--node`) */
+  name: string;
+  node: NetnsNode;
+  dir: string;
+  child: ChildProcess;
+  /** the end of what it printed */
+  output(): string;
+}
+
+function spawnDaemon(name: string, node: NetnsNode, dir: string, peer: { name: string; node: NetnsNode }, secretFile: string): Daemon {
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const args = ['daemon', '--node', name, '--dir', dir, '--listen', `${node.address}:${PORT}`, '--peers', `${peer.name}=ws://${peer.node.address}:${PORT}`, '--secret-file', secretFile];
+  const child = node.spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+  child.on('exit', () => running.delete(child));
+  let tail = '';
+  const keep = (chunk: Buffer): void => {
+    tail = (tail + chunk.toString()).slice(-OUTPUT_TAIL);
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  return { name, node, dir, child, output: () => tail.trim() };
+}
+
+function exitOf(child: ChildProcess): string | undefined {
+  if (child.exitCode !== null) return `code ${child.exitCode}`;
+  return child.signalCode ?? undefined;
+}
+
+/** `sluice ARGS --dir DIR` inside the daemon's namespace; rejects with its error line on a non-zero exit. */
+async function sluice(d: Daemon, args: string[]): Promise<string> {
+  try {
+    return (await d.node.exec(process.execPath, [CLI, ...args, '--dir', d.dir])).stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`sluice ${args.join(' ')} on ${d.name}: ${e.stderr?.trim() || e.message}`);
+  }
+}
+
+async function waitPeered(d: Daemon, peer: string): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let last = 'no answer';
+  for (;;) {
+    const exit = exitOf(d.child);
+    if (exit) throw new Error(`daemon ${d.name} exited with ${exit}: ${d.output()}`);
+    try {
+      const { peers } = JSON.parse(await sluice(d, ['status', '--json'])) as { peers?: PeerStatus[] };
+      const link = peers?.find((p) => p.node === peer);
+      if (link?.state === 'up') return;
+      last = link ? `${link.state}${link.lastError ? `, last error: ${link.lastError}` : ''}` : 'not in its status';
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (Date.now() > deadline) throw new Error(`daemon ${d.name}: peer link to ${peer} not up after ${READY_TIMEOUT_MS / 1000} s (${last})`);
+    await sleep(100);
+  }
+}
+
+async function stopDaemon(d: Daemon): Promise<void> {
+  if (exitOf(d.child)) return;
+  const exited = once(d.child, 'exit');
+  d.child.kill('SIGTERM');
+  const timer = setTimeout(() => d.child.kill('SIGKILL'), STOP_TIMEOUT_MS);
+  await exited;
+  clearTimeout(timer);
+}
+
+export class Daemons {
+  private constructor(private readonly daemons: readonly [Daemon, Daemon]) {}
+
+  /**
+   * Start a daemon on each of the two nodes, peered with the other under one cluster secret, and
+   * register the benchmark's workflow (producer → consumer) on the first. Resolves once both
+   * report their peer link up. `baseDir` holds their directories and the secret.
+   */
+  static async start(nodes: readonly [NetnsNode, NetnsNode], baseDir: string): Promise<Daemons> {
+    const secretFile = path.join(baseDir, 'cluster-secret');
+    fs.writeFileSync(secretFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    const [n0, n1] = nodes;
+    const first = spawnDaemon('n0', n0, path.join(baseDir, 'n0'), { name: 'n1', node: n1 }, secretFile);
+    const second = spawnDaemon('n1', n1, path.join(baseDir, 'n1'), { name: 'n0', node: n0 }, secretFile);
+    const daemons = new Daemons([first, second]);
+    try {
+      await Promise.all([waitPeered(first, second.name), waitPeered(second, first.name)]);
+      const workflowFile = path.join(baseDir, `${WORKFLOW}.yaml`);
+      const { producer, consumer } = WS_STEPS;
+      fs.writeFileSync(workflowFile, `name: ${WORKFLOW}\nsteps:\n  ${producer}: {}\n  ${consumer}: {}\nedges:\n  - { from: ${producer}, to: ${consumer} }\n`);
+      await sluice(first, ['workflow', 'apply', workflowFile]);
+    } catch (err) {
+      await daemons.stop();
+      throw err;
+    }
+    return daemons;
+  }
+
+  /** The Sluice directory on node `i`: what a function there connects with. */
+  dir(i: 0 | 1): string {
+    return this.daemons[i].dir;
+  }
+
+  /** A fresh run with the producer on n0 and the consumer on n1; resolves once n1 knows it. */
+  async createRun(): Promise<RunRef> {
+    const [first, second] = this.daemons;
+    const { producer, consumer } = WS_STEPS;
+    const out = await sluice(first, ['run', 'create', WORKFLOW, '--place', `${producer}=${first.name}`, '--place', `${consumer}=${second.name}`, '--json']);
+    const { run, token } = JSON.parse(out) as { run: string; token: string };
+    // n0's daemon shares the run with n1's; the consumer can only connect once n1 has it
+    const deadline = Date.now() + RUN_SHARED_TIMEOUT_MS;
+    for (;;) {
+      try {
+        await sluice(second, ['run', 'show', run, '--json']);
+        return { id: run, token };
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`run ${run}, created on ${first.name}, unknown on ${second.name} after ${RUN_SHARED_TIMEOUT_MS / 1000} s: ${(err as Error).message}`);
+      }
+      await sleep(20);
+    }
+  }
+
+  async deleteRun(id: string): Promise<void> {
+    await sluice(this.daemons[0], ['run', 'delete', id]);
+  }
+
+  /** SIGTERM both (SIGKILL after STOP_TIMEOUT_MS) and wait for them to exit. */
+  async stop(): Promise<void> {
+    await Promise.all(this.daemons.map(stopDaemon));
+  }
+}
