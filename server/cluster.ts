@@ -184,7 +184,9 @@ export class Cluster {
     const { runs, peers, node } = this.options;
     const run = runs.get(id);
     await runs.delete(id);
-    const others = this.nodesOf(run).filter((n) => n !== node && peers?.knows(n));
+    // a peer without a link now is not waited for: its TTL removes its part
+    const linked = new Set(peers?.status().filter((p) => p.state === 'up').map((p) => p.node));
+    const others = this.nodesOf(run).filter((n) => n !== node && linked.has(n));
     const results = await Promise.allSettled(others.map((other) => peers!.request(other, { op: 'delete', run: id }, PEER_REQUEST_TIMEOUT_MS)));
     results.forEach((r, i) => {
       if (r.status === 'rejected') this.options.log.warn({ run: id, peer: others[i], err: r.reason as Error }, 'peer did not delete its part of the run; its TTL will');

@@ -348,7 +348,8 @@ export class PeerLinks {
         backoff = BACKOFF_MIN_MS;
       } catch (err) {
         if (signal.aborted) return;
-        const message = (err as Error).message;
+        const code = (err as { code?: unknown }).code;
+        const message = isErrorCode(code) ? `${code}: ${(err as Error).message}` : (err as Error).message;
         if (peer.lastError !== message) {
           const level = (err as { code?: string }).code === ErrorCodes.UNAUTHORIZED ? 'error' : 'warn';
           this.options.log[level]({ peer: peer.node, url: peer.url, err }, 'cannot link to peer; retrying');

@@ -35,9 +35,9 @@ import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type Dial
 import { AcceptQueue, retryUntil } from './waiting.js';
 
 export interface MuxOptions {
-  /** Unconsumed bytes a connection may have in flight per direction, bytes. Default 256 KiB. */
+  /** Unconsumed bytes a connection may have in flight per direction, bytes. Default 2 MiB. */
   windowBytes?: number;
-  /** Largest DATA piece on the link, bytes; smaller interleaves connections more finely. Default 64 KiB. */
+  /** Largest DATA piece on the link, bytes; smaller interleaves connections more finely. Default 256 KiB. */
   maxFramePayload?: number;
   /** Connections open at once on this link; OPENs beyond it are refused. Default 4096. */
   maxConnections?: number;
@@ -46,7 +46,7 @@ export interface MuxOptions {
 /** What to do with a connection opened to `endpoint`; throw a SluiceError to refuse it. */
 export type OpenHandler = (endpoint: string) => (conn: Connection) => void;
 
-const DEFAULTS = { windowBytes: 256 * 1024, maxFramePayload: 64 * 1024, maxConnections: 4096 };
+const DEFAULTS = { windowBytes: 2 * 1024 * 1024, maxFramePayload: 256 * 1024, maxConnections: 4096 };
 
 function resetError(message: string): Error {
   return Object.assign(new Error(message), { code: 'ECONNRESET' });
@@ -91,8 +91,15 @@ class Virtual implements Connection {
       highWaterMark: Math.max(1, window >>> 1),
       read: () => this.grantCredit(),
     });
+    // _read alone hears of consumption late (only after the next push): also check on every read
+    const read = this.input.read.bind(this.input);
+    this.input.read = (size?: number) => {
+      const chunk = read(size) as unknown;
+      this.grantCredit();
+      return chunk;
+    };
     this.output = new Writable({
-      highWaterMark: 64 * 1024,
+      highWaterMark: 256 * 1024,
       write: (chunk: Buffer, _encoding, callback) => this.mux.sendData(this, chunk, callback),
       final: (callback) => {
         this.outputEnded = true;

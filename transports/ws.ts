@@ -46,7 +46,7 @@ export const WS_CLOSE_UNAUTHORIZED = 4401;
 const NONCE_BYTES = 32;
 const MAC_BYTES = 32;
 /** Bytes buffered per direction before the writer waits / the socket is paused. */
-const STREAM_HIGH_WATER_MARK = 64 * 1024;
+const STREAM_HIGH_WATER_MARK = 256 * 1024;
 /** Writes shorter than this are coalesced into one message. */
 const COALESCE_BELOW_BYTES = 16 * 1024;
 
@@ -260,10 +260,14 @@ class WsConnection implements Connection {
   private sendMessages(messages: Buffer[], callback: (err?: Error | null) => void): void {
     if (this.closed || this.ws.readyState !== WebSocket.OPEN) return callback(this.failure ?? pipeError());
     const last = messages.length - 1;
+    // one syscall for the batch (e.g. a frame header and its payload) instead of one per message
+    const socket = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    socket?.cork();
     messages.forEach((m, i) => {
       if (i < last) this.ws.send(m, { binary: true });
       else this.ws.send(m, { binary: true }, (err) => callback(err ? (this.failure ?? pipeError()) : null));
     });
+    socket?.uncork();
   }
 }
 
@@ -468,6 +472,9 @@ export class WsTransport implements Transport {
       const ws = new WebSocket(url, {
         maxPayload: this.maxPayload,
         perMessageDeflate: false,
+        // Masking guards HTTP caches against script-made frames; between Sluice daemons there is
+        // no such script, and an all-zero mask lets ws skip a copy and an XOR pass per message.
+        generateMask: (mask: Buffer) => void mask.fill(0),
         handshakeTimeout: this.handshakeTimeoutMs,
         followRedirects: false,
       });

@@ -50,7 +50,7 @@ describe('defaults', () => {
       logLevel: 'info',
       relayBufferBytes: 8 * 1024 * 1024,
       attachTimeoutMs: 30_000,
-      peerWindowBytes: 1024 * 1024,
+      peerWindowBytes: 2 * 1024 * 1024,
       peerHeartbeatMs: 2_000,
       runTtlSeconds: 86_400,
       maxRuns: 1000,
