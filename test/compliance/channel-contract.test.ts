@@ -73,6 +73,7 @@ const media: Record<string, Medium> = {
   ws: { transport: new WsTransport({ secret: 'compliance-secret-0123456789' }), crossProcess: false },
   'peer link over memory': { transport: overPeerLink(new MemoryTransport(), () => 'link'), crossProcess: false, names: true },
   'peer link over unix': { transport: overPeerLink(unixTransport, () => join(tmpdir(), `sluice-link-${process.pid}.sock`)), crossProcess: false, names: true },
+  'peer link over ws': { transport: overPeerLink(new WsTransport({ secret: 'compliance-secret-0123456789', heartbeatMs: 1000 }), () => '127.0.0.1:0'), crossProcess: false, names: true },
 };
 
 const peerScript = fileURLToPath(new URL('../../dist/test/fixtures/peer.js', import.meta.url));
