@@ -22,7 +22,6 @@
  * daemon reset the connection, with the same effect on the consumer. Nothing ends cleanly
  * without the consumer's verification.
  */
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import {
   ConnectError,
@@ -31,11 +30,13 @@ import {
   RequestError,
   checkName,
   encodeControl,
-  fifoTransport,
+  firstChunk,
+  mediumError,
   type Connection,
 } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
 import { CHANNEL_PREFIX, type PeerLinks } from './peers.js';
+import { attachConsumer } from './relay.js';
 import type { ChannelInfo, CreateRunRequest, Run, RunRegistry } from './runs.js';
 import { validateWorkflow, type Workflow } from './workflow.js';
 
@@ -72,7 +73,7 @@ function splice(a: Connection, b: Connection, onForward: (bytes: number) => void
       from.on('error', fail);
       to.on('error', fail);
       from.on('close', () => {
-        if (!from.readableEnded) fail(Object.assign(new Error(`${what} closed mid-stream`), { code: 'ECONNRESET' }));
+        if (!from.readableEnded) fail(mediumError('ECONNRESET', `${what} closed mid-stream`));
       });
       to.on('finish', () => {
         if (--open === 0 && !failed) resolve();
@@ -83,32 +84,6 @@ function splice(a: Connection, b: Connection, onForward: (bytes: number) => void
     b.input.once('data', onBack);
     direction(a.input, b.output, 'the sending side');
     direction(b.input, a.output, 'the receiving side');
-  });
-}
-
-/** The first chunk of `input`, put back; rejects if the stream ends or fails first. */
-function firstBytes(input: Connection['input']): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const onData = (chunk: Buffer): void => {
-      input.pause();
-      cleanup();
-      input.unshift(chunk);
-      resolve();
-    };
-    const onGone = (): void => {
-      cleanup();
-      reject(new ConnectError(ErrorCodes.UNAVAILABLE, 'the channel closed before any bytes'));
-    };
-    const cleanup = (): void => {
-      input.off('data', onData);
-      input.off('end', onGone);
-      input.off('close', onGone);
-      input.off('error', onGone);
-    };
-    input.on('data', onData);
-    input.on('end', onGone);
-    input.on('close', onGone);
-    input.on('error', onGone);
   });
 }
 
@@ -132,8 +107,8 @@ export class Cluster {
     this.options.workflows.set(workflow.name, workflow);
     const { peers } = this.options;
     if (!peers) return;
-    const up = peers.status().filter((p) => p.state === 'up').map((p) => p.node);
-    await Promise.all(up.map((node) => this.shareWorkflows(node, [workflow])));
+    const up = peers.status().filter((p) => peers.isUp(p.node));
+    await Promise.all(up.map((p) => this.shareWorkflows(p.node, [workflow])));
   }
 
   /** A link to `node` came up: give it our workflows. */
@@ -185,8 +160,7 @@ export class Cluster {
     const run = runs.get(id);
     await runs.delete(id);
     // a peer without a link now is not waited for: its TTL removes its part
-    const linked = new Set(peers?.status().filter((p) => p.state === 'up').map((p) => p.node));
-    const others = this.nodesOf(run).filter((n) => n !== node && linked.has(n));
+    const others = this.nodesOf(run).filter((n) => n !== node && peers?.isUp(n));
     const results = await Promise.allSettled(others.map((other) => peers!.request(other, { op: 'delete', run: id }, PEER_REQUEST_TIMEOUT_MS)));
     results.forEach((r, i) => {
       if (r.status === 'rejected') this.options.log.warn({ run: id, peer: others[i], err: r.reason as Error }, 'peer did not delete its part of the run; its TTL will');
@@ -277,7 +251,7 @@ export class Cluster {
     } catch (err) {
       channel.state = 'failed';
       link.destroy();
-      const down = peers && channel.peer ? !(await peers.link(channel.peer, 0).then(() => true, () => false)) : false;
+      const down = channel.peer !== undefined && peers?.isUp(channel.peer) === false;
       const reason = new ConnectError(ErrorCodes.UNAVAILABLE, down ? `the peer link to node "${channel.peer}" failed mid-stream` : `the stream to node "${channel.peer}" broke: ${(err as Error).message}`, {
         cause: err,
         details: { run: run.id, channel: channel.name, peer: channel.peer },
@@ -297,7 +271,7 @@ export class Cluster {
     const log2 = log.child({ run: run.id, channel: channel.name, peer: channel.peer });
     this.track(run.id, link);
     try {
-      await firstBytes(link.input);
+      link.input.unshift(await firstChunk(link.input));
     } catch {
       link.destroy(); // closed before use (run deleted, producer's daemon gone): may be opened again
       return;
@@ -306,12 +280,7 @@ export class Cluster {
     metrics.relayChannels.inc();
     let fifo: Connection | undefined;
     try {
-      fifo = await fifoTransport.dial(join(run.directory, channel.name), { timeoutMs: attachTimeoutMs }).catch((err: unknown) => {
-        if ((err as { code?: string }).code === ErrorCodes.UNAVAILABLE) {
-          throw new ConnectError(ErrorCodes.TIMEOUT, `consumer ${channel.to.step}[${channel.to.index}] did not attach within ${attachTimeoutMs} ms`, { cause: err });
-        }
-        throw err;
-      });
+      fifo = await attachConsumer(run, channel, attachTimeoutMs);
       await splice(link, fifo, (n) => {
         channel.relayedBytes += n;
         metrics.relayBytes.inc(n);

@@ -30,9 +30,11 @@ import {
   ProtocolError,
   RequestError,
   WsTransport,
+  acceptEach,
   checkName,
   decodeRecords,
   encodeRecord,
+  firstChunk,
   isErrorCode,
   type Connection,
   type Listener,
@@ -111,33 +113,6 @@ function hostPort(url: string): string {
   return `${parsed.hostname}:${port}`;
 }
 
-/** The first message on a fresh link (the other end sends nothing until it has answered it). */
-function readFirst(input: Connection['input'], timeoutMs: number): Promise<Buffer> {
-  return new Promise<Buffer>((resolve, reject) => {
-    const timer = setTimeout(() => done(new ConnectError(ErrorCodes.TIMEOUT, `peer link handshake did not finish within ${timeoutMs} ms`)), timeoutMs);
-    const onData = (chunk: Buffer): void => {
-      // stop the flow here: what follows belongs to the multiplexer
-      input.pause();
-      done(undefined, chunk);
-    };
-    const onGone = (): void => done(new ConnectError(ErrorCodes.UNAVAILABLE, 'peer closed the link during the handshake'));
-    const onError = (err: Error): void => done(err);
-    function done(err: Error | undefined, chunk?: Buffer): void {
-      clearTimeout(timer);
-      input.off('data', onData);
-      input.off('end', onGone);
-      input.off('close', onGone);
-      input.off('error', onError);
-      if (err) reject(err);
-      else resolve(chunk!);
-    }
-    input.on('data', onData);
-    input.on('end', onGone);
-    input.on('close', onGone);
-    input.on('error', onError);
-  });
-}
-
 function parseHello(bytes: Buffer): Record<string, unknown> {
   let value: unknown;
   try {
@@ -189,7 +164,12 @@ export class PeerLinks {
   start(server: http.Server | undefined): void {
     if (server) {
       this.listener = this.transport.listenOn(server, PEER_LINK_PATH);
-      void this.acceptLoop(this.listener);
+      void acceptEach(this.listener, (conn) =>
+        this.admit(conn).catch((err: unknown) => {
+          this.options.log.warn({ err }, 'peer link refused');
+          conn.destroy();
+        }),
+      );
     }
     for (const peer of this.peers.values()) if (peer.url) void this.dialLoop(peer);
   }
@@ -198,6 +178,11 @@ export class PeerLinks {
     this.stopping.abort();
     await this.listener?.close();
     for (const peer of this.peers.values()) peer.mux?.close(new ConnectError(ErrorCodes.UNAVAILABLE, 'this daemon is stopping'));
+  }
+
+  /** Is the link to `node` up now? */
+  isUp(node: string): boolean {
+    return this.peers.get(node)?.mux?.up === true;
   }
 
   /** Is `node` a peer (listed, or linked to us now)? */
@@ -265,7 +250,7 @@ export class PeerLinks {
       }
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `peer "${node}" closed the request without an answer`, { details: { node } });
     } catch (err) {
-      if ((err as { code?: unknown }).code && isErrorCode((err as { code?: unknown }).code)) throw err;
+      if (isErrorCode((err as { code?: unknown }).code)) throw err;
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `request to peer "${node}" failed: ${(err as Error).message}`, { cause: err, details: { node } });
     } finally {
       clearTimeout(timer);
@@ -292,24 +277,9 @@ export class PeerLinks {
     conn.output.end(encodeRecord(answer, MAX_CONTROL_BYTES));
   }
 
-  private async acceptLoop(listener: Listener): Promise<void> {
-    for (;;) {
-      let conn: Connection;
-      try {
-        conn = await listener.accept();
-      } catch {
-        return; // closed
-      }
-      this.admit(conn).catch((err: unknown) => {
-        this.options.log.warn({ err }, 'peer link refused');
-        conn.destroy();
-      });
-    }
-  }
-
   /** A link dialled by a peer: it names itself, we answer with our name. */
   private async admit(conn: Connection): Promise<void> {
-    const hello = parseHello(await readFirst(conn.input, HANDSHAKE_TIMEOUT_MS));
+    const hello = parseHello(await firstChunk(conn.input, HANDSHAKE_TIMEOUT_MS));
     const node = checkName('peer node', hello.node);
     if (hello.to !== this.options.node) {
       conn.output.end(JSON.stringify({ sluice: 'peer-link', error: `this is node "${this.options.node}", not "${String(hello.to)}"` }));
@@ -336,7 +306,7 @@ export class PeerLinks {
         const conn = await this.transport.dial(hostPort(peer.url!), { timeoutMs: 0, signal });
         try {
           conn.output.write(JSON.stringify({ sluice: 'peer-link', node: this.options.node, to: peer.node }));
-          const answer = parseHello(await readFirst(conn.input, HANDSHAKE_TIMEOUT_MS));
+          const answer = parseHello(await firstChunk(conn.input, HANDSHAKE_TIMEOUT_MS));
           if (typeof answer.error === 'string') throw new ProtocolError(`peer at ${peer.url} refused the link: ${answer.error}`);
           if (answer.node !== peer.node) throw new ProtocolError(`${peer.url} is node "${String(answer.node)}", not "${peer.node}"; fix --peers`);
         } catch (err) {

@@ -32,6 +32,7 @@ import {
   RELAY_SOCKET,
   frameTypeName,
   RequestError,
+  acceptEach,
   channelName,
   checkName,
   fifoTransport,
@@ -121,6 +122,22 @@ function instance(what: string, value: unknown): InstanceRef {
   return { step: checkName(`${what} step`, v.step), index: v.index as number };
 }
 
+/**
+ * Open the consumer's end of a channel prepared on this node, waiting up to `attachTimeoutMs` for
+ * the consumer to open its FIFO: SLUICE_TIMEOUT, naming the consumer, if it does not.
+ */
+export async function attachConsumer(run: Run, channel: ChannelInfo, attachTimeoutMs: number, signal?: AbortSignal): Promise<Connection> {
+  try {
+    return await fifoTransport.dial(join(run.directory, channel.name), { timeoutMs: attachTimeoutMs, ...(signal ? { signal } : {}) });
+  } catch (err) {
+    if ((err as { code?: string }).code !== ErrorCodes.UNAVAILABLE) throw err;
+    throw new ConnectError(ErrorCodes.TIMEOUT, `consumer ${channel.to.step}[${channel.to.index}] did not attach within ${attachTimeoutMs} ms`, {
+      cause: err,
+      details: { run: run.id, channel: channel.name },
+    });
+  }
+}
+
 export class Relay {
   private listener: Listener | undefined;
   private readonly active = new Set<Connection>();
@@ -138,7 +155,7 @@ export class Relay {
   async start(): Promise<void> {
     // any local process may connect: what it may do is decided by the token in its HELLO
     this.listener = await unixTransport.listen(join(this.options.dir, RELAY_SOCKET), { mode: 0o666 });
-    void this.acceptLoop(this.listener);
+    void acceptEach(this.listener, (conn) => this.admit(conn));
   }
 
   /** Stop accepting; streams in flight go on until they end or `abortInFlight()` is called. */
@@ -151,21 +168,12 @@ export class Relay {
     for (const conn of this.active) conn.destroy();
   }
 
-  private async acceptLoop(listener: Listener): Promise<void> {
-    for (;;) {
-      let conn: Connection;
-      try {
-        conn = await listener.accept();
-      } catch {
-        return; // closed
-      }
-      if (this.active.size >= (this.options.maxRelays ?? 4096)) {
-        this.options.log.warn({ active: this.active.size }, 'relay connection refused: too many at once');
-        conn.destroy();
-        continue;
-      }
-      this.serve(conn);
+  private admit(conn: Connection): void {
+    if (this.active.size >= (this.options.maxRelays ?? 4096)) {
+      this.options.log.warn({ active: this.active.size }, 'relay connection refused: too many at once');
+      return conn.destroy();
     }
+    this.serve(conn);
   }
 
   private serve(conn: Connection): void {
@@ -243,12 +251,7 @@ export class Relay {
     const log2 = log.child({ run: runId, channel: name });
     log2.debug('relaying: waiting for the consumer to attach');
     try {
-      const conn = await fifoTransport.dial(join(run.directory, name), { timeoutMs: attachTimeoutMs, signal: this.shutdown.signal }).catch((err: unknown) => {
-        if ((err as { code?: string }).code === ErrorCodes.UNAVAILABLE) {
-          throw new ConnectError(ErrorCodes.TIMEOUT, `consumer ${to.step}[${to.index}] did not attach within ${attachTimeoutMs} ms`, { cause: err, details: { run: runId, channel: name } });
-        }
-        throw err;
-      });
+      const conn = await attachConsumer(run, channel, attachTimeoutMs, this.shutdown.signal);
       const writer = new ChannelWriter(conn, { hello: { run: runId, from, to, via: 'relay' } });
       reader.on('data', (chunk: Buffer) => {
         channel.relayedBytes += chunk.length;

@@ -32,6 +32,7 @@ import { Readable, Writable } from 'node:stream';
 import { FrameDecoder, FrameType, HEADER_BYTES, encodeControl, writeHeader, type FrameSink } from './codec.js';
 import { ConnectError, ErrorCodes, ProtocolError, isErrorCode } from './errors.js';
 import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type DialOptions, type Listener, type Transport } from './transport.js';
+import { destroyWith, mediumError } from './streams.js';
 import { AcceptQueue, retryUntil } from './waiting.js';
 
 export interface MuxOptions {
@@ -48,21 +49,6 @@ export type OpenHandler = (endpoint: string) => (conn: Connection) => void;
 
 const DEFAULTS = { windowBytes: 2 * 1024 * 1024, maxFramePayload: 256 * 1024, maxConnections: 4096 };
 
-function resetError(message: string): Error {
-  return Object.assign(new Error(message), { code: 'ECONNRESET' });
-}
-function pipeError(message: string): Error {
-  return Object.assign(new Error(message), { code: 'EPIPE' });
-}
-
-/**
- * Destroy `stream` with `err` if someone listens for errors; otherwise without, so that an idle
- * connection nobody watches cannot crash the process (finished() still reports a premature close).
- */
-function destroyWith(stream: Readable | Writable, err: Error): void {
-  if (stream.destroyed) return;
-  stream.destroy(stream.listenerCount('error') > 0 ? err : undefined);
-}
 
 /** One virtual connection's state on this side. */
 class Virtual implements Connection {
@@ -91,13 +77,6 @@ class Virtual implements Connection {
       highWaterMark: Math.max(1, window >>> 1),
       read: () => this.grantCredit(),
     });
-    // _read alone hears of consumption late (only after the next push): also check on every read
-    const read = this.input.read.bind(this.input);
-    this.input.read = (size?: number) => {
-      const chunk = read(size) as unknown;
-      this.grantCredit();
-      return chunk;
-    };
     this.output = new Writable({
       highWaterMark: 256 * 1024,
       write: (chunk: Buffer, _encoding, callback) => this.mux.sendData(this, chunk, callback),
@@ -142,8 +121,8 @@ class Virtual implements Connection {
   broken(why: string): void {
     this.reset = true;
     this.waitingForCredit = undefined;
-    if (!this.inputEnded) destroyWith(this.input, resetError(why));
-    if (!this.output.writableFinished) destroyWith(this.output, pipeError(why));
+    if (!this.inputEnded) destroyWith(this.input, mediumError('ECONNRESET', why));
+    if (!this.output.writableFinished) destroyWith(this.output, mediumError('EPIPE', why));
     this.mux.forget(this);
   }
 
@@ -364,7 +343,7 @@ export class Mux {
   sendData(vc: Virtual, chunk: Buffer, done: (err?: Error | null) => void): void {
     let offset = 0;
     const pump = (): void => {
-      if (vc.reset || this.failure) return done(pipeError('connection reset'));
+      if (vc.reset || this.failure) return done(mediumError('EPIPE', 'connection reset'));
       while (offset < chunk.length) {
         if (vc.credit === 0) {
           vc.waitingForCredit = pump;

@@ -4,7 +4,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ConnectError, ErrorCodes, SluiceError, fromSystemError } from './errors.js';
-import type { AcceptOptions, Connection } from './transport.js';
+import type { AcceptOptions, Connection, Listener } from './transport.js';
 
 export function abortedError(what: string, signal?: AbortSignal): ConnectError {
   return new ConnectError(ErrorCodes.ABORTED, `${what} aborted`, { cause: signal?.reason });
@@ -51,6 +51,19 @@ export async function retryUntil<T>(
 }
 
 /** Connections that arrived before anyone asked for them, and `accept()` calls waiting for one. */
+/** Hand every connection `listener` accepts to `serve`, until the listener is closed. */
+export async function acceptEach(listener: Listener, serve: (conn: Connection) => void): Promise<void> {
+  for (;;) {
+    let conn: Connection;
+    try {
+      conn = await listener.accept();
+    } catch {
+      return; // closed
+    }
+    serve(conn);
+  }
+}
+
 export class AcceptQueue {
   private ready: Connection[] = [];
   private waiting: Array<{ resolve: (c: Connection) => void; reject: (e: Error) => void }> = [];

@@ -36,6 +36,7 @@ import { Readable, Writable } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { ConnectError, ErrorCodes, ProtocolError, RequestError } from './errors.js';
 import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type DialOptions, type Listener, type Transport } from './transport.js';
+import { destroyWith, mediumError } from './streams.js';
 import { AcceptQueue, abortedError, retryUntil } from './waiting.js';
 
 export const WS_DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024;
@@ -106,19 +107,8 @@ function toBuffer(data: RawData): Buffer {
   return Buffer.from(data);
 }
 
-function resetError(): Error {
-  return Object.assign(new Error('websocket peer vanished'), { code: 'ECONNRESET' });
-}
-
-function pipeError(): Error {
-  return Object.assign(new Error('websocket closed'), { code: 'EPIPE' });
-}
-
-/** Destroy a stream with `err` if someone listens for it; otherwise without (finished() still reports a premature close). */
-function destroyWith(stream: Readable | Writable, err: Error): void {
-  if (stream.destroyed) return;
-  stream.destroy(stream.listenerCount('error') > 0 ? err : undefined);
-}
+const resetError = (): Error => mediumError('ECONNRESET', 'websocket peer vanished');
+const pipeError = (): Error => mediumError('EPIPE', 'websocket closed');
 
 /** One WebSocket as a Connection: bytes with back-pressure, and a half-close per direction. */
 class WsConnection implements Connection {
