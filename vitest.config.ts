@@ -10,5 +10,6 @@ export default defineConfig({
     // from fighting for them.
     fileParallelism: false,
     pool: 'forks',
+    env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
   },
 });

@@ -341,7 +341,9 @@ export class Sluice {
 
   private async openConsumer(from: InstanceRef): Promise<ChannelReader> {
     const channel = this.channelOf(from, this.self);
-    if (channel.path !== 'fifo') throw new RequestError(ErrorCodes.INVALID, `channel ${channel.name} is not delivered on this node`);
+    if (this.manifest.steps[this.self.step]?.nodes[this.self.index] !== this.manifest.node) {
+      throw new RequestError(ErrorCodes.INVALID, `channel ${channel.name} is not delivered on this node`);
+    }
     const listener = await fifoTransport.listen(join(this.runDir, channel.name));
     this.listeners.push(listener);
     const reader = new ChannelReader(await listener.accept());

@@ -34,9 +34,10 @@ import {
   mediumError,
   type Connection,
 } from '../transports/index.js';
+import type { Fallback } from './fallback.js';
 import type { Metrics } from './metrics.js';
 import { CHANNEL_PREFIX, type PeerLinks } from './peers.js';
-import { attachConsumer } from './relay.js';
+import { attachConsumer, terminate } from './relay.js';
 import type { ChannelInfo, CreateRunRequest, Run, RunRegistry } from './runs.js';
 import { validateWorkflow, type Workflow } from './workflow.js';
 
@@ -50,6 +51,10 @@ export interface ClusterOptions {
   metrics: Metrics;
   /** the workflows applied at this node or shared by a peer, by name */
   workflows: Map<string, Workflow>;
+  /** the object-store path */
+  fallback: Fallback;
+  /** the buffer of a stream this node verifies on its way to the store, bytes */
+  relayBufferBytes: number;
 }
 
 /** How long run sharing may wait for a peer (its link, then its answer), ms. */
@@ -94,6 +99,10 @@ export class Cluster {
   private readonly linked = new Set<string>();
   /** every peer-link connection a run uses, to cut when it is deleted */
   private readonly inUse = new Map<string, Set<Connection>>();
+  /** per peer: channels stored for its consumers while its link was down, to tell it about */
+  private readonly untold = new Map<string, Set<string>>();
+  /** per peer: the location of its object store, as it answered a `prepare` */
+  private readonly peerStores = new Map<string, string>();
 
   constructor(private readonly options: ClusterOptions) {
     options.runs.onDeleted = (run) => this.forget(run);
@@ -111,9 +120,15 @@ export class Cluster {
     await Promise.all(up.map((p) => this.shareWorkflows(p.node, [workflow])));
   }
 
-  /** A link to `node` came up: give it our workflows. */
+  /** A link to `node` came up: give it our workflows, and tell it which of its channels went to the store. */
   readonly onLinkUp = (node: string): void => {
     void this.shareWorkflows(node, [...this.options.workflows.values()]);
+    const untold = this.untold.get(node);
+    this.untold.delete(node);
+    for (const k of untold ?? []) {
+      const [run, channel] = k.split('/') as [string, string];
+      this.tellStored(node, run, channel);
+    }
   };
 
   private async shareWorkflows(node: string, workflows: Workflow[]): Promise<void> {
@@ -129,6 +144,7 @@ export class Cluster {
   async createRun(request: CreateRunRequest): Promise<Run> {
     const { runs, peers, node } = this.options;
     const run = await runs.create(request);
+    this.options.fallback.prepare(run);
     const others = this.nodesOf(run).filter((n) => n !== node);
     try {
       for (const other of others) {
@@ -145,7 +161,13 @@ export class Cluster {
         placement: Object.fromEntries(Object.entries(run.manifest.steps).map(([step, s]) => [step, s.nodes])),
         ttlSeconds: Math.max(1, Math.round((run.expiresAt - Date.now()) / 1000)),
       };
-      await Promise.all(others.map((other) => peers!.request(other, { op: 'prepare', ...shared }, PEER_REQUEST_TIMEOUT_MS)));
+      const store = this.options.fallback.store.location;
+      await Promise.all(
+        others.map(async (other) => {
+          const answer = (await peers!.request(other, { op: 'prepare', ...shared, store }, PEER_REQUEST_TIMEOUT_MS)) as { store?: unknown } | null;
+          if (typeof answer?.store === 'string') this.peerStores.set(other, answer.store);
+        }),
+      );
       await Promise.all([this.openChannels(run), ...others.map((other) => peers!.request(other, { op: 'open', run: run.id }, PEER_REQUEST_TIMEOUT_MS))]);
     } catch (err) {
       await this.deleteRun(run.id).catch(() => undefined);
@@ -181,6 +203,26 @@ export class Cluster {
         });
         this.options.metrics.runsCreated.inc();
         this.options.log.info({ run: run.id, origin: from }, 'run shared by a peer');
+        const ours = this.options.fallback.store.location;
+        if (typeof request.store === 'string') this.peerStores.set(from, request.store);
+        const crossing = [...run.channels.values()].find((c) => c.peer !== undefined && (c.via === 'store' || c.persist));
+        if (crossing && request.store !== ours) {
+          await runs.delete(run.id);
+          throw new RequestError(
+            ErrorCodes.INVALID,
+            `channel ${crossing.name} goes through the object store between nodes "${from}" and "${this.options.node}", which use different stores (${String(request.store)} and ${ours}): give every node the same --store`,
+            { details: { channel: crossing.name } },
+          );
+        }
+        this.options.fallback.prepare(run);
+        return { store: ours };
+      }
+      case 'stored': {
+        // a peer stored a stream for a consumer here (its link to us was down when it opened)
+        const run = runs.get(checkName('run', request.run));
+        const channel = run.channels.get(checkName('channel', request.channel));
+        if (!channel || channel.path !== 'fifo' || channel.peer !== from) throw new RequestError(ErrorCodes.NOT_FOUND, `run "${run.id}" has no channel ${String(request.channel)} from node "${from}" to this node`);
+        this.options.fallback.feed(run, channel);
         return null;
       }
       case 'workflows': {
@@ -225,6 +267,7 @@ export class Cluster {
       link = this.parked.get(key(run.id, channel.name)) ?? (await this.openChannel(run, channel));
       this.parked.delete(key(run.id, channel.name));
     } catch (err) {
+      if (channel.peer !== undefined && this.sharesStore(channel.peer)) return this.storeInstead(run, channel, producer, head, err as Error);
       channel.state = 'failed';
       this.abortProducer(producer, err as Error);
       throw err;
@@ -280,7 +323,13 @@ export class Cluster {
     metrics.relayChannels.inc();
     let fifo: Connection | undefined;
     try {
-      fifo = await attachConsumer(run, channel, attachTimeoutMs);
+      try {
+        fifo = await attachConsumer(run, channel, attachTimeoutMs);
+      } catch (err) {
+        if ((err as { code?: string }).code !== ErrorCodes.TIMEOUT) throw err;
+        metrics.relayChannels.dec();
+        return this.spill(run, channel, link);
+      }
       await splice(link, fifo, (n) => {
         channel.relayedBytes += n;
         metrics.relayBytes.inc(n);
@@ -298,6 +347,63 @@ export class Cluster {
       fifo?.destroy();
       this.untrack(run.id, link);
     }
+  }
+
+  /** A connection on the link for a channel whose consumer is on `channel.peer`: the parked one, or a new one. */
+  async link(run: Run, channel: ChannelInfo): Promise<Connection> {
+    const parked = this.parked.get(key(run.id, channel.name));
+    this.parked.delete(key(run.id, channel.name));
+    return parked ?? this.openChannel(run, channel);
+  }
+
+  /**
+   * The consumer's node cannot be reached: verify the stream here and put it in the store, which
+   * both nodes share; the consumer's node is told (now, or when its link comes back) and feeds
+   * its consumer from there.
+   */
+  private async storeInstead(run: Run, channel: ChannelInfo, producer: Connection, head: Buffer, why: Error): Promise<void> {
+    const { fallback, log, metrics, relayBufferBytes } = this.options;
+    log.warn({ run: run.id, channel: channel.name, peer: channel.peer, err: why }, 'peer unreachable: the stream goes to the object store');
+    producer.input.unshift(head);
+    terminate(
+      producer,
+      (reader) => {
+        this.tellStored(channel.peer!, run.id, channel.name);
+        return fallback.write(run, channel, reader, 'unreachable');
+      },
+      { highWaterMark: relayBufferBytes, log, metrics },
+    );
+  }
+
+  /** The consumer here did not attach in time: verify the stream and spill it, or, if persisted, feed from the copy. */
+  private spill(run: Run, channel: ChannelInfo, link: Connection): void {
+    const { fallback, log, metrics, relayBufferBytes } = this.options;
+    log.info({ run: run.id, channel: channel.name, peer: channel.peer }, 'consumer not attached: the stream goes to the object store');
+    terminate(
+      link,
+      async (reader) => {
+        fallback.feed(run, channel);
+        if (!channel.persist) return fallback.write(run, channel, reader, 'spill');
+        reader.resume(); // the producer's node writes the copy this consumer will read
+        await new Promise<void>((resolve, reject) => reader.once('end', resolve).once('error', reject));
+      },
+      { highWaterMark: relayBufferBytes, log, metrics },
+    );
+  }
+
+  /** Does `peer` use this node's store (so that what one writes, the other can read)? */
+  private sharesStore(peer: string): boolean {
+    return this.peerStores.get(peer) === this.options.fallback.store.location;
+  }
+
+  private tellStored(peer: string, run: string, channel: string): void {
+    const remember = (): void => {
+      let set = this.untold.get(peer);
+      if (!set) this.untold.set(peer, (set = new Set()));
+      set.add(`${run}/${channel}`);
+    };
+    if (!this.options.peers?.isUp(peer)) return remember();
+    this.options.peers.request(peer, { op: 'stored', run, channel }, PEER_REQUEST_TIMEOUT_MS).catch(remember);
   }
 
   /** Tell the producer why (an ABORT frame), then close; the channel layer reports its code. */
@@ -353,6 +459,7 @@ export class Cluster {
   }
 
   private forget(run: Run): void {
+    this.options.fallback.forget(run);
     for (const name of run.channels.keys()) this.parked.delete(key(run.id, name));
     for (const conn of this.inUse.get(run.id) ?? []) conn.destroy();
     this.inUse.delete(run.id);

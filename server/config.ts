@@ -23,6 +23,7 @@ import { inspect } from 'node:util';
 import { ErrorCodes, RequestError } from '../transports/errors.js';
 import { DAEMON_SOCKET, NAME_PATTERN, RELAY_SOCKET, defaultRuntimeDir } from '../transports/layout.js';
 import { MAX_UNIX_PATH_BYTES } from '../transports/unix.js';
+import type { StoreLocation } from '../transports/store.js';
 import { didYouMean, parseJsonOrYaml } from './workflow.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -49,19 +50,7 @@ export interface ListenAddress {
 }
 
 /** Where spilled, forced (`via: s3`) and persisted channel data goes. */
-export type StoreConfig =
-  | { readonly kind: 'file'; readonly path: string }
-  | {
-      readonly kind: 's3';
-      readonly bucket: string;
-      /** Key prefix: empty, or ending in "/" (so keys are `prefix + name`). */
-      readonly prefix: string;
-      /** An S3-compatible endpoint (MinIO, Ceph RGW); absent for AWS itself. */
-      readonly endpoint?: string;
-      readonly region?: string;
-      /** Path-style addressing; true by default when an endpoint is given. */
-      readonly forcePathStyle: boolean;
-    };
+export type StoreConfig = StoreLocation;
 
 /** The values of the options (everything `DaemonConfig` holds but its bookkeeping). */
 export interface ConfigValues {
@@ -79,6 +68,8 @@ export interface ConfigValues {
   readonly logLevel: LogLevel;
   /** bytes */
   readonly relayBufferBytes: number;
+  /** bytes */
+  readonly segmentBytes: number;
   /** milliseconds */
   readonly attachTimeoutMs: number;
   /** bytes */
@@ -114,6 +105,7 @@ export interface ConfigDescription {
   secret: '[redacted]' | null;
   logLevel: LogLevel;
   relayBufferBytes: number;
+  segmentBytes: number;
   attachTimeoutMs: number;
   peerWindowBytes: number;
   peerHeartbeatMs: number;
@@ -247,7 +239,19 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     default: '8MiB',
     unit: SIZE_UNIT,
     range: '64KiB..1GiB',
-    description: 'Per-channel buffer the daemon holds for a producer whose consumer is not attached yet; past it the producer is held back.',
+    description: 'Per-channel buffer the daemon holds for a producer whose consumer is not attached yet; once it is full (or the attach timeout passes) the stream spills to the object store.',
+  },
+  {
+    key: 'segmentBytes',
+    flag: '--segment-size',
+    arg: 'BYTES',
+    env: 'SLUICE_SEGMENT_SIZE',
+    fileKey: 'segmentBytes',
+    default: '8MiB',
+    unit: SIZE_UNIT,
+    range: '64KiB..1GiB',
+    description:
+      'Size of the objects a stream is cut into in the object store. A consumer reads a segment once it is whole, so smaller segments reach it sooner; each spilling stream holds up to three in memory. Segments above 16 MiB go to S3 as multipart uploads.',
   },
   {
     key: 'attachTimeoutMs',
@@ -383,6 +387,7 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     secret: () => undefined,
     logLevel: () => 'info',
     relayBufferBytes: () => 8 * MiB,
+    segmentBytes: () => 8 * MiB,
     attachTimeoutMs: () => 30 * SECOND,
     peerWindowBytes: () => 2 * MiB,
     peerHeartbeatMs: () => 2 * SECOND,
@@ -421,6 +426,7 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
     secret: config.secret === undefined ? null : '[redacted]',
     logLevel: config.logLevel,
     relayBufferBytes: config.relayBufferBytes,
+    segmentBytes: config.segmentBytes,
     attachTimeoutMs: config.attachTimeoutMs,
     peerWindowBytes: config.peerWindowBytes,
     peerHeartbeatMs: config.peerHeartbeatMs,
@@ -535,6 +541,7 @@ const parsers: Parsers = {
     throw new Problem(`not a log level${hint ? ` (did you mean "${hint}"?)` : ''}; use one of ${LOG_LEVELS.join(', ')}`);
   },
   relayBufferBytes: (v) => parseSize(v, 64 * KiB, GiB),
+  segmentBytes: (v) => parseSize(v, 64 * KiB, GiB),
   attachTimeoutMs: (v) => parseDuration(v, 'ms', 100, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
   peerWindowBytes: (v) => parseSize(v, 64 * KiB, 64 * MiB),
   peerHeartbeatMs: (v) => parseDuration(v, 'ms', 50, MINUTE, 'milliseconds or a number with ms, s, m or h (e.g. 2s)'),

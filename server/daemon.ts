@@ -10,6 +10,8 @@ import { buildApi } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
 import { Cluster } from './cluster.js';
+import { Fallback } from './fallback.js';
+import { openStore } from '../transports/store-s3.js';
 import { PeerLinks } from './peers.js';
 import { Relay } from './relay.js';
 import { RunRegistry } from './runs.js';
@@ -54,9 +56,21 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     () => runs.size,
     () => peers?.status() ?? [],
   );
+  const fallback = new Fallback({ store: openStore(config.store), segmentBytes: config.segmentBytes, log, metrics });
+  await fallback.start();
   await runs.start();
   const workflows = new Map<string, Workflow>();
-  const cluster: Cluster = new Cluster({ node: config.node, runs, peers, attachTimeoutMs: config.attachTimeoutMs, log, metrics, workflows });
+  const cluster: Cluster = new Cluster({
+    node: config.node,
+    runs,
+    peers,
+    attachTimeoutMs: config.attachTimeoutMs,
+    relayBufferBytes: config.relayBufferBytes,
+    log,
+    metrics,
+    workflows,
+    fallback,
+  });
   const relay = new Relay(runs, {
     dir: config.dir,
     relayBufferBytes: config.relayBufferBytes,
@@ -64,6 +78,8 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     log,
     metrics,
     forward: (run, channel, conn, head) => cluster.forward(run, channel, conn, head),
+    link: (run, channel) => cluster.link(run, channel),
+    fallback,
   });
   await relay.start();
 
@@ -116,6 +132,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         await peers?.close();
         await Promise.all(servers.map((s) => s.close()));
         await runs.stop();
+        fallback.stop();
         log.info('sluice daemon stopped');
       })();
       return closing;

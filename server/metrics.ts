@@ -33,6 +33,15 @@ export function createMetrics(liveRuns: () => number, peers: () => PeerFigures[]
     preparedChannels: new Gauge({ name: 'sluice_prepared_channels', help: 'Channel endpoints prepared on this node, by path', labelNames: ['path'], registers: [registry] }),
     relayChannels: new Gauge({ name: 'sluice_relay_channels', help: 'Streams going through the relay now', registers: [registry] }),
     relayBytes: new Counter({ name: 'sluice_relay_bytes_total', help: 'Bytes carried by the relay', registers: [registry] }),
+    storeBytes: new Counter({ name: 'sluice_store_bytes_total', help: 'Payload bytes written to or read from the object store, by direction', labelNames: ['direction'], registers: [registry] }),
+    storeSegments: new Counter({ name: 'sluice_store_segments_total', help: 'Segments written to or read from the object store, by direction', labelNames: ['direction'], registers: [registry] }),
+    storeStreams: new Counter({
+      name: 'sluice_store_streams_total',
+      help: 'Streams sent to the object store, by reason: spill (consumer not attached), forced (via: s3), unreachable (peer), persist (durable copy)',
+      labelNames: ['reason'],
+      registers: [registry],
+    }),
+    storeErrors: new Counter({ name: 'sluice_store_errors_total', help: 'Streams through the object store that failed, by Sluice error code', labelNames: ['code'], registers: [registry] }),
     errors: new Counter({ name: 'sluice_errors_total', help: 'Errors, by Sluice error code', labelNames: ['code'], registers: [registry] }),
     peerLinkUp: new Gauge({
       name: 'sluice_peer_link_up',

@@ -18,8 +18,8 @@
  * verifies it again at the end.
  */
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { PassThrough, type Readable } from 'node:stream';
+import { finished, pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import {
   ChannelReader,
@@ -42,6 +42,7 @@ import {
   type InstanceRef,
   type Listener,
 } from '../transports/index.js';
+import type { Fallback } from './fallback.js';
 import type { Metrics } from './metrics.js';
 import type { ChannelInfo, Run, RunRegistry } from './runs.js';
 
@@ -58,6 +59,50 @@ export interface RelayOptions {
    * `head` the bytes already read from it (its HELLO, maybe more), to be sent on first.
    */
   forward: (run: Run, channel: ChannelInfo, conn: Connection, head: Buffer) => Promise<void>;
+  /** A connection on the peer link for a channel whose consumer is on another node. */
+  link: (run: Run, channel: ChannelInfo) => Promise<Connection>;
+  /** The object-store path: spills, `via: s3`, `persist: true`. */
+  fallback: Fallback;
+}
+
+export interface TerminateOptions {
+  /** the reader's buffer, bytes */
+  highWaterMark: number;
+  log: Logger;
+  metrics: Metrics;
+}
+
+/**
+ * Terminate a producer's stream here (verify it) and hand the verified bytes to `route`; the
+ * producer is acknowledged once `route` resolves, or aborted with the code it rejects with.
+ */
+export function terminate(conn: Connection, route: (reader: ChannelReader) => Promise<void>, options: TerminateOptions): ChannelReader {
+  const { log, metrics } = options;
+  let settle!: { resolve: () => void; reject: (err: unknown) => void };
+  const delivered = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
+  delivered.catch(() => undefined);
+  const reader = new ChannelReader(conn, { highWaterMark: options.highWaterMark, acknowledge: () => delivered });
+  reader.on('error', () => undefined); // reported where the pipeline fails
+  reader.once('hello', (hello: Record<string, unknown>) => {
+    route(reader).then(settle.resolve, (err: unknown) => {
+      settle.reject(err);
+      metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
+      log.warn({ err, run: hello.run }, 'relay failed');
+      reader.destroy(err as Error);
+    });
+  });
+  return reader;
+}
+
+/** Copy `source` into two streams, each going at the pace of the slower (back-pressure both ways). */
+function tee(source: Readable): [PassThrough, PassThrough] {
+  const branches: [PassThrough, PassThrough] = [new PassThrough(), new PassThrough()];
+  for (const branch of branches) {
+    source.pipe(branch);
+    branch.on('error', (err) => source.destroy(err));
+  }
+  source.on('error', (err) => branches.forEach((b) => b.destroy(err)));
+  return branches;
 }
 
 /**
@@ -193,13 +238,14 @@ export class Relay {
           conn.input.unshift(bytes);
           return this.relayHere(conn, () => Promise.reject(err as Error));
         }
-        if (target.channel.path === 'remote') {
+        const { run, channel } = target;
+        if (channel.path === 'remote' && channel.via === 'direct' && !channel.persist) {
           // the consumer is on another node: pass the stream through, bytes untouched
-          this.options.forward(target.run, target.channel, conn, bytes).catch((err: unknown) => failed(err, target.run.id));
+          this.options.forward(run, channel, conn, bytes).catch((err: unknown) => failed(err, run.id));
           return;
         }
         conn.input.unshift(bytes);
-        this.relayHere(conn, (reader) => this.deliver(reader, target.run, target.channel));
+        this.relayHere(conn, (reader) => this.route(reader, run, channel));
       },
       (err: unknown) => {
         failed(err, undefined);
@@ -212,20 +258,22 @@ export class Relay {
 
   /** Terminate the producer's stream here and hand it to `route`, acknowledging once `route` resolves. */
   private relayHere(conn: Connection, route: (reader: ChannelReader) => Promise<void>): void {
-    const { log, metrics } = this.options;
-    let settle!: { resolve: () => void; reject: (err: unknown) => void };
-    const delivered = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
-    delivered.catch(() => undefined);
-    const reader = new ChannelReader(conn, { highWaterMark: this.options.relayBufferBytes, acknowledge: () => delivered });
-    reader.on('error', () => undefined); // reported where the pipeline fails
-    reader.once('hello', (hello: Record<string, unknown>) => {
-      route(reader).then(settle.resolve, (err: unknown) => {
-        settle.reject(err);
-        metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
-        log.warn({ err, run: hello.run }, 'relay failed');
-        reader.destroy(err as Error);
-      });
-    });
+    terminate(conn, route, { highWaterMark: this.options.relayBufferBytes, log: this.options.log, metrics: this.options.metrics });
+  }
+
+  /** Where a verified stream goes: the store only (`via: s3`), the store and its consumer (`persist`), or its consumer. */
+  private async route(reader: ChannelReader, run: Run, channel: ChannelInfo): Promise<void> {
+    const { fallback } = this.options;
+    if (channel.via === 'store') return fallback.write(run, channel, reader, 'forced');
+    if (!channel.persist) return this.deliverAnywhere(reader, reader, run, channel, false);
+    const [direct, copy] = tee(reader);
+    await Promise.all([this.deliverAnywhere(direct, reader, run, channel, true), fallback.write(run, channel, copy, 'persist')]);
+  }
+
+  private async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean): Promise<void> {
+    if (channel.path === 'fifo') return this.deliver(source, held, run, channel, persisted);
+    const writer = new ChannelWriter(await this.options.link(run, channel), { hello: { run: run.id, from: channel.from, to: channel.to, via: 'relay' } });
+    await pipeline(source, writer);
   }
 
   /** The run and channel a HELLO names, after checking its token. */
@@ -242,8 +290,14 @@ export class Relay {
     return { run, channel };
   }
 
-  private async deliver(reader: ChannelReader, run: Run, channel: ChannelInfo): Promise<void> {
-    const { log, metrics, attachTimeoutMs } = this.options;
+  /**
+   * Deliver a verified stream to its consumer on this node, or — if the consumer does not attach
+   * within the attach timeout, or the relay buffer (`held`'s) fills first — spill it to the store
+   * and feed the consumer from there once it comes. A persisted stream has its copy written
+   * already: then the direct branch is dropped and the consumer is fed from the copy.
+   */
+  private async deliver(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean): Promise<void> {
+    const { log, metrics, fallback } = this.options;
     const runId = run.id;
     const { name, to, from } = channel;
     channel.state = 'relaying';
@@ -251,13 +305,20 @@ export class Relay {
     const log2 = log.child({ run: runId, channel: name });
     log2.debug('relaying: waiting for the consumer to attach');
     try {
-      const conn = await attachConsumer(run, channel, attachTimeoutMs, this.shutdown.signal);
+      const conn = await this.attachOrGiveUp(held, run, channel);
+      if (!conn) {
+        log2.info({ buffered: held.readableLength }, 'consumer not attached: the stream goes to the object store');
+        fallback.feed(run, channel);
+        if (!persisted) return await fallback.write(run, channel, source, 'spill');
+        source.resume();
+        return await finished(source);
+      }
       const writer = new ChannelWriter(conn, { hello: { run: runId, from, to, via: 'relay' } });
-      reader.on('data', (chunk: Buffer) => {
+      source.on('data', (chunk: Buffer) => {
         channel.relayedBytes += chunk.length;
         metrics.relayBytes.inc(chunk.length);
       });
-      await pipeline(reader, writer);
+      await pipeline(source, writer);
       channel.state = 'done';
       log2.info({ bytes: channel.relayedBytes }, 'relayed stream delivered and verified');
     } catch (err) {
@@ -265,6 +326,25 @@ export class Relay {
       throw err;
     } finally {
       metrics.relayChannels.dec();
+    }
+  }
+
+  /** The consumer's connection, or undefined when it did not attach in time or the buffer filled first. */
+  private async attachOrGiveUp(held: Readable, run: Run, channel: ChannelInfo): Promise<Connection | undefined> {
+    const { attachTimeoutMs, relayBufferBytes } = this.options;
+    const giveUp = new AbortController();
+    const timer = setTimeout(() => giveUp.abort(), attachTimeoutMs);
+    const full = setInterval(() => {
+      if (held.readableLength >= relayBufferBytes) giveUp.abort();
+    }, 20);
+    try {
+      return await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), AbortSignal.any([giveUp.signal, this.shutdown.signal]));
+    } catch (err) {
+      if (giveUp.signal.aborted && !this.shutdown.signal.aborted) return undefined;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      clearInterval(full);
     }
   }
 }

@@ -50,6 +50,12 @@ export interface ChannelInfo {
   path: 'fifo' | 'remote';
   /** the node at the channel's other end, when that is not this node */
   peer?: string;
+  /** 'store' when the edge says `via: s3`: the bytes go through the object store only */
+  via: 'direct' | 'store';
+  /** the edge says `persist: true`: a durable copy in the store besides the direct path */
+  persist: boolean;
+  /** why the stream went to the object store, once it did */
+  stored?: 'spill' | 'forced' | 'unreachable' | 'persist';
   state: 'prepared' | 'relaying' | 'done' | 'failed';
   relayedBytes: number;
 }
@@ -133,13 +139,6 @@ export class RunRegistry {
     }
     const ttl = request.ttlSeconds ?? this.options.runTtlSeconds;
     if (!Number.isInteger(ttl) || ttl < 1 || ttl > 30 * 86400) throw new RequestError(ErrorCodes.INVALID, `ttlSeconds must be an integer in 1..2592000, got ${String(ttl)}`);
-    const stored = workflow.edges.find((e) => e.via === 's3' || e.persist);
-    if (stored) {
-      // refuse rather than quietly carry it another way: the edge asked for durability
-      throw new RequestError(ErrorCodes.INVALID, `edge ${stored.from} → ${stored.to} asks for ${stored.via === 's3' ? 'via: s3' : 'persist: true'}, and this daemon has no object-store path yet; remove the option to run it directly`, {
-        details: { from: stored.from, to: stored.to },
-      });
-    }
     const steps = placeSteps(workflow, request.placement ?? {}, this.options.node);
     if (request.token !== undefined && (typeof request.token !== 'string' || !/^[A-Za-z0-9_-]{32}$/.test(request.token))) {
       throw new RequestError(ErrorCodes.INVALID, 'a shared run token must be 32 base64url characters');
@@ -158,7 +157,17 @@ export class RunRegistry {
           const name = channelName(f, t);
           const local = to.nodes[j] === this.options.node;
           const other = local ? from.nodes[i]! : to.nodes[j]!;
-          channels.set(name, { from: f, to: t, name, path: local ? 'fifo' : 'remote', ...(other !== this.options.node ? { peer: other } : {}), state: 'prepared', relayedBytes: 0 });
+          channels.set(name, {
+            from: f,
+            to: t,
+            name,
+            path: local ? 'fifo' : 'remote',
+            ...(other !== this.options.node ? { peer: other } : {}),
+            via: edge.via === 's3' ? 'store' : 'direct',
+            persist: edge.persist === true,
+            state: 'prepared',
+            relayedBytes: 0,
+          });
         }
       }
     }
@@ -169,14 +178,15 @@ export class RunRegistry {
       node: this.options.node,
       steps,
       edges: workflow.edges.map((e) => ({ ...e })),
-      // a producer here whose consumer is elsewhere streams to this daemon's relay, which forwards
-      channels: [...channels.values()].map((c) => ({ from: c.from, to: c.to, name: c.name, path: c.path === 'fifo' ? ('fifo' as const) : ('relay' as const) })),
+      // a producer streams straight into its consumer's FIFO only when both are here and the edge
+      // wants nothing else; otherwise to this daemon's relay, which forwards, stores or tees
+      channels: [...channels.values()].map((c) => ({ from: c.from, to: c.to, name: c.name, path: c.path === 'fifo' && c.via === 'direct' && !c.persist ? ('fifo' as const) : ('relay' as const) })),
     };
     const created: Run = { id, token, workflow, createdAt: Date.now(), expiresAt: Date.now() + ttl * 1000, directory, manifest, channels };
     // reserve the id before the first await: two concurrent creates of one id must not both win
     this.runs.set(id, created);
     try {
-      await prepareDirectory(directory, manifest);
+      await prepareDirectory(directory, manifest, [...channels.values()].filter((c) => c.path === 'fifo').map((c) => c.name));
     } catch (err) {
       this.runs.delete(id);
       await fs.rm(directory, { recursive: true, force: true });
@@ -225,10 +235,10 @@ function placeSteps(workflow: Workflow, placement: Record<string, string | strin
   return steps;
 }
 
-/** The run directory, one FIFO pair per local channel, and the manifest, written last. */
-async function prepareDirectory(directory: string, manifest: RunManifest): Promise<void> {
+/** The run directory, one FIFO pair per channel whose consumer is here, and the manifest, written last. */
+async function prepareDirectory(directory: string, manifest: RunManifest, consumedHere: string[]): Promise<void> {
   await fs.mkdir(directory, { mode: 0o700 });
-  const fifos = manifest.channels.filter((c) => c.path === 'fifo').flatMap((c) => [join(directory, c.name), join(directory, c.name + ACK_SUFFIX)]);
+  const fifos = consumedHere.flatMap((name) => [join(directory, name), join(directory, name + ACK_SUFFIX)]);
   // one mkfifo process for the whole run, in batches that fit a command line
   for (let i = 0; i < fifos.length; i += 512) await run('mkfifo', ['-m', '600', '--', ...fifos.slice(i, i + 512)]);
   const manifestPath = join(directory, MANIFEST_FILE);

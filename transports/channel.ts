@@ -15,7 +15,10 @@
  * - **Exact bytes or an error.** The reader reports end-of-stream only after the trailer's
  *   length and XXH3-64 checksum matched. A connection that ends without a trailer is `SLUICE_TRUNCATED`;
  *   a mismatch is `SLUICE_CORRUPT` on both sides; an ABORT from the producer is
- *   `SLUICE_PRODUCER_ABORTED`; bytes that are not the protocol are `SLUICE_PROTOCOL`.
+ *   `SLUICE_PRODUCER_ABORTED`, unless a daemon on the path sent it with `SLUICE_TRUNCATED`,
+ *   `SLUICE_STORE_UNAVAILABLE` or `SLUICE_CORRUPT` (its producer vanished, the object store
+ *   failed, a stored segment is damaged), which the reader reports as they are; bytes that are
+ *   not the protocol are `SLUICE_PROTOCOL`.
  * - **The producer learns the outcome.** `writer.end()` (and `finished(writer)`,
  *   `pipeline(..., writer)`) completes only when the consumer acknowledged the verified stream;
  *   if the consumer goes away or refuses first, the writer errors with `SLUICE_CONSUMER_GONE`
@@ -39,7 +42,7 @@ import {
   writeHeader,
   type FrameSink,
 } from './codec.js';
-import { ErrorCodes, ProtocolError, SluiceError, StreamError, fromSystemError, isErrorCode } from './errors.js';
+import { ErrorCodes, ProtocolError, SluiceError, StreamError, fromSystemError, isErrorCode, type ErrorCode } from './errors.js';
 import type { Connection } from './transport.js';
 
 /** Payloads shorter than this are copied behind their header rather than written separately, bytes. */
@@ -64,6 +67,9 @@ function takeFromSlab(bytes: number): Buffer {
   slabUsed += (bytes + 7) & ~7;
   return piece;
 }
+
+/** ABORT codes a consumer reports as they are; any other ABORT is SLUICE_PRODUCER_ABORTED. */
+const PATH_FAILURES: ReadonlySet<string> = new Set([ErrorCodes.TRUNCATED, ErrorCodes.STORE_UNAVAILABLE, ErrorCodes.CORRUPT]);
 
 /** How long a closing side waits for its last control frame to flush before it cuts the connection, ms. */
 const FAREWELL_GRACE_MS = 2_000;
@@ -385,9 +391,10 @@ export class ChannelReader extends Readable {
           if (!this.hello) throw new ProtocolError('END before HELLO');
           return this.verify(fields);
         case FrameType.ABORT:
-          // a relay that lost its producer passes the truncation on as such
+          // a daemon on the path passes its own failure on as such: the producer's stream was
+          // truncated, the store failed, a stored segment is corrupt
           return this.fail(
-            new StreamError(fields.code === ErrorCodes.TRUNCATED ? ErrorCodes.TRUNCATED : ErrorCodes.PRODUCER_ABORTED, `producer aborted the stream after ${this.length} bytes: ${String(fields.message)}`, {
+            new StreamError(PATH_FAILURES.has(fields.code as string) ? (fields.code as ErrorCode) : ErrorCodes.PRODUCER_ABORTED, `producer aborted the stream after ${this.length} bytes: ${String(fields.message)}`, {
               details: { producerCode: fields.code, length: this.length },
             }),
             false,

@@ -13,3 +13,6 @@ export { WsTransport, WS_DEFAULT_MAX_PAYLOAD, WS_DEFAULT_HANDSHAKE_TIMEOUT_MS, W
 export { Mux, MuxTransport, type MuxOptions } from './mux.js';
 export { firstChunk, mediumError } from './streams.js';
 export { acceptEach } from './waiting.js';
+export * from './store.js';
+export { DirectoryStore } from './store-file.js';
+// store-s3.js is not re-exported: functions import this index, and the AWS SDK costs them start-up time

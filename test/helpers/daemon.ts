@@ -26,6 +26,8 @@ export interface DaemonProcessOptions {
   node?: string;
   /** how to start it, e.g. inside a network namespace; default child_process.spawn */
   spawn?: (cmd: string, args: string[], opts: SpawnOptions) => ChildProcess;
+  /** its environment; default this process's */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** Start `sluice daemon` in a fresh directory and wait until it is ready. */
@@ -34,7 +36,7 @@ export async function startDaemonProcess(extraArgs: string[] = [], options: Daem
   const start = options.spawn ?? spawn;
   let output = '';
   const launch = async (): Promise<ChildProcess> => {
-    const child = start(process.execPath, [cli, 'daemon', '--dir', dir, '--node', options.node ?? 'node-a', '--log-level', 'info', ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = start(process.execPath, [cli, 'daemon', '--dir', dir, '--node', options.node ?? 'node-a', '--log-level', 'info', ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
     child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
     child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
     const deadline = Date.now() + 15_000;

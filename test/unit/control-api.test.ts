@@ -1,5 +1,5 @@
 /** The control API through Fastify's inject(): status codes, typed errors, nothing touched on bad input. */
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,16 +7,34 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApi } from '../../server/api.js';
 import { Cluster } from '../../server/cluster.js';
-import { createMetrics } from '../../server/metrics.js';
+import { Fallback } from '../../server/fallback.js';
+import { createMetrics, type Metrics } from '../../server/metrics.js';
 import { Relay } from '../../server/relay.js';
 import { RunRegistry } from '../../server/runs.js';
 import type { Workflow } from '../../server/workflow.js';
-import { runDirectory } from '../../transports/index.js';
+import { DirectoryStore, MANIFEST_FILE, runDirectory } from '../../transports/index.js';
 
 const log = pino({ level: 'silent' });
 let dir: string;
 let runs: RunRegistry;
 let app: ReturnType<typeof buildApi>;
+
+/** The cluster and relay of one node with no peers, as the daemon puts them together. */
+function wire(metrics: Metrics, workflows: Map<string, Workflow>): { cluster: Cluster; relay: Relay } {
+  const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
+  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, log, metrics, workflows, fallback });
+  const relay = new Relay(runs, {
+    dir,
+    relayBufferBytes: 1 << 20,
+    attachTimeoutMs: 1000,
+    log,
+    metrics,
+    fallback,
+    forward: (...args) => cluster.forward(...args),
+    link: (...args) => cluster.link(...args),
+  });
+  return { cluster, relay };
+}
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'sluice-api-'));
@@ -24,8 +42,7 @@ beforeAll(async () => {
   await runs.start();
   const metrics = createMetrics(() => runs.size);
   const workflows = new Map<string, Workflow>();
-  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, log, metrics, workflows });
-  const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics, forward: (...args) => cluster.forward(...args) });
+  const { cluster, relay } = wire(metrics, workflows);
   app = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, maxBodyBytes: 16 * 1024, ready: () => true });
 });
 afterAll(async () => {
@@ -103,13 +120,20 @@ describe('control API', () => {
     expect(runDirs()).toEqual(before);
   });
 
-  it('refuses a run of a workflow whose edges need the object store, which is not built yet', async () => {
-    await app.inject({ method: 'POST', url: '/v1/workflows', payload: { name: 'durable', steps: { a: {}, b: {} }, edges: [{ from: 'a', to: 'b', persist: true }] } });
-    const before = runDirs();
-    const res = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'durable' } });
-    expect(res.statusCode).toBe(400);
-    expect(res.json().message).toMatch(/a → b asks for persist: true/);
-    expect(runDirs()).toEqual(before);
+  it('sends the producer of a via: s3 or persist: true edge to the daemon, and still prepares its consumer FIFO', async () => {
+    const edges = [
+      { from: 'a', to: 'b', persist: true },
+      { from: 'a', to: 'c', via: 's3' },
+      { from: 'b', to: 'c' },
+    ];
+    expect((await app.inject({ method: 'POST', url: '/v1/workflows', payload: { name: 'durable', steps: { a: {}, b: {}, c: {} }, edges } })).statusCode).toBe(201);
+    const res = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'durable', id: 'durable-1' } });
+    expect(res.statusCode).toBe(201);
+    const { token } = res.json() as { token: string };
+    const manifest = JSON.parse(readFileSync(join(runDirectory(dir, 'durable-1', token), MANIFEST_FILE), 'utf8')) as { channels: { name: string; path: string }[] };
+    expect(Object.fromEntries(manifest.channels.map((c) => [c.name, c.path]))).toEqual({ 'a.0-b.0': 'relay', 'a.0-c.0': 'relay', 'b.0-c.0': 'fifo' });
+    for (const c of manifest.channels) expect(statSync(join(runDirectory(dir, 'durable-1', token), c.name)).isFIFO()).toBe(true);
+    expect((await app.inject({ method: 'DELETE', url: '/v1/runs/durable-1' })).statusCode).toBe(204);
   });
 
   it('refuses a second run with the same id', async () => {
@@ -146,8 +170,7 @@ describe('control API over TCP (bearer secret)', () => {
   it('refuses requests without the cluster secret, but not probes or metrics', async () => {
     const metrics = createMetrics(() => runs.size);
     const workflows = new Map<string, Workflow>();
-    const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, log, metrics, workflows });
-    const relay = new Relay(runs, { dir, relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics, forward: (...args) => cluster.forward(...args) });
+    const { cluster, relay } = wire(metrics, workflows);
     const tcp = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, maxBodyBytes: 16 * 1024, ready: () => true, bearerSecret: 'a-cluster-secret-of-some-length' });
     try {
       expect((await tcp.inject('/healthz')).statusCode).toBe(200);

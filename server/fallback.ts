@@ -1,0 +1,187 @@
+/**
+ * The object-store path: where a stream goes when no direct path can serve it, and how its
+ * consumer gets it back. See DESIGN.md, "Choosing the path".
+ *
+ * - **Writing** (`store`): a verified stream from a producer (the relay terminated its channel
+ *   protocol) goes into the store as segments and a manifest (`transports/store.ts`). The
+ *   producer is acknowledged only once the store holds all of it and its manifest, so its
+ *   `end()` still means "every byte is safe". Reasons: `spill` (its consumer did not attach
+ *   within the attach timeout, or the relay buffer filled first), `forced` (edge `via: s3`),
+ *   `unreachable` (the consumer's node could not be reached when the channel opened), `persist`
+ *   (edge `persist: true`: a durable copy beside the direct path).
+ * - **Feeding** (`feed`): on the consumer's node, a stored stream is delivered into the
+ *   consumer's FIFO once the consumer opens it, with the channel protocol (HELLO `via: "s3"` or
+ *   `"file"`, the payload, a trailer). The consumer reads segment k while the producer still
+ *   writes k+1, and sees the same `input()` as on every other path. A stream the store cannot
+ *   complete (writer failed, store gone, a segment corrupt) reaches the consumer as an ABORT
+ *   with the code, never as a clean end.
+ * - **Lifecycle**: a run's objects are removed when the run is deleted here, and every hour
+ *   (and at start) objects of runs past their expiry (`<run>/expires.json`) are removed, so runs
+ *   abandoned by a crashed daemon do not stay forever.
+ */
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Logger } from 'pino';
+import {
+  ChannelWriter,
+  EXPIRES_OBJECT,
+  StoredStreamReader,
+  StoredStreamWriter,
+  runPrefix,
+  streamPrefix,
+  type ObjectStore,
+} from '../transports/index.js';
+import type { Metrics } from './metrics.js';
+import { attachConsumer } from './relay.js';
+import type { ChannelInfo, Run } from './runs.js';
+
+export type StoreReason = 'spill' | 'forced' | 'unreachable' | 'persist';
+
+export interface FallbackOptions {
+  store: ObjectStore;
+  /** segment size, bytes */
+  segmentBytes: number;
+  log: Logger;
+  metrics: Metrics;
+  /** how often abandoned runs' objects are looked for, ms. Default 1 hour. */
+  sweepIntervalMs?: number;
+}
+
+const codeOf = (err: unknown): string => (err as { code?: string }).code ?? 'unknown';
+
+export class Fallback {
+  /** per run: cancels its feeders when the run is deleted */
+  private readonly runSignals = new Map<string, AbortController>();
+  /** `run/channel` keys being fed to their consumer */
+  private readonly feeding = new Set<string>();
+  /** runs this node wrote objects for */
+  private readonly wrote = new Set<string>();
+  private sweeper: NodeJS.Timeout | undefined;
+
+  constructor(private readonly options: FallbackOptions) {}
+
+  get store(): ObjectStore {
+    return this.options.store;
+  }
+
+  async start(): Promise<void> {
+    await this.options.store.check();
+    const sweep = (): void => void this.sweepExpired().catch((err: unknown) => this.options.log.warn({ err }, 'could not sweep expired runs from the store'));
+    sweep();
+    this.sweeper = setInterval(sweep, this.options.sweepIntervalMs ?? 3_600_000);
+    this.sweeper.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.sweeper);
+    for (const c of this.runSignals.values()) c.abort();
+    this.options.store.close();
+  }
+
+  /** A run was prepared here: its consumers of `via: s3` channels will be fed from the store. */
+  prepare(run: Run): void {
+    for (const channel of run.channels.values()) if (channel.via === 'store' && channel.path === 'fifo') this.feed(run, channel);
+  }
+
+  /** Write `source` (a verified payload stream) into the store; resolves once it is all stored. */
+  async write(run: Run, channel: ChannelInfo, source: Readable, reason: StoreReason): Promise<void> {
+    const { store, metrics, log, segmentBytes } = this.options;
+    const log2 = log.child({ run: run.id, channel: channel.name, store: store.location });
+    metrics.storeStreams.inc({ reason });
+    channel.stored = reason;
+    if (!this.wrote.has(run.id)) {
+      this.wrote.add(run.id);
+      await store.put(runPrefix(run.id) + EXPIRES_OBJECT, Buffer.from(JSON.stringify({ expiresAt: run.expiresAt })));
+    }
+    log2.info({ reason }, 'stream going to the object store');
+    const writer = new StoredStreamWriter(store, streamPrefix(run.id, channel.name), {
+      segmentBytes,
+      onSegment: (bytes) => {
+        metrics.storeBytes.inc({ direction: 'written' }, bytes);
+        metrics.storeSegments.inc({ direction: 'written' });
+      },
+    });
+    try {
+      await pipeline(source, writer);
+      log2.info({ bytes: writer.bytesWritten, reason }, 'stream stored');
+    } catch (err) {
+      metrics.storeErrors.inc({ code: codeOf(err) });
+      log2.warn({ err, reason }, 'storing the stream failed');
+      throw err;
+    }
+  }
+
+  /**
+   * Deliver the channel's stored stream to its consumer on this node, once the consumer opens its
+   * FIFO (waiting until the run ends). Idempotent per channel.
+   */
+  feed(run: Run, channel: ChannelInfo): void {
+    const key = `${run.id}/${channel.name}`;
+    if (this.feeding.has(key)) return;
+    this.feeding.add(key);
+    const { store, metrics, log } = this.options;
+    const signal = this.signalOf(run.id);
+    const log2 = log.child({ run: run.id, channel: channel.name, store: store.location });
+    void (async () => {
+      const fifo = await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), signal);
+      channel.state = 'relaying';
+      const source = new StoredStreamReader(store, streamPrefix(run.id, channel.name), {
+        signal,
+        onSegment: (bytes) => {
+          metrics.storeBytes.inc({ direction: 'read' }, bytes);
+          metrics.storeSegments.inc({ direction: 'read' });
+        },
+      });
+      const writer = new ChannelWriter(fifo, { hello: { run: run.id, from: channel.from, to: channel.to, via: store.path } });
+      await pipeline(source, writer);
+      channel.state = 'done';
+      log2.info('stored stream delivered and verified');
+    })()
+      .catch((err: unknown) => {
+        if (signal.aborted) return; // the run is gone
+        channel.state = 'failed';
+        metrics.storeErrors.inc({ code: codeOf(err) });
+        metrics.errors.inc({ code: codeOf(err) });
+        log2.warn({ err }, 'delivering the stored stream failed');
+      })
+      .finally(() => this.feeding.delete(key));
+  }
+
+  /** The run was deleted here: stop its feeders and remove what this node stored for it. */
+  forget(run: Run): void {
+    this.runSignals.get(run.id)?.abort();
+    this.runSignals.delete(run.id);
+    if (!this.wrote.delete(run.id)) return;
+    this.options.store.deletePrefix(runPrefix(run.id)).then(
+      (removed) => this.options.log.info({ run: run.id, objects: removed }, "run's stored objects removed"),
+      (err: unknown) => this.options.log.warn({ err, run: run.id }, "could not remove the run's stored objects; the expiry sweep will"),
+    );
+  }
+
+  /** Remove the objects of every run whose expiry has passed. */
+  async sweepExpired(): Promise<number> {
+    const { store, log } = this.options;
+    let removed = 0;
+    for (const object of await store.list('')) {
+      const m = /^([^/]+)\/expires\.json$/.exec(object.key);
+      if (!m) continue;
+      const marker = await store.get(object.key);
+      let expiresAt = 0;
+      try {
+        expiresAt = (JSON.parse(marker?.toString('utf8') ?? '{}') as { expiresAt?: number }).expiresAt ?? 0;
+      } catch {
+        // an unreadable marker: treat as expired
+      }
+      if (expiresAt > Date.now()) continue;
+      removed += await store.deletePrefix(`${m[1]!}/`);
+      log.info({ run: m[1] }, 'expired run removed from the store');
+    }
+    return removed;
+  }
+
+  private signalOf(run: string): AbortSignal {
+    let c = this.runSignals.get(run);
+    if (!c) this.runSignals.set(run, (c = new AbortController()));
+    return c.signal;
+  }
+}

@@ -1,0 +1,333 @@
+/**
+ * The object store: where a channel's bytes go when no direct path can serve them (a consumer
+ * that has not attached, an edge with `via: s3`, a peer that cannot be reached), and where a
+ * `persist: true` edge keeps its durable copy.
+ *
+ * An `ObjectStore` is a flat namespace of immutable objects — S3 (`store-s3.ts`) or a local
+ * directory (`store-file.ts`, the embedded default) — and both pass one suite
+ * (`test/compliance/object-store.test.ts`). On top of it, a **stored stream** is written and
+ * read the same way on every store:
+ *
+ * ```
+ *   <prefix><run>/expires.json             { expiresAt }: lets any daemon remove it once the run is over
+ *   <prefix><run>/<channel>/seg-000000     fixed-size segments of the stream's payload,
+ *   <prefix><run>/<channel>/seg-000001     each written whole, once
+ *   ...
+ *   <prefix><run>/<channel>/manifest.json  { v, length, checksum, segmentBytes, segments }, written last
+ *   <prefix><run>/<channel>/aborted.json   { code, message } instead, when the producer failed
+ * ```
+ *
+ * A reader streams: it reads segment k as soon as it exists, while the writer fills k+1, and it
+ * reports end-of-stream only when the manifest exists and the bytes it read match its length and
+ * XXH3-64 checksum. A writer that fails leaves `aborted.json`, so a reader fails with the
+ * writer's code instead of waiting; a missing segment below the manifest's count is corruption.
+ *
+ * Errors: every store operation that fails after the store's own retries rejects with
+ * SLUICE_STORE_UNAVAILABLE (its cause is the low-level error); a key that breaks the naming rules
+ * is SLUICE_INVALID. A missing object is not an error: `get` answers `undefined`.
+ */
+import { Readable, Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { StreamChecksum } from './checksum.js';
+import { ConnectError, ErrorCodes, RequestError, SluiceError, StreamError, isErrorCode } from './errors.js';
+
+export interface StoredObject {
+  key: string;
+  /** ms since the epoch */
+  modified: number;
+}
+
+export interface ObjectStore {
+  /** 'file' or 's3': the path name channels through this store report. */
+  readonly path: 'file' | 's3';
+  /** Where it is, for logs and status (never credentials). */
+  readonly location: string;
+  /**
+   * Prove the store usable before the daemon serves: the directory can be written, or the bucket
+   * exists and the credentials are accepted. Rejects with SLUICE_CONFIG, saying what to fix.
+   */
+  check(): Promise<void>;
+  /** Write an object whole; readers see all of it or nothing. */
+  put(key: string, body: Buffer): Promise<void>;
+  /** The object's bytes, or undefined when there is no such object. */
+  get(key: string): Promise<Buffer | undefined>;
+  /** Every object whose key starts with `prefix`, in key order. */
+  list(prefix: string): Promise<StoredObject[]>;
+  /** Remove every object whose key starts with `prefix` (which must end in "/"); answers how many. */
+  deletePrefix(prefix: string): Promise<number>;
+  /** Release connections. */
+  close(): void;
+}
+
+/** Where a store lives: what `--store` parses into. */
+export type StoreLocation =
+  | { readonly kind: 'file'; readonly path: string }
+  | {
+      readonly kind: 's3';
+      readonly bucket: string;
+      /** Key prefix: empty, or ending in "/" (so keys are `prefix + name`). */
+      readonly prefix: string;
+      /** An S3-compatible endpoint (MinIO, Ceph RGW, s3rver); absent for AWS itself. */
+      readonly endpoint?: string;
+      readonly region?: string;
+      /** Path-style addressing; true by default when an endpoint is given. */
+      readonly forcePathStyle: boolean;
+    };
+
+const KEY_PART = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
+const MAX_KEY_BYTES = 512;
+
+/**
+ * Check a key against the naming rules every store shares: "/"-separated parts of letters,
+ * digits, `.`, `_`, `-`, none empty, none starting with "." (so no `.` or `..`), at most 512 bytes.
+ * `prefix` allows a trailing "/".
+ */
+export function checkKey(key: string, kind: 'key' | 'prefix' = 'key'): string {
+  const body = kind === 'prefix' && key.endsWith('/') ? key.slice(0, -1) : key;
+  if (typeof key !== 'string' || key.length > MAX_KEY_BYTES || (body !== '' && !body.split('/').every((part) => KEY_PART.test(part))) || (kind === 'key' && body === '')) {
+    throw new RequestError(ErrorCodes.INVALID, `object ${kind} ${JSON.stringify(key).slice(0, 80)} breaks the naming rules: "/"-separated parts of A-Z a-z 0-9 . _ -, none empty or starting with "."`);
+  }
+  return key;
+}
+
+/** Wrap a store failure once, where it arises. */
+export function storeError(what: string, err: unknown, details?: Record<string, unknown>): SluiceError {
+  if (err instanceof SluiceError) return err;
+  const text = err instanceof Error ? err.message : String(err);
+  return new ConnectError(ErrorCodes.STORE_UNAVAILABLE, `object store: ${what} failed: ${text}`, { cause: err, ...(details ? { details } : {}) });
+}
+
+// ---- stored streams ---------------------------------------------------------------------------
+
+export const MANIFEST_OBJECT = 'manifest.json';
+export const ABORTED_OBJECT = 'aborted.json';
+export const EXPIRES_OBJECT = 'expires.json';
+
+/** The objects of one run: `<run>/`. */
+export const runPrefix = (run: string): string => `${run}/`;
+/** The objects of one channel's stream: `<run>/<channel>/`. */
+export const streamPrefix = (run: string, channel: string): string => `${run}/${channel}/`;
+export const segmentKey = (prefix: string, index: number): string => `${prefix}seg-${String(index).padStart(6, '0')}`;
+
+export interface StreamManifest {
+  v: 1;
+  /** payload bytes */
+  length: number;
+  /** XXH3-64 of the payload, 16 hex digits (as the channel trailer carries it) */
+  checksum: string;
+  /** size of every segment but the last, bytes */
+  segmentBytes: number;
+  segments: number;
+}
+
+export interface StoredStreamWriterOptions {
+  /** Segment size, bytes. Default 8 MiB. */
+  segmentBytes?: number;
+  /** Segments being uploaded at once while the next one fills. Default 2. */
+  uploadsInFlight?: number;
+  /** Called after each segment is stored, with its size in bytes. */
+  onSegment?: (bytes: number) => void;
+}
+
+export const DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Write a stream's payload into the store: a Writable whose `end()` completes once every segment
+ * and the manifest are stored. Memory: at most (`uploadsInFlight` + 1) segments. Destroying it
+ * with an error records `aborted.json` with the error's code, so readers learn why.
+ */
+export class StoredStreamWriter extends Writable {
+  private readonly segmentBytes: number;
+  private readonly uploadsInFlight: number;
+  private current: Buffer | undefined;
+  private filled = 0;
+  private segments = 0;
+  private length = 0;
+  private readonly checksum = new StreamChecksum();
+  private readonly uploads: Promise<void>[] = [];
+  private failure: Error | undefined;
+
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly prefix: string,
+    private readonly options: StoredStreamWriterOptions = {},
+  ) {
+    super({ highWaterMark: 64 * 1024 });
+    checkKey(prefix, 'prefix');
+    this.segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    this.uploadsInFlight = options.uploadsInFlight ?? 2;
+  }
+
+  /** Payload bytes accepted so far. */
+  get bytesWritten(): number {
+    return this.length;
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.length += chunk.length;
+    this.checksum.update(chunk);
+    let offset = 0;
+    const full: Buffer[] = [];
+    while (offset < chunk.length) {
+      const target = (this.current ??= Buffer.allocUnsafe(this.segmentBytes));
+      const n = chunk.copy(target, this.filled, offset);
+      offset += n;
+      this.filled += n;
+      if (this.filled === this.segmentBytes) {
+        full.push(target);
+        this.current = undefined;
+        this.filled = 0;
+      }
+    }
+    this.upload(full).then(() => callback(), callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    const last = this.filled > 0 ? [this.current!.subarray(0, this.filled)] : [];
+    this.current = undefined;
+    this.upload(last)
+      .then(() => Promise.all(this.uploads))
+      .then(() => {
+        const manifest: StreamManifest = { v: 1, length: this.length, checksum: this.checksum.digest(), segmentBytes: this.segmentBytes, segments: this.segments };
+        return this.store.put(this.prefix + MANIFEST_OBJECT, Buffer.from(JSON.stringify(manifest)));
+      })
+      .then(() => callback(), callback);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.current = undefined;
+    if (!error) return callback();
+    const code = (error as { code?: unknown }).code;
+    const record = { code: isErrorCode(code) ? code : ErrorCodes.PRODUCER_ABORTED, message: error.message };
+    // best effort: a store that is gone cannot take the marker either, and readers then wait for the run's end
+    this.store.put(this.prefix + ABORTED_OBJECT, Buffer.from(JSON.stringify(record))).then(
+      () => callback(error),
+      () => callback(error),
+    );
+  }
+
+  /** Start uploading `full` segments; resolve once few enough uploads are in flight to accept more. */
+  private async upload(full: Buffer[]): Promise<void> {
+    for (const body of full) {
+      if (this.failure) throw this.failure;
+      const key = segmentKey(this.prefix, this.segments++);
+      const done = this.store.put(key, body).then(
+        () => this.options.onSegment?.(body.length),
+        (err: unknown) => {
+          this.failure ??= err as Error;
+        },
+      );
+      this.uploads.push(done);
+      while (this.uploads.length > this.uploadsInFlight) await this.uploads.shift();
+    }
+    if (this.failure) throw this.failure;
+  }
+}
+
+export interface StoredStreamReaderOptions {
+  /** Stop waiting (SLUICE_ABORTED) when this fires: the run was deleted. */
+  signal?: AbortSignal;
+  /** First wait between polls for a segment not written yet, ms; doubles up to `maxPollMs`. Default 10. */
+  minPollMs?: number;
+  /** Longest wait between polls, ms. Default 500. */
+  maxPollMs?: number;
+  /** Called after each segment is read, with its size in bytes. */
+  onSegment?: (bytes: number) => void;
+}
+
+/**
+ * Read a stored stream's payload as it is written: a Readable that yields each segment once it
+ * exists and ends only after checking the manifest's length and checksum. Holds one segment
+ * ahead of its consumer at most.
+ */
+export class StoredStreamReader extends Readable {
+  private next = 0;
+  private length = 0;
+  private readonly checksum = new StreamChecksum();
+  private reading = false;
+
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly prefix: string,
+    private readonly options: StoredStreamReaderOptions = {},
+  ) {
+    super({ highWaterMark: 1 });
+    checkKey(prefix, 'prefix');
+  }
+
+  override _read(): void {
+    if (this.reading) return;
+    this.reading = true;
+    this.fetch().then(
+      (more) => {
+        this.reading = false;
+        if (!more) this.push(null);
+      },
+      (err: unknown) => this.destroy(err as Error),
+    );
+  }
+
+  /** Push the next segment; false at the verified end. */
+  private async fetch(): Promise<boolean> {
+    const { signal } = this.options;
+    let delay = this.options.minPollMs ?? 10;
+    for (;;) {
+      if (signal?.aborted) throw new ConnectError(ErrorCodes.ABORTED, 'reading the stored stream was aborted', { cause: signal.reason });
+      const segment = await this.store.get(segmentKey(this.prefix, this.next));
+      if (segment) {
+        this.next++;
+        this.length += segment.length;
+        this.checksum.update(segment);
+        this.options.onSegment?.(segment.length);
+        this.push(segment);
+        return true;
+      }
+      const manifest = await this.store.get(this.prefix + MANIFEST_OBJECT);
+      if (manifest) return this.finish(parseManifest(manifest, this.prefix));
+      const aborted = await this.store.get(this.prefix + ABORTED_OBJECT);
+      if (aborted) throw abortedStream(aborted, this.prefix);
+      try {
+        await sleep(delay, undefined, signal ? { signal } : undefined);
+      } catch {
+        continue; // the signal: reported at the top of the loop
+      }
+      delay = Math.min(delay * 2, this.options.maxPollMs ?? 500);
+    }
+  }
+
+  private finish(manifest: StreamManifest): false {
+    if (this.next < manifest.segments) {
+      throw new StreamError(ErrorCodes.CORRUPT, `stored stream ${this.prefix}: segment ${this.next} of ${manifest.segments} is missing`, { details: { prefix: this.prefix } });
+    }
+    const checksum = this.checksum.digest();
+    if (this.next !== manifest.segments || this.length !== manifest.length || checksum !== manifest.checksum) {
+      throw new StreamError(ErrorCodes.CORRUPT, `stored stream ${this.prefix}: read ${this.length} bytes in ${this.next} segments (checksum ${checksum}), the manifest says ${manifest.length} in ${manifest.segments} (${manifest.checksum})`, {
+        details: { prefix: this.prefix },
+      });
+    }
+    return false;
+  }
+}
+
+function parseManifest(bytes: Buffer, prefix: string): StreamManifest {
+  try {
+    const m = JSON.parse(bytes.toString('utf8')) as StreamManifest;
+    if (m.v === 1 && Number.isSafeInteger(m.length) && Number.isSafeInteger(m.segments) && typeof m.checksum === 'string') return m;
+  } catch {
+    // reported below
+  }
+  throw new StreamError(ErrorCodes.CORRUPT, `stored stream ${prefix}: the manifest is not valid`, { details: { prefix } });
+}
+
+function abortedStream(bytes: Buffer, prefix: string): StreamError {
+  let record: { code?: unknown; message?: unknown } = {};
+  try {
+    record = JSON.parse(bytes.toString('utf8')) as typeof record;
+  } catch {
+    // a damaged marker still means the writer failed
+  }
+  const code = isErrorCode(record.code) ? record.code : ErrorCodes.PRODUCER_ABORTED;
+  return new StreamError(code, `the stored stream ${prefix} was abandoned by its writer: ${typeof record.message === 'string' ? record.message : 'no reason recorded'}`, {
+    details: { prefix },
+  });
+}
