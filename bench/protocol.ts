@@ -3,12 +3,13 @@
 /**
  * The medium a producer and a consumer process talk over: raw sockets and FIFOs, Sluice's framed
  * transports, and `ws`, a channel of a Sluice run through the daemons. Endpoints: a path
- * (raw-unix, raw-fifo, unix, fifo), HOST:PORT (raw-tcp; the consumer serves HOST:0), or for `ws`
- * the node's Sluice directory, with the run in the job's `run`.
+ * (raw-unix, raw-fifo, unix, fifo), HOST:PORT (raw-tcp; the consumer serves HOST:0), or for the
+ * subjects through Sluice's daemons — `ws` (cross-node), `s3` and `file` (an edge `via: s3` to
+ * that kind of store) — the node's Sluice directory, with the run in the job's `run`.
  */
-export type Subject = 'raw-unix' | 'raw-tcp' | 'raw-fifo' | 'unix' | 'fifo' | 'ws';
+export type Subject = 'raw-unix' | 'raw-tcp' | 'raw-fifo' | 'unix' | 'fifo' | 'ws' | 's3' | 'file';
 
-/** A Sluice run, for the `ws` subject; its workflow is WS_STEPS.producer → WS_STEPS.consumer. */
+/** A Sluice run, for the subjects through daemons; its workflow is WS_STEPS.producer → WS_STEPS.consumer. */
 export interface RunRef {
   id: string;
   token: string;

@@ -17,6 +17,7 @@ import { parseArgs } from 'node:util';
 import { createCluster, namespacesAvailable, type Cluster, type NetnsNode } from '../test/helpers/netns.js';
 import { GiB, KiB, MiB, RECORD_BYTES } from './data.js';
 import { Daemons, killDaemons } from './daemons.js';
+import { StoreDaemon, killStoreDaemons } from './stores.js';
 import type { ConsumerResult, CpuMs, LatencyResult, MemcpyResult, ProducerResult, RunRef, Subject } from './protocol.js';
 import { computeRatios, median, renderMarkdown, size, type Baseline, type Case, type Percentiles, type Report } from './report.js';
 import { killWorkers, setWorkerExecArgv, withWorkers, type StartWorker } from './workers.js';
@@ -24,10 +25,16 @@ import { killWorkers, setWorkerExecArgv, withWorkers, type StartWorker } from '.
 const SAME_NODE = ['raw-unix', 'unix', 'raw-fifo', 'fifo', 'raw-tcp', 'memcpy'] as const;
 /** Measured between two network namespaces; run order within a repetition or round. */
 const CROSS_NODE = ['raw-tcp-veth', 'raw-relay-veth', 'ws'] as const;
-const NAMES = [...SAME_NODE, ...CROSS_NODE] as const;
+/** Through an object store on this node (an edge `via: s3`): the embedded directory store, and S3 (s3rver). */
+const STORES = ['file', 's3'] as const;
+const NAMES = [...SAME_NODE, ...CROSS_NODE, ...STORES] as const;
 type Name = (typeof NAMES)[number];
 type CrossNodeName = (typeof CROSS_NODE)[number];
+type StoreName = (typeof STORES)[number];
 const isCrossNode = (name: Name): name is CrossNodeName => (CROSS_NODE as readonly string[]).includes(name);
+const isStore = (name: Name): name is StoreName => (STORES as readonly string[]).includes(name);
+/** Store subjects are slow and not compared pairwise with a baseline: fewer repetitions. */
+const STORE_REPS = 3;
 /** Subjects whose 1 KiB one-way latency is measured too. */
 const WITH_LATENCY: ReadonlySet<Name> = new Set(['raw-unix', 'unix', 'raw-fifo', 'fifo', ...CROSS_NODE]);
 
@@ -38,7 +45,9 @@ const USAGE = `Usage: npm run bench -- [options]
 
 Runs Sluice's framed transports against raw baselines on this machine, interleaved over
 throughput repetitions and latency rounds, then the cross-node subjects between two network
-namespaces (skipped, with the reason, where namespaces are not allowed), and writes
+namespaces (skipped, with the reason, where namespaces are not allowed), then the object-store
+paths (a daemon whose edge says via: s3, to the embedded directory store and to an S3 server,
+s3rver, in this process; at most ${STORE_REPS} repetitions), and writes
 bench/results/latest.{json,md} plus a timestamped JSON copy.
 
   --quick        1 GiB per throughput run, QUICK_REPS repetitions; QUICK_ROUNDS latency rounds of
@@ -48,7 +57,7 @@ bench/results/latest.{json,md} plus a timestamped JSON copy.
   --reps N       throughput repetitions (overrides the mode's)
   --rounds N     latency rounds (overrides the mode's)
   --only LIST    comma-separated subset of: ${SAME_NODE.join(', ')},
-                 and cross-node: ${CROSS_NODE.join(', ')}
+                 cross-node: ${CROSS_NODE.join(', ')}, and stores: ${STORES.join(', ')}
   --no-cross-node  leave out the cross-node subjects
   --cpu-prof DIR run the workers under --cpu-prof, profiles in DIR
   -h, --help     this text
@@ -147,6 +156,10 @@ interface ThroughputSample {
   ttfb_ms: number;
   /** CPU time (user + system) of each side during the transfer: shows which side is the bottleneck */
   cpu_ms?: { consumer: CpuMs; producer: CpuMs };
+  /** bytes the run left on disk (store subjects; 0 elsewhere) */
+  disk_bytes?: number;
+  /** the daemon's peak resident memory so far, MB (store subjects) */
+  daemon_rss_mb?: number;
   verified: boolean;
   error?: string;
 }
@@ -266,6 +279,8 @@ function summarizeThroughput(samples: ThroughputSample[]) {
     cpu_ms: ok.some((s) => s.cpu_ms)
       ? { consumer: { user: cpu('consumer', 'user'), system: cpu('consumer', 'system') }, producer: { user: cpu('producer', 'user'), system: cpu('producer', 'system') } }
       : undefined,
+    disk_bytes: round(median(ok.map((s) => s.disk_bytes ?? 0)), 0) ?? 0,
+    daemon_rss_mb: ok.length > 0 ? Math.max(...ok.map((s) => s.daemon_rss_mb ?? 0)) : 0,
     verified: samples.length > 0 && samples.every((s) => s.verified && !s.error),
     errors: samples.flatMap((s) => (s.error ? [s.error] : [])),
   };
@@ -320,7 +335,7 @@ function buildReport(options: Options, started: Date, names: readonly Name[], sa
       continue;
     }
     const placement = isCrossNode(name) ? 'cross-node' : 'same-node';
-    const common = { pattern: 'transport', hops: 1, fanout: 1, path: name, placement, disk_bytes: 0, daemon_rss_mb: 0, proactive: true } as const;
+    const common = { pattern: 'transport', hops: 1, fanout: 1, path: name, placement, disk_bytes: t.disk_bytes, daemon_rss_mb: t.daemon_rss_mb, proactive: true } as const;
     cases.push({
       ...common,
       bytes: options.bytes,
@@ -471,6 +486,41 @@ async function crossNodeSection(options: Options, names: readonly CrossNodeName[
   }
 }
 
+/** The store subjects: a daemon per store kind on this node, a fresh run per repetition. */
+async function storeSection(options: Options, names: readonly StoreName[], samples: Samples): Promise<void> {
+  const reps = Math.min(options.reps, STORE_REPS);
+  for (const name of names) {
+    let daemon: StoreDaemon;
+    try {
+      progress(`[store] ${name}: starting a daemon with the ${name === 's3' ? 'S3 (s3rver)' : 'directory'} store ...`);
+      daemon = await StoreDaemon.start(name, tmpDir);
+    } catch (err) {
+      progress(`[store] ${name}: FAILED to start: ${(err as Error).message}`);
+      record(samples.throughput, name, failedThroughput(err));
+      continue;
+    }
+    try {
+      for (let rep = 1; rep <= reps; rep++) {
+        const tag = `[store rep ${rep}/${reps}]`;
+        progress(`${tag} ${name}: throughput ...`);
+        const t = await (async (): Promise<ThroughputSample> => {
+          const run = await daemon.createRun();
+          const before = daemon.diskBytes();
+          const sample = await throughputRun({ name, subject: name, run, endpoint: daemon.dir, producerEndpoint: async () => daemon.dir }, options.bytes);
+          sample.disk_bytes = daemon.diskBytes() - before;
+          sample.daemon_rss_mb = daemon.peakRssMb();
+          await daemon.deleteRun(run.id);
+          return sample;
+        })().catch(failedThroughput);
+        record(samples.throughput, name, t);
+        progress(`${tag} ${name}: ${t.error ? `FAILED: ${t.error}` : `${fmt(t.MBps)} MB/s, e2e ${fmt(t.e2e_ms)} ms, ttfb ${fmt(t.ttfb_ms, 2)} ms, disk ${size(t.disk_bytes ?? 0)}, daemon peak ${t.daemon_rss_mb} MB`}`);
+      }
+    } finally {
+      await daemon.stop();
+    }
+  }
+}
+
 async function main(): Promise<number> {
   let options: Options | undefined;
   try {
@@ -488,8 +538,9 @@ async function main(): Promise<number> {
   tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-'));
 
   const samples: Samples = { throughput: new Map(), latency: new Map() };
-  const sameNodeNames = options.only.filter((n): n is Exclude<Name, CrossNodeName> => !isCrossNode(n));
+  const sameNodeNames = options.only.filter((n): n is (typeof SAME_NODE)[number] => !isCrossNode(n) && !isStore(n));
   const crossNodeNames = options.only.filter(isCrossNode);
+  const storeNames = options.only.filter(isStore);
   progress(
     `sluice bench: ${options.mode}, ${options.reps} throughput rep(s) of ${size(options.bytes)}` +
       (options.only.some((n) => WITH_LATENCY.has(n)) ? `, ${options.rounds} latency round(s) of ${options.count} + ${options.warmup} warm-up ${RECORD_BYTES / KiB} KiB records per subject` : '') +
@@ -501,6 +552,7 @@ async function main(): Promise<number> {
     latency: (name) => (name === 'memcpy' ? Promise.reject(new Error('memcpy has no latency')) : latencyRun(sameNode(name), options.warmup, options.count)),
   });
   const crossNode = crossNodeNames.length > 0 ? await crossNodeSection(options, crossNodeNames, samples) : undefined;
+  if (storeNames.length > 0) await storeSection(options, storeNames, samples);
 
   const measured = options.only.filter((n) => !isCrossNode(n) || samples.throughput.has(n));
   const report = buildReport(options, started, measured, samples, crossNode);
@@ -526,6 +578,7 @@ async function main(): Promise<number> {
 function cleanUp(): void {
   // the daemons first: they may still write into tmpDir
   killDaemons();
+  killStoreDaemons();
   killWorkers();
   if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
 }

@@ -112,7 +112,9 @@ async function serve(subject: Subject, endpoint: string, run: RunRef | undefined
       });
       return { endpoint, stream };
     }
-    case 'ws': {
+    case 'ws':
+    case 's3':
+    case 'file': {
       const { id, token } = runOf(subject, run);
       const sl = await connect({ dir: endpoint, run: id, step: WS_STEPS.consumer, token });
       return { endpoint, stream: Promise.resolve(sl.input(WS_STEPS.producer)) };
@@ -167,7 +169,9 @@ async function dial(subject: Subject, endpoint: string, run: RunRef | undefined)
         },
       };
     }
-    case 'ws': {
+    case 'ws':
+    case 's3':
+    case 'file': {
       const { id, token } = runOf(subject, run);
       const sl = await connect({ dir: endpoint, run: id, step: WS_STEPS.producer, token });
       const out = sl.output(WS_STEPS.consumer);
@@ -183,7 +187,7 @@ async function dial(subject: Subject, endpoint: string, run: RunRef | undefined)
   }
 }
 
-const framed = (subject: Subject): boolean => subject === 'unix' || subject === 'fifo' || subject === 'ws';
+const framed = (subject: Subject): boolean => !subject.startsWith('raw-');
 
 async function consumer(subject: Subject, endpoint: string, run: RunRef | undefined, bytes: number): Promise<void> {
   const block = makeBlock();

@@ -58,6 +58,21 @@ function print(value: unknown, json: boolean, human: () => string): void {
 /** Options every daemon-facing command takes. */
 const common = { dir: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } as const;
 
+interface ChannelView {
+  name: string;
+  path: string;
+  state: string;
+  relayedBytes: number;
+  via?: string;
+  stored?: string;
+}
+
+/** One channel in `run show` and `status`: where its consumer is, its state, what the relay carried, and the store if it went there. */
+function channelLine(c: ChannelView): string {
+  const store = c.stored ? `, object store (${c.stored})` : c.via === 'store' ? ', via the object store' : '';
+  return `  ${c.name.padEnd(32)} ${c.path.padEnd(6)} ${c.state.padEnd(9)} relayed ${c.relayedBytes} B${store}`;
+}
+
 async function daemonCommand(args: string[]): Promise<number> {
   if (args.includes('--help') || args.includes('-h')) {
     process.stdout.write(`Usage: sluice daemon [options]\n\n${configHelp()}`);
@@ -141,8 +156,8 @@ async function runCommand(args: string[]): Promise<number> {
     case 'show': {
       const run = positionals[0];
       if (!run) throw new UsageError('usage: sluice run show RUN [--json]');
-      const { body } = await control<{ run: string; workflow: string; expiresAt: string; channels: Array<{ name: string; path: string; state: string; relayedBytes: number }> }>(dir, 'GET', `/v1/runs/${encodeURIComponent(run)}`);
-      print(body, json, () => [`run ${body.run} (workflow ${body.workflow}), expires ${body.expiresAt}`, ...body.channels.map((c) => `  ${c.name.padEnd(32)} ${c.path.padEnd(6)} ${c.state.padEnd(9)} relayed ${c.relayedBytes} B`), ''].join('\n'));
+      const { body } = await control<{ run: string; workflow: string; expiresAt: string; channels: ChannelView[] }>(dir, 'GET', `/v1/runs/${encodeURIComponent(run)}`);
+      print(body, json, () => [`run ${body.run} (workflow ${body.workflow}), expires ${body.expiresAt}`, ...body.channels.map(channelLine), ''].join('\n'));
       return 0;
     }
     case 'list': {
@@ -198,7 +213,7 @@ async function recvCommand(args: string[]): Promise<number> {
 
 async function statusCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: common });
-  const { body } = await control<{ node: string; version: string; uptimeSeconds: number; ready: boolean; workflows: number; relays: number; peers: PeerStatus[]; runs: Array<{ run: string; workflow: string; channels: Array<{ name: string; path: string; state: string; relayedBytes: number }> }> }>(
+  const { body } = await control<{ node: string; version: string; uptimeSeconds: number; ready: boolean; workflows: number; relays: number; peers: PeerStatus[]; runs: Array<{ run: string; workflow: string; channels: ChannelView[] }> }>(
     runtimeDir(values.dir),
     'GET',
     '/v1/status',
@@ -208,7 +223,7 @@ async function statusCommand(args: string[]): Promise<number> {
       `node ${body.node}  sluice ${body.version}  ${body.ready ? 'ready' : 'NOT READY'}  up ${body.uptimeSeconds}s`,
       `${body.workflows} workflow(s), ${body.runs.length} run(s), ${body.relays} relayed stream(s) now`,
       ...(body.peers.length === 0 ? ['no peers'] : body.peers.map((p) => `peer ${p.node.padEnd(16)} ${p.state.padEnd(10)} since ${p.since}  ${p.channels} channel(s)  sent ${p.bytesSent} B  received ${p.bytesReceived} B  reconnects ${p.reconnects}${p.lastError ? `  last error: ${p.lastError}` : ''}`)),
-      ...body.runs.flatMap((r) => [`run ${r.run} (${r.workflow})`, ...r.channels.map((c) => `  ${c.name.padEnd(32)} ${c.path.padEnd(6)} ${c.state.padEnd(9)} relayed ${c.relayedBytes} B`)]),
+      ...body.runs.flatMap((r) => [`run ${r.run} (${r.workflow})`, ...r.channels.map(channelLine)]),
       '',
     ].join('\n'),
   );

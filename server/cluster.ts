@@ -194,9 +194,13 @@ export class Cluster {
     const { runs } = this.options;
     switch (request.op) {
       case 'prepare': {
+        const id = checkName('run', request.run);
+        const known = runs.list().find((r) => r.id === id);
+        // a repeated request (its first answer was lost with a link): the run is here already
+        if (known && known.token === request.token) return { store: this.options.fallback.store.location };
         const run = await runs.create({
           workflow: validateWorkflow(request.workflow),
-          id: checkName('run', request.run),
+          id,
           token: request.token as string,
           placement: request.placement as Record<string, string[]>,
           ttlSeconds: request.ttlSeconds as number,

@@ -234,12 +234,31 @@ export class PeerLinks {
   }
 
   /** Send `body` to `node` as one control request and return its answer (or throw its error). */
+  /**
+   * Send one control record to `node` and return its answer. A request whose link broke before
+   * the answer came is sent once more on the next link (when two links form at once, one is
+   * replaced): the requests peers serve are idempotent, so a repeat is harmless.
+   */
   async request(node: string, body: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
+    const started = Date.now();
+    try {
+      return await this.requestOnce(node, body, timeoutMs);
+    } catch (err) {
+      if (!(err as { linkBroke?: boolean }).linkBroke) throw err;
+      const left = timeoutMs - (Date.now() - started);
+      if (left <= 0) throw err;
+      return this.requestOnce(node, body, left);
+    }
+  }
+
+  private async requestOnce(node: string, body: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
     const conn = await this.open(node, CONTROL_ENDPOINT, timeoutMs);
     const timer = setTimeout(() => conn.destroy(new ConnectError(ErrorCodes.TIMEOUT, `peer "${node}" did not answer within ${timeoutMs} ms`)), timeoutMs);
+    let answered = false;
     try {
       conn.output.end(encodeRecord(body, MAX_CONTROL_BYTES));
       for await (const answer of decodeRecords(conn.input, MAX_CONTROL_BYTES)) {
+        answered = true;
         const a = answer as { ok?: unknown; result?: unknown; error?: { code?: unknown; message?: unknown } };
         if (a.ok === true) return a.result;
         const code = isErrorCode(a.error?.code) ? a.error.code : ErrorCodes.UNAVAILABLE;
@@ -250,8 +269,10 @@ export class PeerLinks {
       }
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `peer "${node}" closed the request without an answer`, { details: { node } });
     } catch (err) {
-      if (isErrorCode((err as { code?: unknown }).code)) throw err;
-      throw new ConnectError(ErrorCodes.UNAVAILABLE, `request to peer "${node}" failed: ${(err as Error).message}`, { cause: err, details: { node } });
+      if (answered) throw err;
+      const code = (err as { code?: unknown }).code;
+      if (isErrorCode(code)) throw Object.assign(err as Error, { linkBroke: code === ErrorCodes.UNAVAILABLE });
+      throw Object.assign(new ConnectError(ErrorCodes.UNAVAILABLE, `request to peer "${node}" failed: ${(err as Error).message}`, { cause: err, details: { node } }), { linkBroke: true });
     } finally {
       clearTimeout(timer);
       conn.destroy();

@@ -36,7 +36,8 @@ describe('the daemon process', () => {
     try {
       await control(daemon.dir, 'POST', '/v1/workflows', { name: 'drain', steps: { p: {}, c: {} }, edges: [{ from: 'p', to: 'c' }] });
       const { body: run } = await control<{ run: string; token: string }>(daemon.dir, 'POST', '/v1/runs', { workflow: 'drain' });
-      const producer = runFunction(daemon.dir, run, 'p', ['source', String(48 * MiB), '9']);
+      // less than the relay buffer: held by the relay (a larger stream would spill to the store)
+      const producer = runFunction(daemon.dir, run, 'p', ['source', String(6 * MiB), '9']);
       await waitForChannelState(daemon.dir, run.run, 'relaying');
       daemon.child.kill('SIGTERM');
       const exited = once(daemon.child, 'exit');

@@ -103,6 +103,18 @@ export function runFunction(dir: string, run: { run: string; token: string }, st
   return { child, done };
 }
 
+/** Resolve once a `fn.js source` function has handed its first bytes to its output. */
+export async function writing(child: ChildProcess): Promise<void> {
+  let seen = '';
+  await new Promise<void>((resolve, reject) => {
+    child.stderr!.on('data', (c: Buffer) => {
+      seen += c.toString();
+      if (seen.includes('sluice-fn: writing')) resolve();
+    });
+    child.once('exit', () => reject(new Error(`the function exited before writing: ${seen}`)));
+  });
+}
+
 /** Wait until the run's first channel is in `state` (e.g. 'relaying'), polling the control API. */
 export async function waitForChannelState(dir: string, run: string, state: string, timeoutMs = 5_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

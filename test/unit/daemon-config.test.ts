@@ -49,6 +49,7 @@ describe('defaults', () => {
       secret: undefined,
       logLevel: 'info',
       relayBufferBytes: 8 * 1024 * 1024,
+      segmentBytes: 8 * 1024 * 1024,
       attachTimeoutMs: 30_000,
       peerWindowBytes: 2 * 1024 * 1024,
       peerHeartbeatMs: 2_000,
@@ -359,6 +360,7 @@ describe('every validation error names the option as the user wrote it', () => {
     store: 'ftp://x',
     logLevel: 'loud',
     relayBufferBytes: '8MB',
+    segmentBytes: '1KiB',
     attachTimeoutMs: 'soon',
     peerWindowBytes: '1KiB',
     peerHeartbeatMs: '10ms',
@@ -428,7 +430,7 @@ describe('config files', () => {
   });
 
   it.each([
-    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, logLevel, relayBufferBytes, attachTimeoutMs, peerWindowBytes, peerHeartbeatMs, runTtlSeconds, maxRuns, maxBodyBytes'],
+    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, logLevel, relayBufferBytes, segmentBytes, attachTimeoutMs, peerWindowBytes, peerHeartbeatMs, runTtlSeconds, maxRuns, maxBodyBytes'],
     ['log-level: debug\n', 'unknown key "log-level" (did you mean "logLevel"?)'],
     ['SLUICE_NODE: n\n', 'unknown key "SLUICE_NODE" (did you mean "node"?)'],
     ['colour: blue\n', 'unknown key "colour"; allowed keys: node,'],

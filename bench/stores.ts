@@ -1,0 +1,132 @@
+/**
+ * A Sluice daemon on this node whose channels go through an object store, for the `file` and `s3`
+ * subjects: the workflow's one edge says `via: s3`, so every byte goes producer → daemon → store
+ * (segments + manifest) → daemon → consumer, the consumer reading segments while the producer
+ * writes. `s3` is a real S3 protocol server (s3rver) in the orchestrator's process; `file` is the
+ * embedded directory store. Disk bytes are measured on the store's directory, the daemon's peak
+ * memory from /proc.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { control } from '../client/control.js';
+import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../test/fixtures/s3-server.js';
+import { WS_STEPS, type RunRef } from './protocol.js';
+
+const CLI = fileURLToPath(new URL('../server/cli.js', import.meta.url));
+const WORKFLOW = 'bench-store';
+const READY_TIMEOUT_MS = 20_000;
+const OUTPUT_TAIL = 2_000;
+
+export type StoreKind = 'file' | 's3';
+
+const running = new Set<ChildProcess>();
+
+/** SIGKILL every store daemon still running: for the orchestrator's exit. */
+export function killStoreDaemons(): void {
+  for (const child of running) child.kill('SIGKILL');
+}
+
+/** Bytes in the files under `dir` (0 if it does not exist). */
+function bytesUnder(dir: string): number {
+  let total = 0;
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) total += bytesUnder(p);
+    else if (e.isFile()) total += fs.statSync(p).size;
+  }
+  return total;
+}
+
+export class StoreDaemon {
+  private constructor(
+    readonly kind: StoreKind,
+    /** the daemon's directory: what a function connects with */
+    readonly dir: string,
+    private readonly child: ChildProcess,
+    private readonly storeDir: string,
+    private readonly s3: EmbeddedS3 | undefined,
+    private readonly output: () => string,
+  ) {}
+
+  static async start(kind: StoreKind, baseDir: string): Promise<StoreDaemon> {
+    const s3 = kind === 's3' ? await startEmbeddedS3({ bucket: 'sluice-bench' }) : undefined;
+    const dir = path.join(baseDir, `${kind}-daemon`);
+    const storeDir = s3 ? s3.directory : path.join(baseDir, `${kind}-store`);
+    fs.mkdirSync(dir, { mode: 0o700 });
+    const store = s3 ? s3.storeUrl('bench/') : `file://${storeDir}`;
+    const child = spawn(process.execPath, [CLI, 'daemon', '--node', `bench-${kind}`, '--dir', dir, '--store', store], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...S3RVER_CREDENTIALS },
+    });
+    running.add(child);
+    child.on('exit', () => running.delete(child));
+    let tail = '';
+    const keep = (chunk: Buffer): void => {
+      tail = (tail + chunk.toString()).slice(-OUTPUT_TAIL);
+    };
+    child.stdout!.on('data', keep);
+    child.stderr!.on('data', keep);
+    const daemon = new StoreDaemon(kind, dir, child, storeDir, s3, () => tail.trim());
+    try {
+      const deadline = Date.now() + READY_TIMEOUT_MS;
+      for (;;) {
+        if (child.exitCode !== null) throw new Error(`the ${kind} store daemon exited with ${child.exitCode}: ${daemon.output()}`);
+        const ready = await control<{ ready: boolean }>(dir, 'GET', '/readyz').then(
+          ({ body }) => body.ready,
+          () => false,
+        );
+        if (ready) break;
+        if (Date.now() > deadline) throw new Error(`the ${kind} store daemon is not ready after ${READY_TIMEOUT_MS / 1000} s: ${daemon.output()}`);
+        await sleep(50);
+      }
+      const { producer, consumer } = WS_STEPS;
+      await control(dir, 'POST', '/v1/workflows', { name: WORKFLOW, steps: { [producer]: {}, [consumer]: {} }, edges: [{ from: producer, to: consumer, via: 's3' }] });
+    } catch (err) {
+      await daemon.stop();
+      throw err;
+    }
+    return daemon;
+  }
+
+  async createRun(): Promise<RunRef> {
+    const { body } = await control<{ run: string; token: string }>(this.dir, 'POST', '/v1/runs', { workflow: WORKFLOW });
+    return { id: body.run, token: body.token };
+  }
+
+  async deleteRun(id: string): Promise<void> {
+    await control(this.dir, 'DELETE', `/v1/runs/${encodeURIComponent(id)}`);
+  }
+
+  /** Bytes the store holds on disk now (objects and, for s3rver, their metadata). */
+  diskBytes(): number {
+    return bytesUnder(this.storeDir);
+  }
+
+  /** The daemon's peak resident memory so far (VmHWM), MB. */
+  peakRssMb(): number {
+    const status = fs.readFileSync(`/proc/${this.child.pid}/status`, 'utf8');
+    const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
+    return Math.round((kb * 1024) / 1e6);
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      const exited = once(this.child, 'exit');
+      this.child.kill('SIGTERM');
+      const timer = setTimeout(() => this.child.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    await this.s3?.stop();
+  }
+}
