@@ -224,7 +224,8 @@ export class Cluster {
       case 'stored': {
         // a peer stored a stream for a consumer here (its link to us was down when it opened)
         const run = runs.get(checkName('run', request.run));
-        const channel = run.channels.get(checkName('channel', request.channel));
+        // looked up, never used as a path: a name that is not a channel of the run is simply not found
+        const channel = typeof request.channel === 'string' ? run.channels.get(request.channel) : undefined;
         if (!channel || channel.path !== 'fifo' || channel.peer !== from) throw new RequestError(ErrorCodes.NOT_FOUND, `run "${run.id}" has no channel ${String(request.channel)} from node "${from}" to this node`);
         this.options.fallback.feed(run, channel);
         return null;

@@ -233,7 +233,6 @@ export class PeerLinks {
     return mux.open(endpoint);
   }
 
-  /** Send `body` to `node` as one control request and return its answer (or throw its error). */
   /**
    * Send one control record to `node` and return its answer. A request whose link broke before
    * the answer came is sent once more on the next link (when two links form at once, one is
