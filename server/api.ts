@@ -22,9 +22,12 @@
  * Errors: `{ code, message, details? }` with the status of the code (SLUICE_INVALID 400,
  * SLUICE_UNAUTHORIZED 401, SLUICE_NOT_FOUND 404, bodies over the limit 413, others 500).
  * Whoever can open the control socket administers the node; it is created 0600. The optional
- * TCP listener requires the cluster secret as a bearer token (probes and metrics excepted).
+ * TCP listener requires the cluster secret as a bearer token (probes and metrics excepted), and
+ * serves HTTPS when given a certificate and key.
  */
 import { timingSafeEqual } from 'node:crypto';
+import type http from 'node:http';
+import type https from 'node:https';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ErrorCodes, RequestError, isErrorCode } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
@@ -52,7 +55,12 @@ export interface ApiContext {
    * which, unlike the 0600 Unix socket, anyone who can reach the port may open.
    */
   bearerSecret?: string | undefined;
+  /** When set, serve HTTPS with this certificate (chain) and private key, both PEM; else HTTP. */
+  https?: { cert: string; key: string } | undefined;
 }
+
+/** The control API's server: HTTP, or HTTPS when the context has a certificate. */
+export type ApiServer = FastifyInstance<http.Server | https.Server>;
 
 const OPEN_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
 
@@ -76,8 +84,9 @@ function describeRun(run: Run, detailed: boolean): Record<string, unknown> {
   return detailed ? { ...summary, steps: run.manifest.steps } : summary;
 }
 
-export function buildApi(ctx: ApiContext): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: ctx.maxBodyBytes, return503OnClosing: true });
+export function buildApi(ctx: ApiContext): ApiServer {
+  const options = { logger: false, bodyLimit: ctx.maxBodyBytes, return503OnClosing: true } as const;
+  const app: ApiServer = ctx.https ? Fastify({ ...options, https: ctx.https }) : Fastify(options);
   const started = Date.now();
 
   app.setErrorHandler((err: FastifyError, request, reply) => {

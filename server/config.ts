@@ -10,10 +10,13 @@
  * Errors are `SLUICE_CONFIG` RequestErrors whose message names the option as the user wrote it
  * (`--relay-buffer`, `SLUICE_RELAY_BUFFER`, or `relayBufferBytes` with the file's path) and says
  * how to fix it; `details` holds { option, source, name, file? }. The cluster secret is never
- * shown: not in messages, not in `toJSON()`, not in `util.inspect`.
+ * shown: not in messages, not in `toJSON()`, not in `util.inspect`; nor is the TLS private key
+ * (only its file's path is).
  *
- * No I/O but reading the config file and the secret file (through `readFile`, injectable).
+ * No I/O but reading the config file, the secret file and the TLS files (through `readFile`,
+ * injectable), each once, here: the daemon never reads them again.
  */
+import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { hostname as osHostname } from 'node:os';
@@ -49,6 +52,14 @@ export interface ListenAddress {
   readonly port: number;
 }
 
+/** A PEM file read at start: where it was, and what it held. */
+export interface PemFile {
+  /** absolute path */
+  readonly path: string;
+  /** the file's content, PEM text (validated) */
+  readonly pem: string;
+}
+
 /** Where spilled, forced (`via: s3`) and persisted channel data goes. */
 export type StoreConfig = StoreLocation;
 
@@ -65,6 +76,15 @@ export interface ConfigValues {
   readonly store: StoreConfig;
   /** The cluster secret for peer links (≥ 16 bytes), if any. Never log it. */
   readonly secret: string | undefined;
+  /**
+   * This node's TLS certificate (PEM, optionally followed by intermediate CAs). Set together with
+   * `tlsKey`, and only with `listen`: the TCP port then serves HTTPS, peer links `wss://`.
+   */
+  readonly tlsCert: PemFile | undefined;
+  /** The private key of `tlsCert` (PEM, unencrypted). Never log its content. */
+  readonly tlsKey: PemFile | undefined;
+  /** CA certificates (PEM) that `wss://` peers' certificates must chain to; Node's default CAs when absent. */
+  readonly tlsCa: PemFile | undefined;
   readonly logLevel: LogLevel;
   /** bytes */
   readonly relayBufferBytes: number;
@@ -95,7 +115,7 @@ export interface DaemonConfig extends ConfigValues {
   toJSON(): ConfigDescription;
 }
 
-/** A JSON-safe view of a config, the secret replaced by "[redacted]". */
+/** A JSON-safe view of a config, the secret replaced by "[redacted]", TLS files by their paths. */
 export interface ConfigDescription {
   node: string;
   dir: string;
@@ -103,6 +123,10 @@ export interface ConfigDescription {
   peers: Record<string, string>;
   store: StoreConfig;
   secret: '[redacted]' | null;
+  /** the TLS files' paths (never their content) */
+  tlsCert: string | null;
+  tlsKey: string | null;
+  tlsCa: string | null;
   logLevel: LogLevel;
   relayBufferBytes: number;
   segmentBytes: number;
@@ -191,7 +215,7 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     fileKey: 'peers',
     default: 'none',
     unit: undefined,
-    range: 'URLs are ws:// or wss://',
+    range: 'URLs are ws:// (the peer serves plain HTTP) or wss:// (the peer serves TLS: --tls-cert there, its certificate checked against --tls-ca here)',
     description:
       "Static peers: other nodes' daemons, by node name. In the file, a mapping of NAME: URL or the same string. An entry with this node's own name is skipped, so every node can share one list. The flag can be repeated.",
   },
@@ -218,6 +242,41 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     range: `at least ${MIN_SECRET_BYTES} bytes`,
     description:
       'The cluster secret that authenticates peer links. The flag names a file holding it (a trailing newline is ignored); the environment variable and the file key hold the secret itself.',
+  },
+  {
+    key: 'tlsCert',
+    flag: '--tls-cert',
+    arg: 'FILE',
+    env: 'SLUICE_TLS_CERT',
+    fileKey: 'tlsCert',
+    default: 'none (the --listen port serves plain HTTP and ws://)',
+    unit: undefined,
+    range: 'a PEM file: this node\'s certificate, optionally followed by intermediate CA certificates; needs --tls-key and --listen',
+    description:
+      "Serve the --listen port over TLS with this certificate: the control API becomes HTTPS and peers must dial this node with wss:// (plain ws:// and HTTP are refused). Its subjectAltName must name the host the other nodes' --peers use for this node. The flag, the variable and the file key name the file (a relative path is taken from the working directory), read once at start; so do those of --tls-key and --tls-ca.",
+  },
+  {
+    key: 'tlsKey',
+    flag: '--tls-key',
+    arg: 'FILE',
+    env: 'SLUICE_TLS_KEY',
+    fileKey: 'tlsKey',
+    default: 'none',
+    unit: undefined,
+    range: 'a PEM file: the unencrypted private key of --tls-cert',
+    description: 'The private key of --tls-cert.',
+  },
+  {
+    key: 'tlsCa',
+    flag: '--tls-ca',
+    arg: 'FILE',
+    env: 'SLUICE_TLS_CA',
+    fileKey: 'tlsCa',
+    default: "Node's default CAs",
+    unit: undefined,
+    range: 'a PEM file of one or more CA certificates',
+    description:
+      'The CAs trusted when dialling wss:// peers: a peer whose certificate does not chain to one of them is never linked (SLUICE_UNAUTHORIZED: "TLS verification of peer ... failed"). Given, it replaces Node\'s default CAs. Needs no --tls-cert: a node can dial wss:// peers without serving TLS itself.',
   },
   {
     key: 'logLevel',
@@ -325,7 +384,7 @@ export interface LoadConfigOptions {
   /** The arguments after `sluice daemon`. */
   argv: readonly string[];
   env: Readonly<Record<string, string | undefined>>;
-  /** Reads the config file and the secret file; `fs.readFileSync(path, 'utf8')` by default. */
+  /** Reads the config file, the secret file and the TLS files; `fs.readFileSync(path, 'utf8')` by default. */
   readFile?: (path: string) => string;
   /** Relative paths are resolved against this; `process.cwd()` by default. */
   cwd?: string;
@@ -358,6 +417,8 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
   const ctx = { cwd, readFile };
   const sources = {} as Record<ConfigKey, ConfigSource>;
   const values: Partial<Record<ConfigKey, unknown>> = {};
+  /** the value that won, per option given, for checks across options */
+  const winners = new Map<ConfigKey, Given>();
   // Validate every value given, lowest precedence first, so the winner is the last one parsed.
   for (const option of CONFIG_OPTIONS) {
     if (option.key === 'configFile') continue;
@@ -371,6 +432,7 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     for (const candidate of candidates) {
       values[key] = parseWith(option, candidate, ctx);
       sources[key] = candidate.source;
+      winners.set(key, candidate);
     }
   }
 
@@ -385,6 +447,9 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     peers: () => ({}),
     store: () => ({ kind: 'file', path: join(values['dir'] as string, 'store') }),
     secret: () => undefined,
+    tlsCert: () => undefined,
+    tlsKey: () => undefined,
+    tlsCa: () => undefined,
     logLevel: () => 'info',
     relayBufferBytes: () => 8 * MiB,
     segmentBytes: () => 8 * MiB,
@@ -409,6 +474,8 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     values['peers'] = rest;
   }
 
+  checkTls(values as unknown as ConfigValues, winners);
+
   const config = { ...(values as unknown as ConfigValues), configFile, sources } as DaemonConfig;
   Object.defineProperty(config, 'toJSON', { value: () => describeConfig(config), enumerable: false });
   Object.defineProperty(config, inspect.custom, { value: () => describeConfig(config), enumerable: false });
@@ -424,6 +491,9 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
     peers: { ...config.peers },
     store: { ...config.store },
     secret: config.secret === undefined ? null : '[redacted]',
+    tlsCert: config.tlsCert?.path ?? null,
+    tlsKey: config.tlsKey?.path ?? null,
+    tlsCa: config.tlsCa?.path ?? null,
     logLevel: config.logLevel,
     relayBufferBytes: config.relayBufferBytes,
     segmentBytes: config.segmentBytes,
@@ -534,6 +604,21 @@ const parsers: Parsers = {
     if (bytes > MAX_SECRET_BYTES) throw new Problem(`the secret is ${bytes} bytes, over the limit of ${MAX_SECRET_BYTES}; 32 random bytes are plenty`);
     return secret;
   },
+  tlsCert: (v, ctx) => {
+    const file = readPem(v, ctx, 'certificate');
+    certificates(file);
+    return file;
+  },
+  tlsKey: (v, ctx) => {
+    const file = readPem(v, ctx, 'private key');
+    privateKey(file);
+    return file;
+  },
+  tlsCa: (v, ctx) => {
+    const file = readPem(v, ctx, 'CA bundle');
+    certificates(file);
+    return file;
+  },
   logLevel: (v) => {
     const s = text(v, `one of ${LOG_LEVELS.join(', ')}`);
     if ((LOG_LEVELS as readonly string[]).includes(s)) return s as LogLevel;
@@ -549,6 +634,66 @@ const parsers: Parsers = {
   maxRuns: (v) => parseCount(v, 1, 100_000),
   maxBodyBytes: (v) => parseSize(v, KiB, 16 * MiB),
 };
+
+/** Reads the PEM file named by `v` (a path; relative to the working directory). */
+function readPem(v: unknown, ctx: ParseContext, what: string): PemFile {
+  const path = resolve(ctx.cwd, text(v, `the path of a PEM file holding the ${what}`));
+  let pem: string;
+  try {
+    pem = ctx.readFile(path);
+  } catch (err) {
+    throw new Problem(`cannot read the ${what} file ${path} (${errText(err)}); check the path and its permissions`, err);
+  }
+  return { path, pem };
+}
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----/g;
+
+/** The certificates in `file`, parsed; Problem naming the file when there is none or one is not valid. */
+function certificates(file: PemFile): X509Certificate[] {
+  const blocks = file.pem.match(PEM_CERTIFICATE) ?? [];
+  if (blocks.length === 0) {
+    throw new Problem(`${file.path} holds no PEM certificate (a "-----BEGIN CERTIFICATE-----" block); give a PEM file, e.g. what \`openssl x509 -outform PEM\` writes`);
+  }
+  return blocks.map((block, i) => {
+    try {
+      return new X509Certificate(block);
+    } catch (err) {
+      throw new Problem(`${file.path}: certificate ${i + 1} of ${blocks.length} is not a valid PEM certificate (${errText(err)}); replace the file`, err);
+    }
+  });
+}
+
+/** The private key in `file`; Problem naming the file when it is missing, invalid or encrypted. */
+function privateKey(file: PemFile): KeyObject {
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(file.pem)) {
+    throw new Problem(`${file.path} holds no PEM private key (a "-----BEGIN PRIVATE KEY-----" block); give the key --tls-cert was made with`);
+  }
+  try {
+    return createPrivateKey(file.pem);
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ERR_MISSING_PASSPHRASE' || /ENCRYPTED/.test(file.pem)) {
+      throw new Problem(`${file.path} holds an encrypted private key; give it unencrypted (e.g. \`openssl pkey -in ${file.path} -out key.pem\`) and protect the file with its permissions`, err);
+    }
+    throw new Problem(`${file.path} is not a valid PEM private key (${errText(err)}); replace the file`, err);
+  }
+}
+
+/** Checks across the TLS options: certificate and key together, matching, and something to serve. */
+function checkTls(values: ConfigValues, winners: ReadonlyMap<ConfigKey, Given>): void {
+  const { tlsCert, tlsKey } = values;
+  const fail = (key: 'tlsCert' | 'tlsKey', cause: unknown, problem: string): never => {
+    throw configError(optionFor(key), winners.get(key)!, cause, problem);
+  };
+  if (tlsCert && !tlsKey) fail('tlsCert', undefined, 'has no private key: also give --tls-key FILE (SLUICE_TLS_KEY, file key tlsKey), or drop --tls-cert to serve without TLS');
+  if (tlsKey && !tlsCert) fail('tlsKey', undefined, 'has no certificate: also give --tls-cert FILE (SLUICE_TLS_CERT, file key tlsCert), or drop --tls-key to serve without TLS');
+  if (!tlsCert || !tlsKey) return;
+  const leaf = certificates(tlsCert)[0]!;
+  if (!leaf.checkPrivateKey(privateKey(tlsKey))) {
+    fail('tlsKey', undefined, `${tlsKey.path} is not the private key of the certificate in ${tlsCert.path} (the first one there); give the key that certificate was made for`);
+  }
+  if (!values.listen) fail('tlsCert', undefined, 'needs --listen HOST:PORT: TLS is served on the --listen port, and there is none; add --listen, or drop --tls-cert and --tls-key');
+}
 
 function parseWith(option: ConfigOption, given: Given, ctx: Omit<ParseContext, 'source'>): unknown {
   const parse = parsers[option.key as ConfigKey] as (value: unknown, ctx: ParseContext) => unknown;

@@ -3,10 +3,9 @@
  */
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
-import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket } from '../transports/index.js';
-import { buildApi } from './api.js';
+import { buildApi, type ApiServer } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
 import { Cluster } from './cluster.js';
@@ -20,7 +19,7 @@ import type { Workflow } from './workflow.js';
 export interface Daemon {
   readonly config: DaemonConfig;
   readonly socketPath: string;
-  /** the TCP control address, when `listen` was configured (port resolved if it was 0) */
+  /** the TCP control address, when `listen` was configured (port resolved if it was 0; https:// with TLS) */
   readonly tcpAddress: string | undefined;
   readonly runs: RunRegistry;
   readonly log: Logger;
@@ -44,6 +43,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         node: config.node,
         peers: config.peers,
         secret: config.secret,
+        ca: config.tlsCa,
         windowBytes: config.peerWindowBytes,
         heartbeatMs: config.peerHeartbeatMs,
         log,
@@ -85,7 +85,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
 
   let ready = false;
   const context = { node: config.node, version: options.version, runs, cluster, peers, relay, metrics, workflows, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
-  const servers: FastifyInstance[] = [];
+  const servers: ApiServer[] = [];
   const socketPath = join(config.dir, DAEMON_SOCKET);
   await removeStaleSocket(socketPath);
   const local = buildApi(context);
@@ -102,7 +102,22 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
       throw new RequestError(ErrorCodes.CONFIG, `--listen ${config.listen.host}:${config.listen.port} would open the control API to the network: set a cluster secret (--secret-file or SLUICE_SECRET), which TCP clients then present as a bearer token, or listen on 127.0.0.1`);
     }
     if (!config.secret) log.warn('the TCP control API on loopback has no secret: any local user can administer this node through it');
-    const tcp = buildApi({ ...context, bearerSecret: config.secret });
+    const tls = config.tlsCert && config.tlsKey ? { cert: config.tlsCert.pem, key: config.tlsKey.pem } : undefined;
+    const tcp = buildApi({ ...context, bearerSecret: config.secret, https: tls });
+    if (tls) {
+      tcp.server.on('tlsClientError', (err: Error & { code?: string }, socket: { remoteAddress?: string }) => {
+        const fields = { remote: socket.remoteAddress, code: err.code };
+        if (err.code === 'ERR_SSL_HTTP_REQUEST') log.warn(fields, 'plain HTTP on the TLS port: a peer that lists this node with ws:// must use wss://');
+        // a client that hangs up mid-handshake: a TCP probe, or a peer that rejected our
+        // certificate (Node sends no alert, so its own log says why); too common to warn about
+        else if (err.code === 'ECONNRESET') log.debug(fields, 'TLS handshake with a client failed');
+        else log.warn(fields, 'TLS handshake with a client failed');
+      });
+      const plain = Object.entries(config.peers).filter(([, url]) => url.startsWith('ws://'));
+      if (plain.length > 0) {
+        log.warn({ peers: plain.map(([name]) => name) }, 'this node serves TLS but dials these peers over ws://: links it dials to them are not encrypted (fine while a cluster moves to TLS)');
+      }
+    }
     tcpAddress = await tcp.listen({ host: config.listen.host, port: config.listen.port });
     servers.push(tcp);
     peers?.start(tcp.server);

@@ -5,6 +5,11 @@
  * - **Where.** A daemon serves peer links on its TCP control port (`--listen`), at
  *   `PEER_LINK_PATH`; `--peers NAME=ws://HOST:PORT` names the others. A peer that is not listed
  *   may still dial in: knowing the secret is what admits it.
+ * - **TLS.** A peer listed as `wss://HOST:PORT` is dialled over TLS, its certificate verified
+ *   against `ca` (Node's default CAs when absent) and its name against HOST; one that fails is
+ *   never linked, and its status and the log say "TLS verification ... failed" with the file to
+ *   fix (SLUICE_UNAUTHORIZED). A link is as private as the URL of the node that dialled it: one
+ *   dialled over `ws://` travels in the clear (still authenticated by the secret).
  * - **Who dials.** Both ends dial a listed peer that has no link; the node with the larger name
  *   waits a moment first, so that usually one link forms. If two form at once, both ends keep the
  *   one dialled by the node with the smaller name and close the other, so they agree without
@@ -22,6 +27,7 @@
  *   goes to the handlers given to the constructor.
  */
 import type http from 'node:http';
+import type https from 'node:https';
 import type { Logger } from 'pino';
 import {
   ConnectError,
@@ -38,7 +44,9 @@ import {
   isErrorCode,
   type Connection,
   type Listener,
+  type SluiceError,
 } from '../transports/index.js';
+import type { PemFile } from './config.js';
 
 /** The URL path peer links are served at, on the daemon's TCP control port. */
 export const PEER_LINK_PATH = '/v1/peer-link';
@@ -56,9 +64,11 @@ const MAX_CONTROL_BYTES = 16 * 1024 * 1024;
 
 export interface PeerLinksOptions {
   node: string;
-  /** listed peers: node name → ws://HOST:PORT */
+  /** listed peers: node name → ws://HOST:PORT or wss://HOST:PORT */
   peers: Readonly<Record<string, string>>;
   secret: string;
+  /** CA certificates that wss:// peers' certificates must chain to (`--tls-ca`); Node's default CAs when absent */
+  ca?: PemFile | undefined;
   /** credit window per connection, bytes */
   windowBytes: number;
   /** ping interval, ms */
@@ -152,6 +162,7 @@ export class PeerLinks {
       heartbeatMs: options.heartbeatMs,
       handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
       onUnauthorized: (remote, why) => options.log.warn({ remote, why }, 'peer link refused: no valid proof of the cluster secret'),
+      ca: options.ca?.pem,
     });
     for (const [node, url] of Object.entries(options.peers)) this.peers.set(node, this.newPeer(node, url));
   }
@@ -161,7 +172,7 @@ export class PeerLinks {
   }
 
   /** Serve peer links on `server` (the TCP control API's) when given, and dial the listed peers. */
-  start(server: http.Server | undefined): void {
+  start(server: http.Server | https.Server | undefined): void {
     if (server) {
       this.listener = this.transport.listenOn(server, PEER_LINK_PATH);
       void acceptEach(this.listener, (conn) =>
@@ -323,7 +334,9 @@ export class PeerLinks {
         continue;
       }
       try {
-        const conn = await this.transport.dial(hostPort(peer.url!), { timeoutMs: 0, signal });
+        const conn = await this.transport.dial(hostPort(peer.url!), { timeoutMs: 0, signal, tls: new URL(peer.url!).protocol === 'wss:' }).catch((err: unknown) => {
+          throw this.explainTls(peer, err);
+        });
         try {
           conn.output.write(JSON.stringify({ sluice: 'peer-link', node: this.options.node, to: peer.node }));
           const answer = parseHello(await firstChunk(conn.input, HANDSHAKE_TIMEOUT_MS));
@@ -350,6 +363,29 @@ export class PeerLinks {
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }
     }
+  }
+
+  /** A failed TLS verification of `peer`, reworded to say which file to fix; other errors as they are. */
+  private explainTls(peer: Peer, err: unknown): unknown {
+    const tls = (err as SluiceError).details?.['tls'];
+    if ((err as SluiceError).code !== ErrorCodes.UNAUTHORIZED || typeof tls !== 'string') return err;
+    const host = new URL(peer.url!).hostname;
+    const ca = this.options.ca;
+    let fix: string;
+    if (tls === 'ERR_TLS_CERT_ALTNAME_INVALID' || tls === 'HOSTNAME_MISMATCH') {
+      fix = `the certificate of peer "${peer.node}" is not for ${host}: fix its --tls-cert (its subjectAltName must list ${host}), or the host in its --peers URL`;
+    } else if (tls === 'CERT_HAS_EXPIRED' || tls === 'CERT_NOT_YET_VALID') {
+      fix = `the certificate of peer "${peer.node}" is outside its validity period: renew its --tls-cert`;
+    } else if (ca) {
+      fix = `the certificate of peer "${peer.node}" does not chain to a CA in ${ca.path} (--tls-ca): fix that file, or the peer's --tls-cert`;
+    } else {
+      fix = `the certificate of peer "${peer.node}" does not chain to one of Node's default CAs: give the CA that signed it with --tls-ca FILE`;
+    }
+    const reason = ((err as Error).cause as Error | undefined)?.message ?? (err as Error).message;
+    return new ConnectError(ErrorCodes.UNAUTHORIZED, `TLS verification of peer "${peer.node}" at ${peer.url} failed: ${reason} (${tls}); ${fix}`, {
+      cause: err,
+      details: { node: peer.node, url: peer.url, tls },
+    });
   }
 
   private register(node: string, conn: Connection, role: 'dialer' | 'listener'): void {

@@ -27,9 +27,19 @@
  * Only then does `accept()` / `dial()` hand out the Connection. A wrong or missing proof: the
  * server closes with 4401 without passing a byte on; the client's dial rejects with
  * SLUICE_UNAUTHORIZED. A handshake not finished within `handshakeTimeoutMs` is dropped.
+ *
+ * TLS: `listenOn` an `https.Server` serves `wss://`; `dial(endpoint, { tls: true })` dials it,
+ * verifying the server's certificate against the transport's `ca` (Node's default CAs when
+ * absent) and its subjectAltName against the endpoint's host. The HMAC handshake then runs
+ * inside TLS, unchanged. A certificate that fails verification rejects the dial with
+ * SLUICE_UNAUTHORIZED whose message says "TLS verification ... failed" and whose `details.tls`
+ * holds Node's code for why (e.g. DEPTH_ZERO_SELF_SIGNED_CERT, ERR_TLS_CERT_ALTNAME_INVALID); any
+ * other TLS failure (e.g. the server does not speak TLS) rejects with SLUICE_UNAVAILABLE, also
+ * with `details.tls`.
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
+import type https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Readable, Writable } from 'node:stream';
@@ -68,6 +78,65 @@ export interface WsTransportOptions {
   heartbeatMs?: number;
   /** Told about every connection refused for a wrong or missing secret: the remote address and why. */
   onUnauthorized?: (remote: string, why: string) => void;
+  /**
+   * CA certificates (PEM) a server's certificate must chain to when dialling with `tls`; they
+   * replace Node's default CAs. Default: Node's default CAs.
+   */
+  ca?: string | undefined;
+}
+
+export interface WsDialOptions extends DialOptions {
+  /** Dial `wss://` (TLS, the server's certificate verified) instead of `ws://`. Default false. */
+  tls?: boolean;
+}
+
+/**
+ * The codes Node gives a failed certificate verification (OpenSSL's X509 verification results,
+ * and the host-name check's): the server is not who it claims to be, as far as we can tell.
+ */
+const TLS_VERIFICATION_CODES = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_CRL',
+  'UNABLE_TO_DECRYPT_CERT_SIGNATURE',
+  'UNABLE_TO_DECRYPT_CRL_SIGNATURE',
+  'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY',
+  'CERT_SIGNATURE_FAILURE',
+  'CRL_SIGNATURE_FAILURE',
+  'CERT_NOT_YET_VALID',
+  'CERT_HAS_EXPIRED',
+  'CRL_NOT_YET_VALID',
+  'CRL_HAS_EXPIRED',
+  'ERROR_IN_CERT_NOT_BEFORE_FIELD',
+  'ERROR_IN_CERT_NOT_AFTER_FIELD',
+  'ERROR_IN_CRL_LAST_UPDATE_FIELD',
+  'ERROR_IN_CRL_NEXT_UPDATE_FIELD',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'CERT_CHAIN_TOO_LONG',
+  'CERT_REVOKED',
+  'INVALID_CA',
+  'PATH_LENGTH_EXCEEDED',
+  'INVALID_PURPOSE',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'HOSTNAME_MISMATCH',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+/** A dial's error as a typed TLS failure, or undefined when it is not about TLS. */
+function tlsFailure(err: Error, endpoint: string): ConnectError | undefined {
+  const code = String((err as { code?: unknown }).code ?? '');
+  if (TLS_VERIFICATION_CODES.has(code)) {
+    return new ConnectError(ErrorCodes.UNAUTHORIZED, `TLS verification of ${endpoint} failed: ${err.message} (${code})`, { cause: err, details: { endpoint, tls: code } });
+  }
+  if (code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || code === 'EPROTO') {
+    // OpenSSL's text ("...:SSL routines:ssl3_get_record:wrong version number:file.c:350:") reduced to its reason
+    const reason = (err as { reason?: string }).reason ?? /routines:[^:]*:([^:]+):/.exec(err.message)?.[1] ?? err.message;
+    return new ConnectError(ErrorCodes.UNAVAILABLE, `TLS handshake with ${endpoint} failed: ${reason} (${code}); does it serve TLS?`, { cause: err, details: { endpoint, tls: code } });
+  }
+  return undefined;
 }
 
 /** Options a connection needs once it is open. */
@@ -380,9 +449,11 @@ export class WsTransport implements Transport {
   private readonly urlPath: string;
   private readonly heartbeatMs: number;
   private readonly onUnauthorized: ((remote: string, why: string) => void) | undefined;
+  private readonly ca: string | undefined;
 
   constructor(options: WsTransportOptions = {}) {
     this.urlPath = options.path ?? '/';
+    this.ca = options.ca;
     this.onUnauthorized = options.onUnauthorized;
     this.heartbeatMs = options.heartbeatMs ?? 0;
     if (!this.urlPath.startsWith('/')) throw new RequestError(ErrorCodes.INVALID, `ws path must start with /, got ${JSON.stringify(this.urlPath)}`);
@@ -422,7 +493,7 @@ export class WsTransport implements Transport {
    * control API port), with this transport's authentication. Upgrades to other paths are
    * refused with 404. The listener's `endpoint` is the path.
    */
-  listenOn(server: http.Server, path: string): Listener {
+  listenOn(server: http.Server | https.Server, path: string): Listener {
     const wss = new WebSocketServer({ noServer: true, maxPayload: this.maxPayload, perMessageDeflate: false, clientTracking: false });
     const onUpgrade = (request: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
       if ((request.url ?? '').split('?')[0] !== path) {
@@ -439,7 +510,7 @@ export class WsTransport implements Transport {
     return { secret: this.secret, maxPayload: this.maxPayload, heartbeatMs: this.heartbeatMs, handshakeTimeoutMs: this.handshakeTimeoutMs, onUnauthorized: this.onUnauthorized };
   }
 
-  dial(endpoint: string, options: DialOptions = {}): Promise<Connection> {
+  dial(endpoint: string, options: WsDialOptions = {}): Promise<Connection> {
     let target: Endpoint;
     try {
       target = parseEndpoint(endpoint);
@@ -447,9 +518,10 @@ export class WsTransport implements Transport {
     } catch (err) {
       return Promise.reject(err as Error);
     }
-    const url = `ws://${formatEndpoint(target.host, target.port)}${this.urlPath}`;
+    const tls = options.tls === true;
+    const url = `${tls ? 'wss' : 'ws'}://${formatEndpoint(target.host, target.port)}${this.urlPath}`;
     const { signal } = options;
-    const attempt = (): Promise<Connection> => this.attempt(url, endpoint, signal);
+    const attempt = (): Promise<Connection> => this.attempt(url, endpoint, signal, tls);
     return retryUntil('dial ws', attempt, (err) => (err as NodeJS.ErrnoException).code === 'ECONNREFUSED', {
       signal,
       timeoutMs: options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS,
@@ -457,9 +529,10 @@ export class WsTransport implements Transport {
     });
   }
 
-  private attempt(url: string, endpoint: string, signal: AbortSignal | undefined): Promise<Connection> {
+  private attempt(url: string, endpoint: string, signal: AbortSignal | undefined, tls: boolean): Promise<Connection> {
     return new Promise<Connection>((resolve, reject) => {
       const ws = new WebSocket(url, {
+        ...(tls && this.ca !== undefined ? { ca: this.ca } : {}),
         maxPayload: this.maxPayload,
         perMessageDeflate: false,
         // Masking guards HTTP caches against script-made frames; between Sluice daemons there is
@@ -500,9 +573,9 @@ export class WsTransport implements Transport {
       let serverNonce: Buffer | undefined;
       routes.setHandlers({
         error: (err) => {
-          lastError = err;
+          lastError = (tls && tlsFailure(err, endpoint)) || err;
           // before 'open' the error is the connection's (ECONNREFUSED, ...): retryUntil decides
-          if (ws.readyState !== WebSocket.OPEN && ws.readyState !== WebSocket.CLOSING) fail(err);
+          if (ws.readyState !== WebSocket.OPEN && ws.readyState !== WebSocket.CLOSING) fail(lastError);
         },
         close: (code) => {
           if (code === WS_CLOSE_UNAUTHORIZED) return fail(unauthorized('wrong or missing secret'));

@@ -14,16 +14,14 @@
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, type RawData } from 'ws';
-import { control } from '../../client/control.js';
 import { PEER_LINK_PATH } from '../../server/peers.js';
 import { FrameType, WS_CLOSE_UNAUTHORIZED, encodeControl } from '../../transports/index.js';
-import { runFunction, startDaemonProcess, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { attemptRun, carryAcross, createRun, freePorts, logged, peer, peersOf, failureOf, runCount, startNodes, stopNodes, waitFor, waitForLink, type LinkedNode } from '../helpers/peers.js';
 
 const MiB = 1024 * 1024;
 const SECRET = 'peer-link-auth-test-secret-0123456789';
@@ -31,37 +29,9 @@ const WRONG_SECRET = 'not-the-cluster-secret-9876543210';
 /** the daemons' handshake timeout (peers.ts HANDSHAKE_TIMEOUT_MS) */
 const HANDSHAKE_TIMEOUT_MS = 5_000;
 
-interface PeerStatus {
-  node: string;
-  url: string | null;
-  state: 'up' | 'connecting' | 'down';
-  lastError: string | null;
-}
-
-interface Node {
-  name: string;
-  port: number;
-  daemon: DaemonProcess;
-}
-
 const secrets = mkdtempSync(join(tmpdir(), 'sluice-peer-auth-'));
-const nodes = new Map<string, Node>();
-const node = (name: string): Node => nodes.get(name)!;
-let serial = 0;
-
-/** Distinct free TCP ports on loopback (held all at once, so they differ). */
-async function freePorts(count: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: count }, () => new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
-      const s = createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => resolve(s));
-    })),
-  );
-  const ports = servers.map((s) => (s.address() as AddressInfo).port);
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports;
-}
+let nodes = new Map<string, LinkedNode>();
+const node = (name: string): LinkedNode => nodes.get(name)!;
 
 beforeAll(async () => {
   const good = join(secrets, 'cluster.secret');
@@ -76,82 +46,17 @@ beforeAll(async () => {
     { name: 'x', port: px, secret: wrong, peers: `a=${url(pa)},b=${url(pb)}` },
     { name: 'w', port: pw, secret: good, peers: `c=${url(pb)}` },
   ];
-  const started = await Promise.allSettled(
-    specs.map(async (s) => {
-      const daemon = await startDaemonProcess(
-        ['--listen', `127.0.0.1:${s.port}`, '--peers', s.peers, '--secret-file', s.secret, '--peer-heartbeat', '200ms', '--attach-timeout', '10s'],
-        { node: s.name },
-      );
-      nodes.set(s.name, { name: s.name, port: s.port, daemon });
-    }),
+  nodes = await startNodes(
+    specs.map((s) => ({ ...s, args: ['--listen', `127.0.0.1:${s.port}`, '--peers', s.peers, '--secret-file', s.secret, '--peer-heartbeat', '200ms', '--attach-timeout', '10s'] })),
   );
-  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw failed.reason;
 }, 60_000);
 
 afterAll(async () => {
-  const all = [...nodes.values()];
-  const died = all.filter((n) => n.daemon.child.exitCode !== null || n.daemon.child.signalCode !== null);
-  const logs = died.map((n) => `${n.name} died (${n.daemon.child.exitCode ?? n.daemon.child.signalCode}):\n${n.daemon.logs().split('\n').slice(-30).join('\n')}`);
-  await Promise.all(all.map((n) => n.daemon.stop()));
+  const deaths = await stopNodes(nodes);
   rmSync(secrets, { recursive: true, force: true });
   // whatever the clients sent, no daemon may crash
-  expect(logs).toEqual([]);
+  expect(deaths).toEqual([]);
 });
-
-async function peersOf(n: Node): Promise<PeerStatus[]> {
-  return (await control<{ peers: PeerStatus[] }>(n.daemon.dir, 'GET', '/v1/status')).body.peers;
-}
-
-async function peer(n: Node, name: string): Promise<PeerStatus | undefined> {
-  return (await peersOf(n)).find((p) => p.node === name);
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
-/** The daemon's log lines, parsed (pino JSON; other lines are skipped). */
-function logLines(n: Node): Array<Record<string, unknown>> {
-  return n.daemon
-    .logs()
-    .split('\n')
-    .flatMap((line) => {
-      try {
-        const parsed: unknown = JSON.parse(line);
-        return typeof parsed === 'object' && parsed !== null ? [parsed as Record<string, unknown>] : [];
-      } catch {
-        return [];
-      }
-    });
-}
-
-/** Log lines of `n` whose msg starts with `msg` and that match `fields`. */
-function logged(n: Node, msg: string, fields: (line: Record<string, unknown>) => boolean = () => true): Array<Record<string, unknown>> {
-  return logLines(n).filter((l) => typeof l.msg === 'string' && l.msg.startsWith(msg) && fields(l));
-}
-
-async function createRun(at: Node, placement: Record<string, string>): Promise<{ run: string; token: string }> {
-  const name = `auth-wf-${++serial}`;
-  await control(at.daemon.dir, 'POST', '/v1/workflows', { name, steps: { p: {}, c: {} }, edges: [{ from: 'p', to: 'c' }] });
-  return (await control<{ run: string; token: string }>(at.daemon.dir, 'POST', '/v1/runs', { workflow: name, placement })).body;
-}
-
-async function runCount(n: Node): Promise<number> {
-  return (await control<unknown[]>(n.daemon.dir, 'GET', '/v1/runs')).body.length;
-}
-
-function ok(r: FnResult): FnResult['result'] {
-  expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
-  expect(r.code).toBe(0);
-  return r.result;
-}
 
 /** A raw WebSocket client on a daemon's port, recording everything it hears. */
 interface Probe {
@@ -220,24 +125,12 @@ async function authenticate(p: Probe, secret: string): Promise<void> {
 
 describe('peer links on loopback', () => {
   it('links two daemons with the same secret (up at both ends) and carries a run across them, verified', async () => {
-    await waitFor('a → b up', async () => ((await peer(node('a'), 'b'))?.state === 'up' ? true : undefined));
-    await waitFor('b → a up', async () => ((await peer(node('b'), 'a'))?.state === 'up' ? true : undefined));
+    await waitForLink(node('a'), node('b'));
     expect(await peer(node('a'), 'b')).toMatchObject({ state: 'up', lastError: null });
     expect(await peer(node('b'), 'a')).toMatchObject({ state: 'up', lastError: null });
-
-    // producer on a, consumer on b, created at a
-    const there = await createRun(node('a'), { p: 'a', c: 'b' });
-    const sink = runFunction(node('b').daemon.dir, there, 'c', ['sink']);
-    const sent = ok(await runFunction(node('a').daemon.dir, there, 'p', ['source', String(8 * MiB), '11']).done);
-    expect(ok(await sink.done)).toEqual({ bytes: 8 * MiB, sha256: sent.sha256 });
-    const shown = (await control<{ channels: Array<{ path: string; state: string }> }>(node('a').daemon.dir, 'GET', `/v1/runs/${there.run}`)).body;
-    expect(shown.channels).toEqual([expect.objectContaining({ path: 'remote', state: 'done' })]);
-
-    // and back: producer on b, consumer on a, created at b
-    const back = await createRun(node('b'), { p: 'b', c: 'a' });
-    const sink2 = runFunction(node('a').daemon.dir, back, 'c', ['sink']);
-    const sent2 = ok(await runFunction(node('b').daemon.dir, back, 'p', ['source', String(4 * MiB), '12']).done);
-    expect(ok(await sink2.done)).toEqual({ bytes: 4 * MiB, sha256: sent2.sha256 });
+    // producer on a, consumer on b, created at a; and back, created at b
+    await carryAcross(node('a'), node('b'), 8 * MiB, 11);
+    await carryAcross(node('b'), node('a'), 4 * MiB, 12);
   }, 30_000);
 
   it('never links a daemon with a wrong secret: both ends refuse, status and logs say why, a run placed on it fails typed and leaves nothing', async () => {
@@ -245,11 +138,7 @@ describe('peer links on loopback', () => {
     const x = node('x');
     const runsBefore = { a: await runCount(a), b: await runCount(node('b')) };
     // started now, it waits out the dead link while the rest is checked
-    const started = Date.now();
-    const placed = createRun(a, { p: 'a', c: 'x' }).then(
-      () => ({ failed: false as const, after: Date.now() - started }),
-      (err: { code?: string; message?: string }) => ({ failed: true as const, err, after: Date.now() - started }),
-    );
+    const placed = attemptRun(a, { p: 'a', c: 'x' });
 
     // x dialled a with a wrong proof: a logged the refusal, naming the reason
     await waitFor('a to log the refused link from x', async () => (logged(a, 'peer link refused', (l) => l.why === 'wrong secret').length > 0 ? true : undefined));
@@ -281,11 +170,8 @@ describe('peer links on loopback', () => {
     expect(await peer(x, 'b')).toMatchObject({ state: 'connecting', lastError: expect.stringMatching(/wrong or missing secret/) });
 
     // the run placed on x fails with a typed error naming the peer and why, rather than hanging
-    const outcome = await Promise.race([placed, sleep(40_000, undefined, { ref: false }).then(() => ({ failed: false as const, after: Infinity }))]);
-    expect(outcome.failed, `creating a run on x ${outcome.after === Infinity ? 'hung for 40 s' : 'succeeded'}`).toBe(true);
-    if (outcome.failed) {
-      expect(outcome.err).toMatchObject({ code: 'SLUICE_UNAVAILABLE', message: expect.stringMatching(/no link to peer "x" \(connecting: .*wrong or missing secret\)/) });
-    }
+    const outcome = await placed;
+    expect(failureOf(outcome)).toMatchObject({ code: 'SLUICE_UNAVAILABLE', message: expect.stringMatching(/no link to peer "x" \(connecting: .*wrong or missing secret\)/) });
     // today: 10 s waiting for the link to prepare, then 10 s more waiting for it again to tell x
     // to delete the run it never got (cluster.ts deleteRun); bounded, but not quick
     expect(outcome.after).toBeLessThan(25_000);

@@ -7,6 +7,7 @@ import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ErrorCodes, RequestError } from '../../transports/index.js';
 import { CONFIG_OPTIONS, configHelp, describeConfig, loadConfig, type DaemonConfig, type LoadConfigOptions } from '../../server/config.js';
+import { issue } from '../helpers/certs.js';
 
 const SECRET = 'correct-horse-battery-staple-42';
 
@@ -47,6 +48,9 @@ describe('defaults', () => {
       peers: {},
       store: { kind: 'file', path: '/tmp/sluice-1234/store' },
       secret: undefined,
+      tlsCert: undefined,
+      tlsKey: undefined,
+      tlsCa: undefined,
       logLevel: 'info',
       relayBufferBytes: 8 * 1024 * 1024,
       segmentBytes: 8 * 1024 * 1024,
@@ -367,6 +371,9 @@ describe('every validation error names the option as the user wrote it', () => {
     runTtlSeconds: 'forever',
     maxRuns: 'many',
     maxBodyBytes: '1TB',
+    tlsCert: '/missing/cert.pem',
+    tlsKey: '/missing/key.pem',
+    tlsCa: '/missing/ca.pem',
   };
   const options = CONFIG_OPTIONS.filter((o) => o.key in bad);
 
@@ -430,7 +437,7 @@ describe('config files', () => {
   });
 
   it.each([
-    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, logLevel, relayBufferBytes, segmentBytes, attachTimeoutMs, peerWindowBytes, peerHeartbeatMs, runTtlSeconds, maxRuns, maxBodyBytes'],
+    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, tlsCert, tlsKey, tlsCa, logLevel, relayBufferBytes, segmentBytes, attachTimeoutMs, peerWindowBytes, peerHeartbeatMs, runTtlSeconds, maxRuns, maxBodyBytes'],
     ['log-level: debug\n', 'unknown key "log-level" (did you mean "logLevel"?)'],
     ['SLUICE_NODE: n\n', 'unknown key "SLUICE_NODE" (did you mean "node"?)'],
     ['colour: blue\n', 'unknown key "colour"; allowed keys: node,'],
@@ -502,6 +509,108 @@ describe('the cluster secret', () => {
     const c = load([], { SLUICE_SECRET: SECRET });
     expect(c.secret).toBe(SECRET);
     expect({ ...c }.secret).toBe(SECRET);
+  });
+});
+
+describe('TLS files', () => {
+  const ca = issue({ name: 'Test CA', ca: true });
+  const server = issue({ name: 'node-a', issuer: ca, altNames: ['127.0.0.1'] });
+  const other = issue({ name: 'node-b', issuer: ca, altNames: ['127.0.0.1'] });
+  const pem = { '/tls/ca.pem': ca.cert, '/tls/cert.pem': server.cert, '/tls/key.pem': server.key, '/work/rel/cert.pem': server.cert };
+  const listen = ['--listen', '127.0.0.1:7700'];
+  const all = [...listen, '--tls-cert', '/tls/cert.pem', '--tls-key', '/tls/key.pem', '--tls-ca', '/tls/ca.pem'];
+
+  it('reads certificate, key and CA bundle from flags, the environment or the file, each file once', () => {
+    const reads: string[] = [];
+    const c = load(all, {}, pem, {
+      readFile: (path) => {
+        reads.push(path);
+        return pem[path as keyof typeof pem];
+      },
+    });
+    expect(c.tlsCert).toEqual({ path: '/tls/cert.pem', pem: server.cert });
+    expect(c.tlsKey).toEqual({ path: '/tls/key.pem', pem: server.key });
+    expect(c.tlsCa).toEqual({ path: '/tls/ca.pem', pem: ca.cert });
+    expect(c.sources).toMatchObject({ tlsCert: 'flag', tlsKey: 'flag', tlsCa: 'flag' });
+    expect(reads.sort()).toEqual(['/tls/ca.pem', '/tls/cert.pem', '/tls/key.pem']);
+
+    const fromEnv = load(listen, { SLUICE_TLS_CERT: 'rel/cert.pem', SLUICE_TLS_KEY: '/tls/key.pem', SLUICE_TLS_CA: '/tls/ca.pem' }, pem);
+    expect(fromEnv.tlsCert).toEqual({ path: '/work/rel/cert.pem', pem: server.cert });
+    expect(fromEnv.sources).toMatchObject({ tlsCert: 'env', tlsKey: 'env', tlsCa: 'env' });
+    const fromFile = load(['--config', '/c.yaml'], {}, { ...pem, '/c.yaml': 'listen: 127.0.0.1:7700\ntlsCert: /tls/cert.pem\ntlsKey: /tls/key.pem\ntlsCa: /tls/ca.pem\n' });
+    expect([fromFile.tlsCert?.path, fromFile.tlsKey?.path, fromFile.tlsCa?.path]).toEqual(['/tls/cert.pem', '/tls/key.pem', '/tls/ca.pem']);
+  });
+
+  it('accepts a certificate followed by its chain, a CA without a certificate of its own, and ws:// and wss:// peers together', () => {
+    expect(load([...listen, '--tls-cert', '/chain.pem', '--tls-key', '/tls/key.pem'], {}, { ...pem, '/chain.pem': server.cert + ca.cert }).tlsCert?.pem).toBe(server.cert + ca.cert);
+    expect(load(['--tls-ca', '/tls/ca.pem', '--peers', 'b=wss://127.0.0.1:7701'], {}, pem).tlsCa?.path).toBe('/tls/ca.pem');
+    expect(load([...all, '--peers', 'b=wss://127.0.0.1:7701,c=ws://127.0.0.1:7702'], {}, pem).peers).toEqual({ b: 'wss://127.0.0.1:7701', c: 'ws://127.0.0.1:7702' });
+  });
+
+  it('refuses a certificate without its key, and a key without its certificate, naming the option given and the one missing', () => {
+    const noKey = refusal([...listen, '--tls-cert', '/tls/cert.pem'], {}, pem);
+    expect(noKey.code).toBe(ErrorCodes.CONFIG);
+    expect(noKey.message).toBe('--tls-cert "/tls/cert.pem": has no private key: also give --tls-key FILE (SLUICE_TLS_KEY, file key tlsKey), or drop --tls-cert to serve without TLS');
+    expect(noKey.details).toEqual({ option: 'tlsCert', source: 'flag', name: '--tls-cert' });
+    const noCert = refusal(listen, { SLUICE_TLS_KEY: '/tls/key.pem' }, pem);
+    expect(noCert.message).toBe('SLUICE_TLS_KEY "/tls/key.pem": has no certificate: also give --tls-cert FILE (SLUICE_TLS_CERT, file key tlsCert), or drop --tls-key to serve without TLS');
+    expect(noCert.details).toMatchObject({ option: 'tlsKey', source: 'env' });
+  });
+
+  it('refuses a certificate and key with no --listen to serve them on', () => {
+    expect(refusal(['--tls-cert', '/tls/cert.pem', '--tls-key', '/tls/key.pem'], {}, pem).message).toBe(
+      '--tls-cert "/tls/cert.pem": needs --listen HOST:PORT: TLS is served on the --listen port, and there is none; add --listen, or drop --tls-cert and --tls-key',
+    );
+  });
+
+  it.each([
+    ['--tls-cert', 'certificate'],
+    ['--tls-key', 'private key'],
+    ['--tls-ca', 'CA bundle'],
+  ])('names the %s file it cannot read', (flag, what) => {
+    const err = refusal([...all, flag, '/etc/sluice/missing.pem'], {}, pem);
+    expect(err.code).toBe(ErrorCodes.CONFIG);
+    expect(err.message).toMatch(new RegExp(`^${flag} "/etc/sluice/missing\\.pem": cannot read the ${what} file /etc/sluice/missing\\.pem \\(ENOENT: no such file`));
+    expect(err.cause).toMatchObject({ code: 'ENOENT' });
+  });
+
+  const garbageBlock = (label: string): string => `-----BEGIN ${label}-----\nbm90IGEgY2VydGlmaWNhdGUgYXQgYWxs\n-----END ${label}-----\n`;
+  it.each([
+    ['--tls-cert', 'hello, I am not PEM\n', '/g.pem holds no PEM certificate (a "-----BEGIN CERTIFICATE-----" block)'],
+    ['--tls-cert', server.key, '/g.pem holds no PEM certificate'],
+    ['--tls-cert', garbageBlock('CERTIFICATE'), '/g.pem: certificate 1 of 1 is not a valid PEM certificate ('],
+    ['--tls-cert', server.cert + garbageBlock('CERTIFICATE'), '/g.pem: certificate 2 of 2 is not a valid PEM certificate ('],
+    ['--tls-key', 'hello\n', '/g.pem holds no PEM private key (a "-----BEGIN PRIVATE KEY-----" block)'],
+    ['--tls-key', server.cert, '/g.pem holds no PEM private key'],
+    ['--tls-key', garbageBlock('PRIVATE KEY'), '/g.pem is not a valid PEM private key ('],
+    ['--tls-key', server.keyObject.export({ type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'pw' }) as string, '/g.pem holds an encrypted private key; give it unencrypted'],
+    ['--tls-key', other.key, '/g.pem is not the private key of the certificate in /tls/cert.pem (the first one there); give the key that certificate was made for'],
+    ['--tls-ca', '\n', '/g.pem holds no PEM certificate'],
+    ['--tls-ca', ca.cert + garbageBlock('CERTIFICATE'), '/g.pem: certificate 2 of 2 is not a valid PEM certificate ('],
+  ])('refuses %s with bad content (%#), naming the file', (flag, content, problem) => {
+    const err = refusal([...all, flag, '/g.pem'], {}, { ...pem, '/g.pem': content });
+    expect(err.code).toBe(ErrorCodes.CONFIG);
+    expect(err.message.startsWith(`${flag} "/g.pem": ${problem}`), err.message).toBe(true);
+  });
+
+  it('shows the files by path only: never the key in toJSON, describeConfig or util.inspect', () => {
+    const c = load(all, { SLUICE_SECRET: SECRET }, pem);
+    const keyBody = server.key.split('\n')[1]!;
+    expect(describeConfig(c)).toMatchObject({ tlsCert: '/tls/cert.pem', tlsKey: '/tls/key.pem', tlsCa: '/tls/ca.pem' });
+    expect(JSON.stringify(c)).not.toContain(keyBody);
+    expect(inspect(c, { depth: 5 })).not.toContain(keyBody);
+    expect(inspect(c, { depth: 5 })).toContain('/tls/key.pem');
+    expect(describeConfig(load())).toMatchObject({ tlsCert: null, tlsKey: null, tlsCa: null });
+  });
+
+  it('has the flags, variables and file keys --help shows', () => {
+    const names = CONFIG_OPTIONS.filter((o) => o.key.startsWith('tls')).map((o) => [o.flag, o.env, o.fileKey]);
+    expect(names).toEqual([
+      ['--tls-cert', 'SLUICE_TLS_CERT', 'tlsCert'],
+      ['--tls-key', 'SLUICE_TLS_KEY', 'tlsKey'],
+      ['--tls-ca', 'SLUICE_TLS_CA', 'tlsCa'],
+    ]);
+    expect(configHelp()).toContain('  --tls-ca FILE\n');
   });
 });
 
