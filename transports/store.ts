@@ -10,8 +10,8 @@
  *
  * ```
  *   <prefix><run>/expires.json             { expiresAt }: lets any daemon remove it once the run is over
- *   <prefix><run>/<channel>/seg-000000     fixed-size segments of the stream's payload,
- *   <prefix><run>/<channel>/seg-000001     each written whole, once
+ *   <prefix><run>/<channel>/seg-000000     fixed-size segments of the stream's payload, each
+ *   <prefix><run>/<channel>/seg-000001     written once, behind a 16-byte header (length, XXH3-64)
  *   ...
  *   <prefix><run>/<channel>/manifest.json  { v, length, checksum, segmentBytes, segments }, written last
  *   <prefix><run>/<channel>/aborted.json   { code, message } instead, when the producer failed
@@ -21,6 +21,9 @@
  * reports end-of-stream only when the manifest exists and the bytes it read match its length and
  * XXH3-64 checksum. A writer that fails leaves `aborted.json`, so a reader fails with the
  * writer's code instead of waiting; a missing segment below the manifest's count is corruption.
+ * Each segment's header lets a reader check it on its own: some S3-compatible servers (s3rver)
+ * let a GET see an object that is still being written, so a segment that does not match its
+ * header is read again a few times before it counts as corrupt.
  *
  * Errors: every store operation that fails after the store's own retries rejects with
  * SLUICE_STORE_UNAVAILABLE (its cause is the low-level error); a key that breaks the naming rules
@@ -28,7 +31,7 @@
  */
 import { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { StreamChecksum } from './checksum.js';
+import { StreamChecksum, checksumOf } from './checksum.js';
 import { ConnectError, ErrorCodes, RequestError, SluiceError, StreamError, isErrorCode } from './errors.js';
 
 export interface StoredObject {
@@ -131,6 +134,27 @@ export interface StoredStreamWriterOptions {
 
 export const DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024;
 
+/** A segment object: [payload length: u64 BE][XXH3-64 of the payload: 8 bytes][payload]. */
+const SEGMENT_HEADER_BYTES = 16;
+
+function sealSegment(object: Buffer): Buffer {
+  const payload = object.subarray(SEGMENT_HEADER_BYTES);
+  object.writeBigUInt64BE(BigInt(payload.length), 0);
+  Buffer.from(checksumOf(payload), 'hex').copy(object, 8);
+  return object;
+}
+
+/** The segment's payload, or undefined if the object does not match its header (not whole yet, or damaged). */
+function openSegment(object: Buffer): Buffer | undefined {
+  if (object.length < SEGMENT_HEADER_BYTES) return undefined;
+  const payload = object.subarray(SEGMENT_HEADER_BYTES);
+  if (object.readBigUInt64BE(0) !== BigInt(payload.length)) return undefined;
+  return object.subarray(8, 16).toString('hex') === checksumOf(payload) ? payload : undefined;
+}
+
+/** How often a segment that does not match its header is read again before it is corrupt. */
+const SEGMENT_REREADS = 8;
+
 /**
  * Write a stream's payload into the store: a Writable whose `end()` completes once every segment
  * and the manifest are stored. Memory: at most (`uploadsInFlight` + 1) segments. Destroying it
@@ -169,8 +193,8 @@ export class StoredStreamWriter extends Writable {
     let offset = 0;
     const full: Buffer[] = [];
     while (offset < chunk.length) {
-      const target = (this.current ??= Buffer.allocUnsafe(this.segmentBytes));
-      const n = chunk.copy(target, this.filled, offset);
+      const target = (this.current ??= Buffer.allocUnsafe(SEGMENT_HEADER_BYTES + this.segmentBytes));
+      const n = chunk.copy(target, SEGMENT_HEADER_BYTES + this.filled, offset);
       offset += n;
       this.filled += n;
       if (this.filled === this.segmentBytes) {
@@ -183,7 +207,7 @@ export class StoredStreamWriter extends Writable {
   }
 
   override _final(callback: (error?: Error | null) => void): void {
-    const last = this.filled > 0 ? [this.current!.subarray(0, this.filled)] : [];
+    const last = this.filled > 0 ? [this.current!.subarray(0, SEGMENT_HEADER_BYTES + this.filled)] : [];
     this.current = undefined;
     this.upload(last)
       .then(() => Promise.all(this.uploads))
@@ -208,11 +232,11 @@ export class StoredStreamWriter extends Writable {
 
   /** Start uploading `full` segments; resolve once few enough uploads are in flight to accept more. */
   private async upload(full: Buffer[]): Promise<void> {
-    for (const body of full) {
+    for (const object of full) {
       if (this.failure) throw this.failure;
       const key = segmentKey(this.prefix, this.segments++);
-      const done = this.store.put(key, body).then(
-        () => this.options.onSegment?.(body.length),
+      const done = this.store.put(key, sealSegment(object)).then(
+        () => this.options.onSegment?.(object.length - SEGMENT_HEADER_BYTES),
         (err: unknown) => {
           this.failure ??= err as Error;
         },
@@ -273,7 +297,7 @@ export class StoredStreamReader extends Readable {
     let delay = this.options.minPollMs ?? 10;
     for (;;) {
       if (signal?.aborted) throw new ConnectError(ErrorCodes.ABORTED, 'reading the stored stream was aborted', { cause: signal.reason });
-      const segment = await this.store.get(segmentKey(this.prefix, this.next));
+      const segment = await this.segment(this.next);
       if (segment) {
         this.next++;
         this.length += segment.length;
@@ -292,6 +316,21 @@ export class StoredStreamReader extends Readable {
         continue; // the signal: reported at the top of the loop
       }
       delay = Math.min(delay * 2, this.options.maxPollMs ?? 500);
+    }
+  }
+
+  /** Segment `index`'s payload, undefined while it does not exist; SLUICE_CORRUPT if it stays unlike its header. */
+  private async segment(index: number): Promise<Buffer | undefined> {
+    const key = segmentKey(this.prefix, index);
+    for (let attempt = 0; ; attempt++) {
+      const object = await this.store.get(key);
+      if (!object) return undefined;
+      const payload = openSegment(object);
+      if (payload) return payload;
+      if (attempt === SEGMENT_REREADS) {
+        throw new StreamError(ErrorCodes.CORRUPT, `stored stream ${this.prefix}: segment ${index} does not match its header`, { details: { prefix: this.prefix, segment: index } });
+      }
+      await sleep(25 * 2 ** Math.min(attempt, 4));
     }
   }
 
