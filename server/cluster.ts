@@ -62,6 +62,9 @@ const PEER_REQUEST_TIMEOUT_MS = 10_000;
 
 const key = (run: string, channel: string): string => `${run}/${channel}`;
 
+/** How often notices of stored streams that did not reach their peer are sent again, ms. */
+const UNTOLD_RETRY_MS = 2_000;
+
 /** Pass bytes both ways between two connections until both directions ended; reject on the first fault. */
 function splice(a: Connection, b: Connection, onForward: (bytes: number) => void, onBack: () => void): Promise<void> {
   return new Promise<void>((resolve, reject) => {
@@ -106,6 +109,10 @@ export class Cluster {
 
   constructor(private readonly options: ClusterOptions) {
     options.runs.onDeleted = (run) => this.forget(run);
+    // a notice that could not be delivered when its link came up is tried again while the link is up
+    setInterval(() => {
+      for (const peer of this.untold.keys()) if (options.peers?.isUp(peer)) this.tellUntold(peer);
+    }, UNTOLD_RETRY_MS).unref();
   }
 
   /**
@@ -123,13 +130,17 @@ export class Cluster {
   /** A link to `node` came up: give it our workflows, and tell it which of its channels went to the store. */
   readonly onLinkUp = (node: string): void => {
     void this.shareWorkflows(node, [...this.options.workflows.values()]);
+    this.tellUntold(node);
+  };
+
+  private tellUntold(node: string): void {
     const untold = this.untold.get(node);
     this.untold.delete(node);
     for (const k of untold ?? []) {
       const [run, channel] = k.split('/') as [string, string];
       this.tellStored(node, run, channel);
     }
-  };
+  }
 
   private async shareWorkflows(node: string, workflows: Workflow[]): Promise<void> {
     if (workflows.length === 0) return;

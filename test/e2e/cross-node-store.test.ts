@@ -72,6 +72,19 @@ async function runOf(edge: Record<string, unknown>, placement: Record<string, st
   return (await control<{ run: string; token: string }>(at.dir, 'POST', '/v1/runs', { workflow: name, placement })).body;
 }
 
+/** `done`, or a failure that shows the daemons' last words when it does not come within `ms`. */
+async function within(done: Promise<FnResult>, ms: number, what: string): Promise<FnResult> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms; daemon logs:\n${daemons.map((d, i) => `n${i}:\n${d.logs().split('\n').slice(-25).join('\n')}`).join('\n')}`)), ms);
+  });
+  try {
+    return await Promise.race([done, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function ok(r: FnResult): FnResult['result'] {
   expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
   expect(r.code).toBe(0);
@@ -99,13 +112,13 @@ describe.skipIf(!availability.ok)(`the object store across nodes${skipReason}`, 
         await sleep(50);
       }
       // acknowledged once the store holds the stream: the consumer's node is still cut off
-      producer = ok(await runFunction(daemons[0]!.dir, run, 'p', ['source', String(3 * MiB), '12']).done);
+      producer = ok(await within(runFunction(daemons[0]!.dir, run, 'p', ['source', String(3 * MiB), '12']).done, 30_000, 'the producer'));
       expect(existsSync(join(shared, 'store', run.run, 'p.0-c.0', 'manifest.json'))).toBe(true);
       expect(consumer.child.exitCode).toBeNull();
     } finally {
       await cluster.nodes[1]!.linkUp();
     }
-    expect(ok(await consumer.done)).toMatchObject({ bytes: 3 * MiB, sha256: producer.sha256 });
+    expect(ok(await within(consumer.done, 30_000, 'the consumer'))).toMatchObject({ bytes: 3 * MiB, sha256: producer.sha256 });
   }, 90_000);
 
   it('refuses a via: s3 channel between nodes that use different stores, and leaves nothing behind', async () => {
