@@ -198,8 +198,8 @@ export function renderMarkdown(report: Report): string {
     '',
     '## Cases: transport, 1 hop, fan-out 1, proactive',
     '',
-    '| path | placement | bytes | MB/s | runs MB/s | e2e ms | ttfb ms | hop µs p50 | p90 | p99 | verified |',
-    '|---|---|--:|--:|---|--:|--:|--:|--:|--:|---|',
+    '| path | placement | bytes | MB/s | runs MB/s | e2e ms | ttfb ms | hop µs p50 | p90 | p99 | disk | daemon MB | verified |',
+    '|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|---|',
     ...report.cases.map((c) =>
       row([
         c.path,
@@ -212,6 +212,8 @@ export function renderMarkdown(report: Report): string {
         num(c.hop_us?.p50, 1),
         num(c.hop_us?.p90, 1),
         num(c.hop_us?.p99, 1),
+        c.disk_bytes ? size(c.disk_bytes) : '0',
+        c.daemon_rss_mb ? num(c.daemon_rss_mb) : '–',
         yes(c.verified),
       ]),
     ),
