@@ -83,6 +83,21 @@ export class Fallback {
     for (const channel of run.channels.values()) if (channel.via === 'store' && channel.path === 'fifo') this.feed(run, channel);
   }
 
+  /**
+   * A run taken up again after a restart: its consumers here whose streams are in the store (or
+   * are meant to be) are fed from there, and its objects are this node's to remove.
+   */
+  async adopt(run: Run): Promise<void> {
+    const { store } = this.options;
+    const objects = await store.list(runPrefix(run.id));
+    if (objects.length === 0) return this.prepare(run);
+    this.wrote.add(run.id);
+    for (const channel of run.channels.values()) {
+      const stored = objects.some((o) => o.key.startsWith(streamPrefix(run.id, channel.name)));
+      if (channel.path === 'fifo' && (stored || channel.via === 'store')) this.feed(run, channel);
+    }
+  }
+
   /** Write `source` (a verified payload stream) into the store; resolves once it is all stored. */
   async write(run: Run, channel: ChannelInfo, source: Readable, reason: StoreReason): Promise<void> {
     const { store, metrics, log, segmentBytes } = this.options;

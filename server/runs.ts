@@ -26,7 +26,7 @@ import {
   type InstanceRef,
   type RunManifest,
 } from '../transports/index.js';
-import type { Workflow } from './workflow.js';
+import { validateWorkflow, type Workflow } from './workflow.js';
 
 const run = promisify(execFile);
 
@@ -79,6 +79,18 @@ export interface RunRegistryOptions {
   log: Logger;
 }
 
+/** Under `$dir`: one file per run, its creation request (0600; the directory 0700). */
+const STATE_DIR = 'state/runs';
+
+interface SavedRun {
+  id: string;
+  token: string;
+  workflow: Workflow;
+  placement: Record<string, string[]>;
+  createdAt: number;
+  expiresAt: number;
+}
+
 function newRunId(): string {
   return `r-${randomBytes(9).toString('base64url').toLowerCase().replace(/[^a-z0-9]/g, 'x')}`;
 }
@@ -92,10 +104,16 @@ export class RunRegistry {
   constructor(private readonly options: RunRegistryOptions) {}
 
   /** Create `$dir/runs` (0711: traversable, not listable) and start expiring runs. */
+  /**
+   * Create `$dir/runs` (0711: traversable, not listable), take up the runs a previous daemon left
+   * on this directory (unexpired ones), and start expiring runs.
+   */
   async start(): Promise<void> {
     const runsDir = join(this.options.dir, RUNS_DIR);
     await fs.mkdir(runsDir, { recursive: true, mode: 0o711 });
     await fs.chmod(runsDir, 0o711);
+    await fs.mkdir(this.stateDir, { recursive: true, mode: 0o700 });
+    await this.restore();
     this.sweeper = setInterval(() => void this.sweep(), Math.min(60_000, this.options.runTtlSeconds * 250));
     this.sweeper.unref();
   }
@@ -130,7 +148,38 @@ export class RunRegistry {
     return found;
   }
 
-  async create(request: CreateRunRequest): Promise<Run> {
+  /** Where each run's creation request is kept (0600, it holds the token), so a restarted daemon takes its runs up again. */
+  private get stateDir(): string {
+    return join(this.options.dir, STATE_DIR);
+  }
+
+  private async restore(): Promise<void> {
+    const { log } = this.options;
+    for (const file of await fs.readdir(this.stateDir)) {
+      if (!file.endsWith('.json')) continue;
+      const path = join(this.stateDir, file);
+      try {
+        const saved = JSON.parse(await fs.readFile(path, 'utf8')) as SavedRun;
+        if (saved.expiresAt <= Date.now()) {
+          await fs.rm(runDirectory(this.options.dir, saved.id, saved.token), { recursive: true, force: true });
+          await fs.rm(path, { force: true });
+          log.info({ run: saved.id }, 'run expired while the daemon was down: removed');
+          continue;
+        }
+        await this.create({ workflow: validateWorkflow(saved.workflow), id: saved.id, token: saved.token, placement: saved.placement }, saved);
+        log.info({ run: saved.id }, 'run taken up again after a restart');
+      } catch (err) {
+        log.warn({ err, file: path }, 'cannot take up a run saved by a previous daemon: dropped');
+        await fs.rm(path, { force: true });
+      }
+    }
+  }
+
+  /**
+   * Create a run and prepare its part on this node. `restored` (the saved times) takes up a run
+   * saved by a previous daemon on this directory: its endpoints may exist already, and are kept.
+   */
+  async create(request: CreateRunRequest, restored?: { createdAt: number; expiresAt: number }): Promise<Run> {
     const { workflow } = request;
     const id = request.id === undefined ? newRunId() : checkName('run id', request.id);
     if (this.runs.has(id)) throw new RequestError(ErrorCodes.INVALID, `run "${id}" exists already`, { details: { run: id } });
@@ -182,14 +231,19 @@ export class RunRegistry {
       // wants nothing else; otherwise to this daemon's relay, which forwards, stores or tees
       channels: [...channels.values()].map((c) => ({ from: c.from, to: c.to, name: c.name, path: c.path === 'fifo' && c.via === 'direct' && !c.persist ? ('fifo' as const) : ('relay' as const) })),
     };
-    const created: Run = { id, token, workflow, createdAt: Date.now(), expiresAt: Date.now() + ttl * 1000, directory, manifest, channels };
+    const created: Run = { id, token, workflow, createdAt: restored?.createdAt ?? Date.now(), expiresAt: restored?.expiresAt ?? Date.now() + ttl * 1000, directory, manifest, channels };
     // reserve the id before the first await: two concurrent creates of one id must not both win
     this.runs.set(id, created);
     try {
-      await prepareDirectory(directory, manifest, [...channels.values()].filter((c) => c.path === 'fifo').map((c) => c.name));
+      await prepareDirectory(directory, manifest, [...channels.values()].filter((c) => c.path === 'fifo').map((c) => c.name), restored !== undefined);
+      const saved: SavedRun = { id, token, workflow, placement: Object.fromEntries(Object.entries(steps).map(([step, s]) => [step, s.nodes])), createdAt: created.createdAt, expiresAt: created.expiresAt };
+      const statePath = join(this.stateDir, `${id}.json`);
+      await fs.writeFile(statePath + '.tmp', JSON.stringify(saved), { mode: 0o600 });
+      await fs.rename(statePath + '.tmp', statePath);
     } catch (err) {
       this.runs.delete(id);
       await fs.rm(directory, { recursive: true, force: true });
+      await fs.rm(join(this.stateDir, `${id}.json`), { force: true });
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot prepare run "${id}" under ${this.options.dir}: ${(err as Error).message}`, { cause: err });
     }
     this.options.log.info({ run: id, workflow: workflow.name, channels: manifest.channels.length, shared: request.token !== undefined }, 'run prepared');
@@ -201,6 +255,7 @@ export class RunRegistry {
     const found = this.get(id);
     this.runs.delete(id);
     this.onDeleted?.(found);
+    await fs.rm(join(this.stateDir, `${id}.json`), { force: true });
     await fs.rm(found.directory, { recursive: true, force: true });
     this.options.log.info({ run: id }, 'run deleted');
   }
@@ -236,9 +291,11 @@ function placeSteps(workflow: Workflow, placement: Record<string, string | strin
 }
 
 /** The run directory, one FIFO pair per channel whose consumer is here, and the manifest, written last. */
-async function prepareDirectory(directory: string, manifest: RunManifest, consumedHere: string[]): Promise<void> {
-  await fs.mkdir(directory, { mode: 0o700 });
-  const fifos = consumedHere.flatMap((name) => [join(directory, name), join(directory, name + ACK_SUFFIX)]);
+async function prepareDirectory(directory: string, manifest: RunManifest, consumedHere: string[], keepExisting: boolean): Promise<void> {
+  await fs.mkdir(directory, { mode: 0o700, recursive: keepExisting });
+  let fifos = consumedHere.flatMap((name) => [join(directory, name), join(directory, name + ACK_SUFFIX)]);
+  // a consumer may hold a FIFO open across its daemon's restart: keep the very same file
+  if (keepExisting) fifos = (await Promise.all(fifos.map(async (f) => ((await fs.stat(f).catch(() => undefined))?.isFIFO() ? undefined : f)))).filter((f): f is string => f !== undefined);
   // one mkfifo process for the whole run, in batches that fit a command line
   for (let i = 0; i < fifos.length; i += 512) await run('mkfifo', ['-m', '600', '--', ...fifos.slice(i, i + 512)]);
   const manifestPath = join(directory, MANIFEST_FILE);

@@ -61,4 +61,28 @@ describe('the daemon process', () => {
       await daemon.stop();
     }
   }, 60_000);
+
+  it('takes its runs up again after a restart: a stream spilled before it reaches a consumer started after it', async () => {
+    const daemon = await startDaemonProcess(['--attach-timeout', '500ms', '--segment-size', '1MiB']);
+    try {
+      await control(daemon.dir, 'POST', '/v1/workflows', { name: 'later', steps: { p: {}, c: {}, d: {} }, edges: [{ from: 'p', to: 'c' }, { from: 'p', to: 'd' }] });
+      const { body: run } = await control<{ run: string; token: string }>(daemon.dir, 'POST', '/v1/runs', { workflow: 'later' });
+      const sent = await runFunction(daemon.dir, run, 'p', ['source', String(5 * MiB), '21', 'c']).done;
+      expect(sent.code).toBe(0); // acknowledged: stored
+      await daemon.restart(); // SIGKILL, then a new daemon on the same directory
+      const { body } = await control<{ channels: Array<{ name: string }> }>(daemon.dir, 'GET', `/v1/runs/${run.run}`);
+      expect(body.channels.map((c) => c.name).sort()).toEqual(['p.0-c.0', 'p.0-d.0']);
+      const got = await runFunction(daemon.dir, run, 'c', ['sink']).done;
+      expect(got.result).toMatchObject({ bytes: 5 * MiB, sha256: sent.result.sha256 });
+      // and the run's other channel still works directly, its endpoints kept
+      const consumer = runFunction(daemon.dir, run, 'd', ['sink']);
+      const second = await runFunction(daemon.dir, run, 'p', ['source', String(2 * MiB), '22', 'd']).done;
+      expect((await consumer.done).result).toMatchObject({ bytes: 2 * MiB, sha256: second.result.sha256 });
+      await control(daemon.dir, 'DELETE', `/v1/runs/${run.run}`);
+      await daemon.restart();
+      await expect(control(daemon.dir, 'GET', `/v1/runs/${run.run}`)).rejects.toMatchObject({ code: 'SLUICE_NOT_FOUND' });
+    } finally {
+      await daemon.stop();
+    }
+  }, 60_000);
 });
