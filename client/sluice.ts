@@ -344,9 +344,13 @@ export class Sluice {
     if (this.manifest.steps[this.self.step]?.nodes[this.self.index] !== this.manifest.node) {
       throw new RequestError(ErrorCodes.INVALID, `channel ${channel.name} is not delivered on this node`);
     }
-    const listener = await fifoTransport.listen(join(this.runDir, channel.name));
+    const endpoint = join(this.runDir, channel.name);
+    // from another node: the daemon connects to us, a Unix socket being cheaper than a FIFO
+    const listener = channel.path === 'unix' ? await unixTransport.listen(endpoint) : await fifoTransport.listen(endpoint);
     this.listeners.push(listener);
-    const reader = new ChannelReader(await listener.accept());
+    const conn = await listener.accept();
+    if (channel.path === 'unix') void listener.close(); // exactly one connection per channel, as a FIFO
+    const reader = new ChannelReader(conn);
     reader.once('close', () => void listener.close());
     return reader;
   }

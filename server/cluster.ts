@@ -3,7 +3,7 @@
  * channels over the peer links.
  *
  * **Creating a run** (at any daemon): this node prepares its part, then every other node in the
- * placement prepares its part (FIFOs for the consumers it hosts), then every involved node opens
+ * placement prepares its part (endpoints for the consumers it hosts), then every involved node opens
  * a connection on the peer link for each channel whose producer it hosts and whose consumer is
  * elsewhere — with its credit window — and parks it. Only then does the request return: when the
  * functions start, no dial, no handshake and no OPEN is left on the path of the first byte. If
@@ -11,12 +11,13 @@
  *
  * **A cross-node channel carries the channel protocol end to end.** The producer streams to its
  * daemon's relay socket; the relay reads the HELLO (token, channel), then passes the bytes on,
- * untouched, into the parked connection. The consumer's daemon, at the first byte, opens the
- * consumer's FIFO (waiting up to the attach timeout) and passes the bytes on into it. Neither
+ * untouched, into the parked connection. The consumer's daemon, at the first byte, connects to the
+ * consumer's socket (its FIFO if the socket path would be too long), waiting up to the attach
+ * timeout, and passes the bytes on into it. Neither
  * daemon decodes the stream: the consumer verifies length and checksum, and its ACK travels back
  * the same way, so the producer's `end()` still means "the consumer verified every byte".
  *
- * **Faults.** A link that fails resets its connections: the consumer's daemon closes the FIFO
+ * **Faults.** A link that fails resets its connections: the consumer's daemon cuts the delivery
  * mid-stream (the consumer reports SLUICE_TRUNCATED), and the producer's daemon sends the
  * producer an ABORT with SLUICE_UNAVAILABLE naming the peer. A producer that dies makes its
  * daemon reset the connection, with the same effect on the consumer. Nothing ends cleanly
@@ -237,7 +238,7 @@ export class Cluster {
         const run = runs.get(checkName('run', request.run));
         // looked up, never used as a path: a name that is not a channel of the run is simply not found
         const channel = typeof request.channel === 'string' ? run.channels.get(request.channel) : undefined;
-        if (!channel || channel.path !== 'fifo' || channel.peer !== from) throw new RequestError(ErrorCodes.NOT_FOUND, `run "${run.id}" has no channel ${String(request.channel)} from node "${from}" to this node`);
+        if (!channel || channel.path === 'remote' || channel.peer !== from) throw new RequestError(ErrorCodes.NOT_FOUND, `run "${run.id}" has no channel ${String(request.channel)} from node "${from}" to this node`);
         this.options.fallback.feed(run, channel);
         return null;
       }
@@ -265,7 +266,7 @@ export class Cluster {
     if (runId === undefined || name === undefined || extra !== undefined) throw new RequestError(ErrorCodes.INVALID, `unknown endpoint ${JSON.stringify(endpoint)}`);
     const run = this.options.runs.get(checkName('run', runId));
     const channel = run.channels.get(name);
-    if (!channel || channel.path !== 'fifo' || channel.peer !== from) {
+    if (!channel || channel.path === 'remote' || channel.peer !== from) {
       throw new RequestError(ErrorCodes.NOT_FOUND, `run "${runId}" has no channel ${name} from node "${from}" to this node`, { details: { run: runId, channel: name } });
     }
     const k = key(runId, name);
@@ -324,7 +325,7 @@ export class Cluster {
     }
   }
 
-  /** The consumer side: at the first byte, open the consumer's FIFO and pass the stream into it. */
+  /** The consumer side: at the first byte, connect to the consumer and pass the stream into it. */
   private async deliver(run: Run, channel: ChannelInfo, link: Connection): Promise<void> {
     const { log, metrics, attachTimeoutMs } = this.options;
     const log2 = log.child({ run: run.id, channel: channel.name, peer: channel.peer });
@@ -337,16 +338,15 @@ export class Cluster {
     }
     channel.state = 'relaying';
     metrics.relayChannels.inc();
-    let fifo: Connection | undefined;
+    let consumer: Connection | undefined;
     try {
       try {
-        fifo = await attachConsumer(run, channel, attachTimeoutMs);
+        consumer = await attachConsumer(run, channel, attachTimeoutMs);
       } catch (err) {
         if ((err as { code?: string }).code !== ErrorCodes.TIMEOUT) throw err;
-        metrics.relayChannels.dec();
         return this.spill(run, channel, link);
       }
-      await splice(link, fifo, (n) => {
+      await splice(link, consumer, (n) => {
         channel.relayedBytes += n;
         metrics.relayBytes.inc(n);
       }, () => undefined);
@@ -356,11 +356,11 @@ export class Cluster {
       channel.state = 'failed';
       metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
       log2.warn({ err }, 'cross-node delivery failed');
-      if (!fifo) this.abortProducer(link, err as Error);
+      if (!consumer) this.abortProducer(link, err as Error);
       else link.destroy();
     } finally {
       metrics.relayChannels.dec();
-      fifo?.destroy();
+      consumer?.destroy();
       this.untrack(run.id, link);
     }
   }

@@ -80,7 +80,7 @@ export class Fallback {
 
   /** A run was prepared here: its consumers of `via: s3` channels will be fed from the store. */
   prepare(run: Run): void {
-    for (const channel of run.channels.values()) if (channel.via === 'store' && channel.path === 'fifo') this.feed(run, channel);
+    for (const channel of run.channels.values()) if (channel.via === 'store' && channel.path !== 'remote') this.feed(run, channel);
   }
 
   /**
@@ -94,7 +94,7 @@ export class Fallback {
     this.wrote.add(run.id);
     for (const channel of run.channels.values()) {
       const stored = objects.some((o) => o.key.startsWith(streamPrefix(run.id, channel.name)));
-      if (channel.path === 'fifo' && (stored || channel.via === 'store')) this.feed(run, channel);
+      if (channel.path !== 'remote' && (stored || channel.via === 'store')) this.feed(run, channel);
     }
   }
 

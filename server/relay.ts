@@ -169,11 +169,13 @@ function instance(what: string, value: unknown): InstanceRef {
 
 /**
  * Open the consumer's end of a channel prepared on this node, waiting up to `attachTimeoutMs` for
- * the consumer to open its FIFO: SLUICE_TIMEOUT, naming the consumer, if it does not.
+ * the consumer to open its FIFO (or listen on its socket): SLUICE_TIMEOUT, naming the consumer,
+ * if it does not.
  */
 export async function attachConsumer(run: Run, channel: ChannelInfo, attachTimeoutMs: number, signal?: AbortSignal): Promise<Connection> {
+  const transport = channel.path === 'unix' ? unixTransport : fifoTransport;
   try {
-    return await fifoTransport.dial(join(run.directory, channel.name), { timeoutMs: attachTimeoutMs, ...(signal ? { signal } : {}) });
+    return await transport.dial(join(run.directory, channel.name), { timeoutMs: attachTimeoutMs, ...(signal ? { signal } : {}) });
   } catch (err) {
     if ((err as { code?: string }).code !== ErrorCodes.UNAVAILABLE) throw err;
     throw new ConnectError(ErrorCodes.TIMEOUT, `consumer ${channel.to.step}[${channel.to.index}] did not attach within ${attachTimeoutMs} ms`, {
@@ -271,7 +273,7 @@ export class Relay {
   }
 
   private async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean): Promise<void> {
-    if (channel.path === 'fifo') return this.deliver(source, held, run, channel, persisted);
+    if (channel.path !== 'remote') return this.deliver(source, held, run, channel, persisted);
     const writer = new ChannelWriter(await this.options.link(run, channel), { hello: { run: run.id, from: channel.from, to: channel.to, via: 'relay' } });
     await pipeline(source, writer);
   }

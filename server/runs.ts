@@ -22,6 +22,7 @@ import {
   RequestError,
   channelName,
   checkName,
+  fitsUnixPath,
   runDirectory,
   type InstanceRef,
   type RunManifest,
@@ -46,8 +47,11 @@ export interface ChannelInfo {
   from: InstanceRef;
   to: InstanceRef;
   name: string;
-  /** 'fifo' when the consumer is on this node (prepared here), 'remote' when it is on `peer` */
-  path: 'fifo' | 'remote';
+  /**
+   * How the bytes reach the consumer when it is on this node: 'fifo' (prepared here), or 'unix'
+   * when they come from `peer` and the socket path fits; 'remote' when the consumer is on `peer`.
+   */
+  path: 'fifo' | 'unix' | 'remote';
   /** the node at the channel's other end, when that is not this node */
   peer?: string;
   /** 'store' when the edge says `via: s3`: the bytes go through the object store only */
@@ -206,11 +210,12 @@ export class RunRegistry {
           const name = channelName(f, t);
           const local = to.nodes[j] === this.options.node;
           const other = local ? from.nodes[i]! : to.nodes[j]!;
+          const path = !local ? 'remote' : other !== this.options.node && fitsUnixPath(join(directory, name)) ? 'unix' : 'fifo';
           channels.set(name, {
             from: f,
             to: t,
             name,
-            path: local ? 'fifo' : 'remote',
+            path,
             ...(other !== this.options.node ? { peer: other } : {}),
             via: edge.via === 's3' ? 'store' : 'direct',
             persist: edge.persist === true,
@@ -227,9 +232,16 @@ export class RunRegistry {
       node: this.options.node,
       steps,
       edges: workflow.edges.map((e) => ({ ...e })),
-      // a producer streams straight into its consumer's FIFO only when both are here and the edge
-      // wants nothing else; otherwise to this daemon's relay, which forwards, stores or tees
-      channels: [...channels.values()].map((c) => ({ from: c.from, to: c.to, name: c.name, path: c.path === 'fifo' && c.via === 'direct' && !c.persist ? ('fifo' as const) : ('relay' as const) })),
+      // what the client does with each channel: `relay`, a producer here streams to this daemon's
+      // relay (which forwards, stores or tees); `fifo`, it tries the consumer's FIFO first; `unix`,
+      // a consumer here listens on a socket its daemon feeds (the producer is elsewhere). A
+      // consumer here of a `relay` channel listens on its FIFO.
+      channels: [...channels.values()].map((c) => ({
+        from: c.from,
+        to: c.to,
+        name: c.name,
+        path: c.path === 'unix' ? ('unix' as const) : c.path === 'fifo' && c.via === 'direct' && !c.persist ? ('fifo' as const) : ('relay' as const),
+      })),
     };
     const created: Run = { id, token, workflow, createdAt: restored?.createdAt ?? Date.now(), expiresAt: restored?.expiresAt ?? Date.now() + ttl * 1000, directory, manifest, channels };
     // reserve the id before the first await: two concurrent creates of one id must not both win

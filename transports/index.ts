@@ -5,7 +5,7 @@ export * from './checksum.js';
 export * from './transport.js';
 export * from './channel.js';
 export * from './records.js';
-export { UnixTransport, unixTransport, MAX_UNIX_PATH_BYTES, removeStaleSocket } from './unix.js';
+export { UnixTransport, unixTransport, MAX_UNIX_PATH_BYTES, fitsUnixPath, removeStaleSocket } from './unix.js';
 export * from './layout.js';
 export { FifoTransport, fifoTransport, ACK_SUFFIX } from './fifo.js';
 export { MemoryTransport } from './memory.js';

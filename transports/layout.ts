@@ -11,6 +11,8 @@
  *       run.json                   0600  the run's manifest (RunManifest)
  *       <from>.<i>-<to>.<j>        0600  FIFO: bytes of one channel, producer → consumer
  *       <from>.<i>-<to>.<j>.ack    0600  FIFO: the consumer's answer
+ *       <from>.<i>-<to>.<j>        0600  or, for a consumer fed from another node, a Unix socket
+ *                                        the consumer listens on (no .ack: answers go back on it)
  * ```
  *
  * A run's directory is named by `capabilityOf(run, token)`, an HMAC of the run id keyed by its
@@ -76,10 +78,13 @@ export interface RunManifest {
   edges: Array<{ from: string; to: string; fanout: 'broadcast' | 'partition'; via: 'direct' | 's3'; persist: boolean }>;
   /**
    * every channel with at least one end on this node: `fifo` when its consumer is here (the
-   * daemon made its FIFOs), `relay` when its consumer is on another node (the producer streams to
-   * this daemon's relay socket, which forwards over the peer link)
+   * daemon made its FIFOs), `unix` when its consumer is here and its producer on another node (the
+   * consumer listens on a Unix socket, into which this daemon delivers what the peer link
+   * carries; a FIFO pair instead when the socket's path would be too long), `relay` when its
+   * consumer is on another node (the producer streams to this daemon's relay socket, which
+   * forwards over the peer link)
    */
-  channels: Array<{ from: InstanceRef; to: InstanceRef; name: string; path: 'fifo' | 'relay' }>;
+  channels: Array<{ from: InstanceRef; to: InstanceRef; name: string; path: 'fifo' | 'unix' | 'relay' }>;
 }
 
 /**

@@ -20,8 +20,13 @@ function socketConnection(socket: net.Socket): Connection {
   };
 }
 
+/** Can a Unix socket live at `endpoint`? */
+export function fitsUnixPath(endpoint: string): boolean {
+  return Buffer.byteLength(endpoint) <= MAX_UNIX_PATH_BYTES;
+}
+
 function checkPath(endpoint: string): void {
-  if (Buffer.byteLength(endpoint) > MAX_UNIX_PATH_BYTES) {
+  if (!fitsUnixPath(endpoint)) {
     throw new RequestError(ErrorCodes.INVALID, `unix socket path is ${Buffer.byteLength(endpoint)} bytes, over the limit of ${MAX_UNIX_PATH_BYTES}: use a shorter directory`, {
       details: { endpoint },
     });
@@ -58,9 +63,9 @@ class UnixListener implements Listener {
   constructor(
     readonly endpoint: string,
     private readonly server: net.Server,
+    queue: AcceptQueue,
   ) {
-    this.queue = new AcceptQueue(endpoint);
-    server.on('connection', (socket) => this.queue.offer(socketConnection(socket)));
+    this.queue = queue;
   }
 
   accept(options?: { signal?: AbortSignal }): Promise<Connection> {
@@ -85,6 +90,9 @@ export class UnixTransport implements Transport {
     checkPath(endpoint);
     await removeStaleSocket(endpoint);
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false });
+    // queued from the first moment: a peer may connect while the listen below is still settling
+    const queue = new AcceptQueue(endpoint);
+    server.on('connection', (socket) => queue.offer(socketConnection(socket)));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(endpoint, () => {
@@ -95,7 +103,7 @@ export class UnixTransport implements Transport {
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot listen on ${endpoint}: ${(err as Error).message}`, { cause: err, details: { endpoint } });
     });
     await fs.chmod(endpoint, options.mode ?? 0o600);
-    return new UnixListener(endpoint, server);
+    return new UnixListener(endpoint, server, queue);
   }
 
   async dial(endpoint: string, options: DialOptions = {}): Promise<Connection> {

@@ -172,9 +172,9 @@ describe.skipIf(!availability.ok)(`across nodes in network namespaces${skipReaso
     const run = await createRun(node('n0'), name, { p: 'n0', c: 'n1' });
     const after = (await peersOf(node('n0'))).find((p) => p.node === 'n1')!.channels;
     expect(after).toBe(before + 1);
-    // and the consumer's node holds the run too, with the consumer's FIFOs
+    // and the consumer's node holds the run too, with the consumer's channel delivered over a Unix socket
     const there = (await control<{ channels: Array<{ name: string; path: string; state: string }> }>(node('n1').daemon.dir, 'GET', `/v1/runs/${run.run}`)).body;
-    expect(there.channels).toEqual([expect.objectContaining({ name: 'p.0-c.0', path: 'fifo', state: 'prepared' })]);
+    expect(there.channels).toEqual([expect.objectContaining({ name: 'p.0-c.0', path: 'unix', state: 'prepared' })]);
     await control(node('n0').daemon.dir, 'DELETE', `/v1/runs/${run.run}`);
     await expect(control(node('n1').daemon.dir, 'GET', `/v1/runs/${run.run}`)).rejects.toMatchObject({ code: 'SLUICE_NOT_FOUND' });
     expect((await peersOf(node('n0'))).find((p) => p.node === 'n1')!.channels).toBe(before);

@@ -1,5 +1,5 @@
 /** The control API through Fastify's inject(): status codes, typed errors, nothing touched on bad input. */
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,7 +11,7 @@ import { Fallback } from '../../server/fallback.js';
 import { createMetrics, type Metrics } from '../../server/metrics.js';
 import { Relay } from '../../server/relay.js';
 import { RunRegistry } from '../../server/runs.js';
-import type { Workflow } from '../../server/workflow.js';
+import { validateWorkflow, type Workflow } from '../../server/workflow.js';
 import { DirectoryStore, MANIFEST_FILE, runDirectory } from '../../transports/index.js';
 
 const log = pino({ level: 'silent' });
@@ -163,6 +163,21 @@ describe('control API', () => {
     await runs.sweep(); // what the periodic sweep does
     expect(existsSync(runDirectory(dir, 'short', token))).toBe(false);
     expect((await app.inject('/v1/runs/short')).statusCode).toBe(404);
+  });
+});
+
+describe('endpoints a run prepares', () => {
+  it('gives a consumer fed from another node a Unix socket, or its FIFO pair when the socket path would be too long', async () => {
+    const long = 'x'.repeat(60);
+    const workflow = validateWorkflow({ name: 'across', steps: { p: {}, c: {}, [long]: {} }, edges: [{ from: 'p', to: 'c' }, { from: 'p', to: long }, { from: 'c', to: long }] });
+    const created = await runs.create({ workflow, id: 'across', placement: { p: 'node-b' } });
+    const byName = Object.fromEntries(created.manifest.channels.map((c) => [c.name, c.path]));
+    // p is on node-b: the daemon delivers what the peer link carries; c → long is local, a FIFO pair
+    expect(byName).toEqual({ 'p.0-c.0': 'unix', [`p.0-${long}.0`]: 'fifo', [`c.0-${long}.0`]: 'fifo' });
+    const entries = readdirSync(created.directory).sort();
+    expect(entries).toEqual([`c.0-${long}.0`, `c.0-${long}.0.ack`, `p.0-${long}.0`, `p.0-${long}.0.ack`, 'run.json']);
+    expect(lstatSync(join(created.directory, `p.0-${long}.0`)).isFIFO()).toBe(true);
+    await runs.delete('across');
   });
 });
 

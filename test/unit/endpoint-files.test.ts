@@ -24,6 +24,22 @@ describe('unix endpoints', () => {
     expect(existsSync(ep)).toBe(false);
   });
 
+  it('keeps a connection that arrives while listen() is still settling (a daemon dialling a consumer as it starts)', async () => {
+    for (let i = 0; i < 20; i++) {
+      const ep = join(dir, `early-${i}.sock`);
+      const listening = unixTransport.listen(ep);
+      // retries every few ms from before the file exists: it often connects before listen() resolves
+      const dialled = unixTransport.dial(ep, { timeoutMs: 2_000 });
+      const listener = await listening;
+      const accepted = await listener.accept({ signal: AbortSignal.timeout(2_000) });
+      const writer = new ChannelWriter(await dialled);
+      const received = drain(new ChannelReader(accepted));
+      await new Promise<void>((resolve, reject) => writer.end(Buffer.from('early'), () => resolve()).once('error', reject));
+      expect((await received).bytes.toString()).toBe('early');
+      await listener.close();
+    }
+  });
+
   it('replaces a stale socket file left by a dead process', async () => {
     const ep = join(dir, 'stale.sock');
     // a process that dies with SIGKILL leaves its socket file behind
