@@ -212,7 +212,7 @@ export function renderMarkdown(report: Report): string {
         num(c.hop_us?.p50, 1),
         num(c.hop_us?.p90, 1),
         num(c.hop_us?.p99, 1),
-        c.disk_bytes ? size(c.disk_bytes) : '0',
+        c.disk_bytes ? `${num(c.disk_bytes / 1e6)} MB` : '0',
         c.daemon_rss_mb ? num(c.daemon_rss_mb) : '–',
         yes(c.verified),
       ]),

@@ -505,15 +505,14 @@ async function storeSection(options: Options, names: readonly StoreName[], sampl
         progress(`${tag} ${name}: throughput ...`);
         const t = await (async (): Promise<ThroughputSample> => {
           const run = await daemon.createRun();
-          const before = daemon.diskBytes();
           const sample = await throughputRun({ name, subject: name, run, endpoint: daemon.dir, producerEndpoint: async () => daemon.dir }, options.bytes);
-          sample.disk_bytes = daemon.diskBytes() - before;
+          sample.disk_bytes = daemon.diskBytes(run.id);
           sample.daemon_rss_mb = daemon.peakRssMb();
           await daemon.deleteRun(run.id);
           return sample;
         })().catch(failedThroughput);
         record(samples.throughput, name, t);
-        progress(`${tag} ${name}: ${t.error ? `FAILED: ${t.error}` : `${fmt(t.MBps)} MB/s, e2e ${fmt(t.e2e_ms)} ms, ttfb ${fmt(t.ttfb_ms, 2)} ms, disk ${size(t.disk_bytes ?? 0)}, daemon peak ${t.daemon_rss_mb} MB`}`);
+        progress(`${tag} ${name}: ${t.error ? `FAILED: ${t.error}` : `${fmt(t.MBps)} MB/s, e2e ${fmt(t.e2e_ms)} ms, ttfb ${fmt(t.ttfb_ms, 2)} ms, disk ${fmt((t.disk_bytes ?? 0) / 1e6)} MB, daemon peak ${t.daemon_rss_mb} MB`}`);
       }
     } finally {
       await daemon.stop();

@@ -18,6 +18,7 @@ import { WS_STEPS, type RunRef } from './protocol.js';
 
 const CLI = fileURLToPath(new URL('../server/cli.js', import.meta.url));
 const WORKFLOW = 'bench-store';
+const S3_PREFIX = 'bench';
 const READY_TIMEOUT_MS = 20_000;
 const OUTPUT_TAIL = 2_000;
 
@@ -53,7 +54,8 @@ export class StoreDaemon {
     /** the daemon's directory: what a function connects with */
     readonly dir: string,
     private readonly child: ChildProcess,
-    private readonly storeDir: string,
+    /** where the store keeps a run's objects: `<runsDir>/<run>/...` */
+    private readonly runsDir: string,
     private readonly s3: EmbeddedS3 | undefined,
     private readonly output: () => string,
   ) {}
@@ -61,9 +63,11 @@ export class StoreDaemon {
   static async start(kind: StoreKind, baseDir: string): Promise<StoreDaemon> {
     const s3 = kind === 's3' ? await startEmbeddedS3({ bucket: 'sluice-bench' }) : undefined;
     const dir = path.join(baseDir, `${kind}-daemon`);
-    const storeDir = s3 ? s3.directory : path.join(baseDir, `${kind}-store`);
+    const storeDir = path.join(baseDir, `${kind}-store`);
     fs.mkdirSync(dir, { mode: 0o700 });
-    const store = s3 ? s3.storeUrl('bench/') : `file://${storeDir}`;
+    const store = s3 ? s3.storeUrl(`${S3_PREFIX}/`) : `file://${storeDir}`;
+    // s3rver keeps an object (and its metadata beside it) at <directory>/<bucket>/<key>
+    const runsDir = s3 ? path.join(s3.directory, s3.bucket, S3_PREFIX) : storeDir;
     const child = spawn(process.execPath, [CLI, 'daemon', '--node', `bench-${kind}`, '--dir', dir, '--store', store], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...S3RVER_CREDENTIALS },
@@ -76,7 +80,7 @@ export class StoreDaemon {
     };
     child.stdout!.on('data', keep);
     child.stderr!.on('data', keep);
-    const daemon = new StoreDaemon(kind, dir, child, storeDir, s3, () => tail.trim());
+    const daemon = new StoreDaemon(kind, dir, child, runsDir, s3, () => tail.trim());
     try {
       const deadline = Date.now() + READY_TIMEOUT_MS;
       for (;;) {
@@ -107,9 +111,9 @@ export class StoreDaemon {
     await control(this.dir, 'DELETE', `/v1/runs/${encodeURIComponent(id)}`);
   }
 
-  /** Bytes the store holds on disk now (objects and, for s3rver, their metadata). */
-  diskBytes(): number {
-    return bytesUnder(this.storeDir);
+  /** Bytes the store holds on disk for `run` (objects and, for s3rver, their metadata). */
+  diskBytes(run: string): number {
+    return bytesUnder(path.join(this.runsDir, run));
   }
 
   /** The daemon's peak resident memory so far (VmHWM), MB. */
