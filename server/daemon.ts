@@ -24,8 +24,10 @@ export interface Daemon {
   readonly runs: RunRegistry;
   readonly log: Logger;
   /**
-   * Stop: refuse new work at once (readyz turns 503), let relayed streams finish for up to
-   * `graceMs` (default 10000), then cut what is left and remove the control socket.
+   * Stop: refuse new work at once (readyz turns 503), let relayed streams and stored streams
+   * being fed to a consumer finish for up to `graceMs` (default 10000), then cut what is left and
+   * remove the control socket. Stored streams whose consumer has not come yet stay in the store;
+   * the next daemon on this directory takes their runs up again and feeds them.
    */
   close(graceMs?: number): Promise<void>;
 }
@@ -145,8 +147,10 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         log.info('sluice daemon stopping');
         await relay.stop();
         const deadline = Date.now() + graceMs;
-        while (relay.activeChannels > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-        if (relay.activeChannels > 0) log.warn({ streams: relay.activeChannels }, 'grace period over: cutting relayed streams');
+        // streams the relay carries, and stored streams being fed to a consumer, may finish
+        const inFlight = (): number => relay.activeChannels + fallback.feeding;
+        while (inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        if (inFlight() > 0) log.warn({ streams: inFlight() }, 'grace period over: cutting streams in flight');
         relay.abortInFlight();
         await peers?.close();
         await Promise.all(servers.map((s) => s.close()));

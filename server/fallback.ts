@@ -52,8 +52,9 @@ const codeOf = (err: unknown): string => (err as { code?: string }).code ?? 'unk
 export class Fallback {
   /** per run: cancels its feeders when the run is deleted */
   private readonly runSignals = new Map<string, AbortController>();
-  /** `run/channel` keys being fed to their consumer */
-  private readonly feeding = new Set<string>();
+  /** `run/channel` keys fed from the store (waiting for their consumer, or streaming to it) */
+  private readonly feeders = new Set<string>();
+  private streaming = 0;
   /** runs this node wrote objects for */
   private readonly wrote = new Set<string>();
   private sweeper: NodeJS.Timeout | undefined;
@@ -62,6 +63,11 @@ export class Fallback {
 
   get store(): ObjectStore {
     return this.options.store;
+  }
+
+  /** Stored streams flowing to a consumer now (not those still waiting for it). */
+  get feeding(): number {
+    return this.streaming;
   }
 
   async start(): Promise<void> {
@@ -132,14 +138,19 @@ export class Fallback {
    */
   feed(run: Run, channel: ChannelInfo): void {
     const key = `${run.id}/${channel.name}`;
-    if (this.feeding.has(key)) return;
-    this.feeding.add(key);
+    if (this.feeders.has(key)) return;
+    this.feeders.add(key);
     const { store, metrics, log } = this.options;
     const signal = this.signalOf(run.id);
     const log2 = log.child({ run: run.id, channel: channel.name, store: store.location });
     void (async () => {
-      const fifo = await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), signal);
+      const consumer = await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), signal);
       channel.state = 'relaying';
+      this.streaming++;
+      const done = (): void => {
+        this.streaming--;
+      };
+      consumer.input.once('close', done);
       const source = new StoredStreamReader(store, streamPrefix(run.id, channel.name), {
         signal,
         onSegment: (bytes) => {
@@ -147,7 +158,7 @@ export class Fallback {
           metrics.storeSegments.inc({ direction: 'read' });
         },
       });
-      const writer = new ChannelWriter(fifo, { hello: { run: run.id, from: channel.from, to: channel.to, via: store.path } });
+      const writer = new ChannelWriter(consumer, { hello: { run: run.id, from: channel.from, to: channel.to, via: store.path } });
       await pipeline(source, writer);
       channel.state = 'done';
       log2.info('stored stream delivered and verified');
@@ -159,7 +170,7 @@ export class Fallback {
         metrics.errors.inc({ code: codeOf(err) });
         log2.warn({ err }, 'delivering the stored stream failed');
       })
-      .finally(() => this.feeding.delete(key));
+      .finally(() => this.feeders.delete(key));
   }
 
   /** The run was deleted here: stop its feeders and remove what this node stored for it. */

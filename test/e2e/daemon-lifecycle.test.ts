@@ -1,9 +1,11 @@
 /** The daemon process: start-up errors, graceful shutdown with a stream in flight. */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
+import { connect } from '../../client/index.js';
 import { cli, runFunction, startDaemonProcess, waitForChannelState } from '../helpers/daemon.js';
 
 const MiB = 1024 * 1024;
@@ -81,6 +83,39 @@ describe('the daemon process', () => {
       await control(daemon.dir, 'DELETE', `/v1/runs/${run.run}`);
       await daemon.restart();
       await expect(control(daemon.dir, 'GET', `/v1/runs/${run.run}`)).rejects.toMatchObject({ code: 'SLUICE_NOT_FOUND' });
+    } finally {
+      await daemon.stop();
+    }
+  }, 60_000);
+
+  it('on SIGTERM lets a stored stream being fed to its consumer finish before it exits', async () => {
+    const daemon = await startDaemonProcess(['--attach-timeout', '300ms', '--segment-size', '1MiB']);
+    try {
+      await control(daemon.dir, 'POST', '/v1/workflows', { name: 'fed', steps: { p: {}, c: {} }, edges: [{ from: 'p', to: 'c' }] });
+      const { body: run } = await control<{ run: string; token: string }>(daemon.dir, 'POST', '/v1/runs', { workflow: 'fed' });
+      const sent = await runFunction(daemon.dir, run, 'p', ['source', String(16 * MiB), '23']).done;
+      expect(sent.code).toBe(0); // spilled: no consumer yet
+      const consumer = await connect({ dir: daemon.dir, run: run.run, step: 'c', token: run.token });
+      const input = consumer.input();
+      const hash = createHash('sha256');
+      let received = 0;
+      input.on('data', (chunk: Buffer) => {
+        hash.update(chunk);
+        received += chunk.length;
+      });
+      const ended = new Promise<void>((resolve, reject) => input.once('end', resolve).once('error', reject));
+      while (received === 0) await sleep(10);
+      input.pause(); // the daemon's feeder is now held back mid-stream
+      const exited = once(daemon.child, 'exit');
+      daemon.child.kill('SIGTERM');
+      await sleep(500);
+      expect(daemon.child.exitCode).toBeNull(); // draining: the stream in flight may finish
+      input.resume();
+      await ended;
+      expect(received).toBe(16 * MiB);
+      expect(hash.digest('hex')).toBe(sent.result.sha256);
+      const [code] = await exited;
+      expect(code).toBe(0);
     } finally {
       await daemon.stop();
     }
