@@ -95,6 +95,17 @@ interface SavedRun {
   expiresAt: number;
 }
 
+/**
+ * A run token: 24 random bytes in base64url, never starting with "-" — a token is passed on
+ * command lines (`--token T`), where a leading "-" reads as an option (1 token in 64 did).
+ */
+function newToken(): string {
+  for (;;) {
+    const token = randomBytes(24).toString('base64url');
+    if (token[0] !== '-') return token;
+  }
+}
+
 function newRunId(): string {
   return `r-${randomBytes(9).toString('base64url').toLowerCase().replace(/[^a-z0-9]/g, 'x')}`;
 }
@@ -196,7 +207,7 @@ export class RunRegistry {
     if (request.token !== undefined && (typeof request.token !== 'string' || !/^[A-Za-z0-9_-]{32}$/.test(request.token))) {
       throw new RequestError(ErrorCodes.INVALID, 'a shared run token must be 32 base64url characters');
     }
-    const token = request.token ?? randomBytes(24).toString('base64url');
+    const token = request.token ?? newToken();
     const directory = runDirectory(this.options.dir, id, token);
     const channels = new Map<string, ChannelInfo>();
     for (const edge of workflow.edges) {
