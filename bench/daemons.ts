@@ -30,6 +30,29 @@ export function killDaemons(): void {
   for (const child of running) child.kill('SIGKILL');
 }
 
+/** Count `child` among the daemons `killDaemons()` kills; answers the end of what it has printed. */
+export function watchDaemon(child: ChildProcess): () => string {
+  running.add(child);
+  child.on('exit', () => running.delete(child));
+  let tail = '';
+  const keep = (chunk: Buffer): void => {
+    tail = (tail + chunk.toString()).slice(-OUTPUT_TAIL);
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  return () => tail.trim();
+}
+
+/** SIGTERM a daemon (SIGKILL after STOP_TIMEOUT_MS) and wait for it to exit. */
+export async function stopDaemonProcess(child: ChildProcess): Promise<void> {
+  if (exitOf(child)) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
+  await exited;
+  clearTimeout(timer);
+}
+
 interface Daemon {
   /** the Sluice node name (`--node`) */
   name: string;
@@ -44,15 +67,7 @@ function spawnDaemon(name: string, node: NetnsNode, dir: string, peer: { name: s
   fs.mkdirSync(dir, { mode: 0o700 });
   const args = ['daemon', '--node', name, '--dir', dir, '--listen', `${node.address}:${PORT}`, '--peers', `${peer.name}=ws://${peer.node.address}:${PORT}`, '--secret-file', secretFile];
   const child = node.spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  running.add(child);
-  child.on('exit', () => running.delete(child));
-  let tail = '';
-  const keep = (chunk: Buffer): void => {
-    tail = (tail + chunk.toString()).slice(-OUTPUT_TAIL);
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  return { name, node, dir, child, output: () => tail.trim() };
+  return { name, node, dir, child, output: watchDaemon(child) };
 }
 
 function exitOf(child: ChildProcess): string | undefined {
@@ -89,14 +104,6 @@ async function waitPeered(d: Daemon, peer: string): Promise<void> {
   }
 }
 
-async function stopDaemon(d: Daemon): Promise<void> {
-  if (exitOf(d.child)) return;
-  const exited = once(d.child, 'exit');
-  d.child.kill('SIGTERM');
-  const timer = setTimeout(() => d.child.kill('SIGKILL'), STOP_TIMEOUT_MS);
-  await exited;
-  clearTimeout(timer);
-}
 
 export class Daemons {
   private constructor(private readonly daemons: readonly [Daemon, Daemon]) {}
@@ -156,6 +163,6 @@ export class Daemons {
 
   /** SIGTERM both (SIGKILL after STOP_TIMEOUT_MS) and wait for them to exit. */
   async stop(): Promise<void> {
-    await Promise.all(this.daemons.map(stopDaemon));
+    await Promise.all(this.daemons.map((d) => stopDaemonProcess(d.child)));
   }
 }

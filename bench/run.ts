@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util';
 import { createCluster, namespacesAvailable, type Cluster, type NetnsNode } from '../test/helpers/netns.js';
 import { GiB, KiB, MiB, RECORD_BYTES } from './data.js';
 import { Daemons, killDaemons } from './daemons.js';
-import { StoreDaemon, killStoreDaemons } from './stores.js';
+import { StoreDaemon } from './stores.js';
 import type { ConsumerResult, CpuMs, LatencyResult, MemcpyResult, ProducerResult, RunRef, Subject } from './protocol.js';
 import { computeRatios, median, renderMarkdown, size, type Baseline, type Case, type Percentiles, type Report } from './report.js';
 import { killWorkers, setWorkerExecArgv, withWorkers, type StartWorker } from './workers.js';
@@ -577,7 +577,6 @@ async function main(): Promise<number> {
 function cleanUp(): void {
   // the daemons first: they may still write into tmpDir
   killDaemons();
-  killStoreDaemons();
   killWorkers();
   if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
 }

@@ -7,29 +7,22 @@
  * memory from /proc.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { control } from '../client/control.js';
 import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../test/fixtures/s3-server.js';
+import { stopDaemonProcess, watchDaemon } from './daemons.js';
 import { WS_STEPS, type RunRef } from './protocol.js';
 
 const CLI = fileURLToPath(new URL('../server/cli.js', import.meta.url));
 const WORKFLOW = 'bench-store';
 const S3_PREFIX = 'bench';
 const READY_TIMEOUT_MS = 20_000;
-const OUTPUT_TAIL = 2_000;
 
 export type StoreKind = 'file' | 's3';
 
-const running = new Set<ChildProcess>();
-
-/** SIGKILL every store daemon still running: for the orchestrator's exit. */
-export function killStoreDaemons(): void {
-  for (const child of running) child.kill('SIGKILL');
-}
 
 /** Bytes in the files under `dir` (0 if it does not exist). */
 function bytesUnder(dir: string): number {
@@ -72,15 +65,7 @@ export class StoreDaemon {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...S3RVER_CREDENTIALS },
     });
-    running.add(child);
-    child.on('exit', () => running.delete(child));
-    let tail = '';
-    const keep = (chunk: Buffer): void => {
-      tail = (tail + chunk.toString()).slice(-OUTPUT_TAIL);
-    };
-    child.stdout!.on('data', keep);
-    child.stderr!.on('data', keep);
-    const daemon = new StoreDaemon(kind, dir, child, runsDir, s3, () => tail.trim());
+    const daemon = new StoreDaemon(kind, dir, child, runsDir, s3, watchDaemon(child));
     try {
       const deadline = Date.now() + READY_TIMEOUT_MS;
       for (;;) {
@@ -124,13 +109,7 @@ export class StoreDaemon {
   }
 
   async stop(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      const exited = once(this.child, 'exit');
-      this.child.kill('SIGTERM');
-      const timer = setTimeout(() => this.child.kill('SIGKILL'), 5_000);
-      await exited;
-      clearTimeout(timer);
-    }
+    await stopDaemonProcess(this.child);
     await this.s3?.stop();
   }
 }

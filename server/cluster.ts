@@ -23,6 +23,7 @@
  * daemon reset the connection, with the same effect on the consumer. Nothing ends cleanly
  * without the consumer's verification.
  */
+import { finished } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import {
   ConnectError,
@@ -401,7 +402,7 @@ export class Cluster {
         fallback.feed(run, channel);
         if (!channel.persist) return fallback.write(run, channel, reader, 'spill');
         reader.resume(); // the producer's node writes the copy this consumer will read
-        await new Promise<void>((resolve, reject) => reader.once('end', resolve).once('error', reject));
+        await finished(reader);
       },
       { highWaterMark: relayBufferBytes, log, metrics },
     );

@@ -61,9 +61,9 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   const fallback = new Fallback({ store: openStore(config.store), segmentBytes: config.segmentBytes, log, metrics });
   await fallback.start();
   await runs.start();
-  // runs a previous daemon left here: streams it stored reach their consumers now
+  // runs a previous daemon left here: streams it stored reach their consumers, without delaying readiness
   for (const run of runs.list()) {
-    await fallback.adopt(run).catch((err: unknown) => log.warn({ err, run: run.id }, 'cannot look for the stored streams of a run taken up again'));
+    fallback.adopt(run).catch((err: unknown) => log.warn({ err, run: run.id }, 'cannot look for the stored streams of a run taken up again'));
   }
   const workflows = new Map<string, Workflow>();
   const cluster: Cluster = new Cluster({

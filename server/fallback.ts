@@ -110,10 +110,6 @@ export class Fallback {
     const log2 = log.child({ run: run.id, channel: channel.name, store: store.location });
     metrics.storeStreams.inc({ reason });
     channel.stored = reason;
-    if (!this.wrote.has(run.id)) {
-      this.wrote.add(run.id);
-      await store.put(runPrefix(run.id) + EXPIRES_OBJECT, Buffer.from(JSON.stringify({ expiresAt: run.expiresAt })));
-    }
     log2.info({ reason }, 'stream going to the object store');
     const writer = new StoredStreamWriter(store, streamPrefix(run.id, channel.name), {
       segmentBytes,
@@ -123,6 +119,11 @@ export class Fallback {
       },
     });
     try {
+      if (!this.wrote.has(run.id)) {
+        // the run's expiry first, so that whatever follows can be swept if this daemon dies
+        await store.put(runPrefix(run.id) + EXPIRES_OBJECT, Buffer.from(JSON.stringify({ expiresAt: run.expiresAt })));
+        this.wrote.add(run.id);
+      }
       await pipeline(source, writer);
       log2.info({ bytes: writer.bytesWritten, reason }, 'stream stored');
     } catch (err) {

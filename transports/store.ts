@@ -283,16 +283,17 @@ export class StoredStreamReader extends Readable {
     if (this.reading) return;
     this.reading = true;
     this.fetch().then(
-      (more) => {
+      (segment) => {
+        // cleared before pushing: a push may ask for the next segment at once
         this.reading = false;
-        if (!more) this.push(null);
+        this.push(segment ?? null);
       },
       (err: unknown) => this.destroy(err as Error),
     );
   }
 
-  /** Push the next segment; false at the verified end. */
-  private async fetch(): Promise<boolean> {
+  /** The next segment's payload; undefined at the verified end. */
+  private async fetch(): Promise<Buffer | undefined> {
     const { signal } = this.options;
     let delay = this.options.minPollMs ?? 10;
     for (;;) {
@@ -303,8 +304,7 @@ export class StoredStreamReader extends Readable {
         this.length += segment.length;
         this.checksum.update(segment);
         this.options.onSegment?.(segment.length);
-        this.push(segment);
-        return true;
+        return segment;
       }
       const manifest = await this.store.get(this.prefix + MANIFEST_OBJECT);
       if (manifest) return this.finish(parseManifest(manifest, this.prefix));
@@ -334,7 +334,7 @@ export class StoredStreamReader extends Readable {
     }
   }
 
-  private finish(manifest: StreamManifest): false {
+  private finish(manifest: StreamManifest): undefined {
     if (this.next < manifest.segments) {
       throw new StreamError(ErrorCodes.CORRUPT, `stored stream ${this.prefix}: segment ${this.next} of ${manifest.segments} is missing`, { details: { prefix: this.prefix } });
     }
@@ -344,7 +344,7 @@ export class StoredStreamReader extends Readable {
         details: { prefix: this.prefix },
       });
     }
-    return false;
+    return undefined;
   }
 }
 
