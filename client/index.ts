@@ -10,6 +10,7 @@
  * | `step`     | `SLUICE_STEP`     | required                                         |
  * | `token`    | `SLUICE_TOKEN`    | required                                         |
  * | `instance` | `SLUICE_INSTANCE` | 0                                                |
+ * | `resumeTimeoutMs` | `SLUICE_RESUME_TIMEOUT_MS` | 60000: how long an input from another node waits for its stream to resume after its node's daemon or link was lost |
  */
 import { ErrorCodes, RequestError, defaultRuntimeDir } from '../transports/index.js';
 import { connect as connectWith, type ConnectOptions, type Sluice } from './sluice.js';
@@ -28,11 +29,17 @@ export async function connect(options: ConnectOptions = {}): Promise<Sluice> {
     return value;
   };
   const instanceText = env.SLUICE_INSTANCE;
+  const resumeText = env.SLUICE_RESUME_TIMEOUT_MS;
+  const resumeTimeoutMs = options.resumeTimeoutMs ?? (resumeText ? Number(resumeText) : undefined);
+  if (resumeTimeoutMs !== undefined && !(Number.isInteger(resumeTimeoutMs) && resumeTimeoutMs >= 0)) {
+    throw new RequestError(ErrorCodes.INVALID, `connect(): resumeTimeoutMs (SLUICE_RESUME_TIMEOUT_MS) must be a whole number of milliseconds, got ${JSON.stringify(options.resumeTimeoutMs ?? resumeText)}`);
+  }
   return connectWith({
     dir: options.dir ?? env.SLUICE_DIR ?? defaultRuntimeDir(env, process.getuid?.() ?? 0),
     run: need(options.run ?? env.SLUICE_RUN, 'run', 'SLUICE_RUN'),
     step: need(options.step ?? env.SLUICE_STEP, 'step', 'SLUICE_STEP'),
     token: need(options.token ?? env.SLUICE_TOKEN, 'token', 'SLUICE_TOKEN'),
     instance: options.instance ?? (instanceText ? Number(instanceText) : 0),
+    ...(resumeTimeoutMs !== undefined ? { resumeTimeoutMs } : {}),
   });
 }

@@ -52,7 +52,16 @@ export interface ConnectOptions {
   token?: string;
   /** Which replica of the step this is, from 0. Default: $SLUICE_INSTANCE, else 0. */
   instance?: number;
+  /**
+   * How long an input from another node waits for its stream to be resumed when it breaks
+   * mid-way (its node's daemon restarted, or the peer link was lost: the stream then continues
+   * through the object store), ms. After that it fails with SLUICE_TRUNCATED. Default:
+   * $SLUICE_RESUME_TIMEOUT_MS, else 60000.
+   */
+  resumeTimeoutMs?: number;
 }
+
+const DEFAULT_RESUME_TIMEOUT_MS = 60_000;
 
 export interface OutputOptions {
   /**
@@ -243,6 +252,7 @@ export class Sluice {
     readonly instance: number,
     private readonly token: string,
     readonly manifest: RunManifest,
+    private readonly resumeTimeoutMs = DEFAULT_RESUME_TIMEOUT_MS,
   ) {}
 
   private get self(): InstanceRef {
@@ -349,8 +359,9 @@ export class Sluice {
     const listener = channel.path === 'unix' ? await unixTransport.listen(endpoint) : await fifoTransport.listen(endpoint);
     this.listeners.push(listener);
     const conn = await listener.accept();
-    if (channel.path === 'unix') void listener.close(); // exactly one connection per channel, as a FIFO
-    const reader = new ChannelReader(conn);
+    // across nodes, a stream that breaks mid-way may be resumed by the daemon on a new connection
+    const reconnect = channel.path === 'unix' ? () => listener.accept({ signal: AbortSignal.timeout(this.resumeTimeoutMs) }) : undefined;
+    const reader = new ChannelReader(conn, reconnect ? { reconnect } : {});
     reader.once('close', () => void listener.close());
     return reader;
   }
@@ -380,5 +391,5 @@ export async function connect(options: ConnectOptions & { dir: string; run: stri
   const steps = manifest.steps[step];
   if (!steps) throw new RequestError(ErrorCodes.NOT_FOUND, `workflow "${manifest.workflow}" has no step "${step}"`);
   if (options.instance >= steps.replicas) throw new RequestError(ErrorCodes.INVALID, `step "${step}" has ${steps.replicas} instance(s); instance ${options.instance} does not exist`);
-  return new Sluice(options.dir, run, step, options.instance, options.token, manifest);
+  return new Sluice(options.dir, run, step, options.instance, options.token, manifest, options.resumeTimeoutMs);
 }

@@ -30,14 +30,17 @@ import {
   ErrorCodes,
   FrameType,
   RequestError,
+  StreamError,
   checkName,
   encodeControl,
   firstChunk,
+  isLinkFailure,
   mediumError,
   type Connection,
 } from '../transports/index.js';
 import type { Fallback } from './fallback.js';
 import type { Metrics } from './metrics.js';
+import { StreamTap } from './failover.js';
 import { CHANNEL_PREFIX, type PeerLinks } from './peers.js';
 import { attachConsumer, terminate } from './relay.js';
 import type { ChannelInfo, CreateRunRequest, Run, RunRegistry } from './runs.js';
@@ -57,6 +60,11 @@ export interface ClusterOptions {
   fallback: Fallback;
   /** the buffer of a stream this node verifies on its way to the store, bytes */
   relayBufferBytes: number;
+  /**
+   * Payload bytes of each outgoing cross-node stream kept to resume it from, should its link be
+   * lost mid-stream: more than the link's window plus the socket buffers on the way.
+   */
+  replayBytes: number;
 }
 
 /** How long run sharing may wait for a peer (its link, then its answer), ms. */
@@ -68,7 +76,7 @@ const key = (run: string, channel: string): string => `${run}/${channel}`;
 const UNTOLD_RETRY_MS = 2_000;
 
 /** Pass bytes both ways between two connections until both directions ended; reject on the first fault. */
-function splice(a: Connection, b: Connection, onForward: (bytes: number) => void, onBack: () => void): Promise<void> {
+function splice(a: Connection, b: Connection, onForward: (chunk: Buffer) => void, onBack: () => void): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     let open = 2;
     let failed = false;
@@ -90,7 +98,7 @@ function splice(a: Connection, b: Connection, onForward: (bytes: number) => void
       });
       from.pipe(to);
     };
-    a.input.on('data', (chunk: Buffer) => onForward(chunk.length));
+    a.input.on('data', onForward);
     b.input.once('data', onBack);
     direction(a.input, b.output, 'the sending side');
     direction(b.input, a.output, 'the receiving side');
@@ -293,15 +301,24 @@ export class Cluster {
     channel.state = 'relaying';
     metrics.relayChannels.inc();
     let answered = false;
+    const tap = new StreamTap(this.options.replayBytes);
+    // A producer that vanishes closes its socket cleanly; passed on as a clean close, its
+    // consumer (which may wait for a resumption) could not tell it from its own daemon's death.
+    // Registered before splice's pipe, so the link is cut before the pipe would close it.
+    producer.input.once('end', () => {
+      if (!tap.ended) link.destroy(new StreamError(ErrorCodes.TRUNCATED, `the producer went away after ${tap.offset} bytes, without its trailer`));
+    });
     try {
+      tap.push(head);
       link.output.write(head);
       channel.relayedBytes += head.length;
       await splice(
         producer,
         link,
-        (n) => {
-          channel.relayedBytes += n;
-          metrics.relayBytes.inc(n);
+        (chunk) => {
+          tap.push(chunk);
+          channel.relayedBytes += chunk.length;
+          metrics.relayBytes.inc(chunk.length);
         },
         () => (answered = true),
       );
@@ -311,7 +328,13 @@ export class Cluster {
       log2.info({ bytes: channel.relayedBytes }, 'cross-node stream delivered');
     } catch (err) {
       channel.state = 'failed';
+      const linkError = link.input.errored ?? link.output.errored;
       link.destroy();
+      const lost = linkError !== null && (isLinkFailure(linkError) || peers?.isUp(channel.peer!) === false);
+      if (lost && !answered && tap.resumable && this.sharesStore(channel.peer!)) {
+        log2.warn({ err, at: tap.offset }, 'peer link lost mid-stream: the rest of the stream goes through the object store');
+        return this.failOver(run, channel, producer, tap);
+      }
       const down = channel.peer !== undefined && peers?.isUp(channel.peer) === false;
       const reason = new ConnectError(ErrorCodes.UNAVAILABLE, down ? `the peer link to node "${channel.peer}" failed mid-stream` : `the stream to node "${channel.peer}" broke: ${(err as Error).message}`, {
         cause: err,
@@ -321,6 +344,41 @@ export class Cluster {
       if (answered) producer.destroy();
       else this.abortProducer(producer, reason);
       throw reason;
+    } finally {
+      metrics.relayChannels.dec();
+    }
+  }
+
+  /**
+   * The link of a cross-node stream was lost mid-way: resume it through the store, from the first
+   * byte the tap kept; the producer goes on sending, into the store now, and is acknowledged once
+   * the store holds all of it. The consumer's node is told (now, or once its link is back).
+   */
+  private async failOver(run: Run, channel: ChannelInfo, producer: Connection, tap: StreamTap): Promise<void> {
+    const { fallback, metrics, relayBufferBytes } = this.options;
+    const input = producer.input;
+    // the producer's chunks still reach the tap through the listener forward() gave splice
+    const { start, payload, trailer } = tap.takeOver(relayBufferBytes, () => {
+      input.pause();
+      payload.once('drain', () => input.resume());
+    });
+    input.once('end', () => tap.producerGone());
+    input.once('close', () => tap.producerGone());
+    input.on('error', (err) => tap.producerGone(err));
+    input.resume();
+    this.tellStored(channel.peer!, run.id, channel.name);
+    metrics.relayChannels.inc();
+    try {
+      await fallback.write(run, channel, payload, 'failover', { start, trailer });
+      channel.state = 'done';
+      const ack = encodeControl(FrameType.ACK, 0, { length: trailer().length });
+      producer.output.on('error', () => undefined);
+      producer.output.end(ack, () => setTimeout(() => producer.destroy(), 1_000).unref());
+      input.resume();
+    } catch (err) {
+      channel.state = 'failed';
+      this.abortProducer(producer, err as Error);
+      throw err;
     } finally {
       metrics.relayChannels.dec();
     }
@@ -340,6 +398,7 @@ export class Cluster {
     channel.state = 'relaying';
     metrics.relayChannels.inc();
     let consumer: Connection | undefined;
+    let answered = false;
     try {
       try {
         consumer = await attachConsumer(run, channel, attachTimeoutMs);
@@ -347,22 +406,59 @@ export class Cluster {
         if ((err as { code?: string }).code !== ErrorCodes.TIMEOUT) throw err;
         return this.spill(run, channel, link);
       }
-      await splice(link, consumer, (n) => {
-        channel.relayedBytes += n;
-        metrics.relayBytes.inc(n);
-      }, () => undefined);
+      await splice(link, consumer, (chunk) => {
+        channel.relayedBytes += chunk.length;
+        metrics.relayBytes.inc(chunk.length);
+      }, () => (answered = true));
       channel.state = 'done';
       log2.info({ bytes: channel.relayedBytes }, 'cross-node stream delivered');
     } catch (err) {
       channel.state = 'failed';
       metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
       log2.warn({ err }, 'cross-node delivery failed');
+      const linkError = link.input.errored ?? link.output.errored;
       if (!consumer) this.abortProducer(link, err as Error);
       else link.destroy();
+      // the stream broke on the producer's side of this node (not at the consumer, which has not answered)
+      if (consumer && !answered && linkError !== null) this.afterBrokenDelivery(run, channel, consumer, linkError);
     } finally {
       metrics.relayChannels.dec();
       consumer?.destroy();
       this.untrack(run.id, link);
+    }
+  }
+
+  /**
+   * A stream being delivered here broke on the link's side. A consumer listening on a Unix socket
+   * waits for its stream to be resumed on a new connection: if the link itself was lost and both
+   * nodes share a store, the producer's node resumes it there and this node feeds it on; otherwise
+   * the consumer is told why it cannot be resumed (over a new connection: the broken one may have
+   * stopped mid-frame). A FIFO consumer just sees its stream cut (SLUICE_TRUNCATED).
+   */
+  private afterBrokenDelivery(run: Run, channel: ChannelInfo, consumer: Connection, why: Error): void {
+    consumer.destroy();
+    if (channel.path !== 'unix') return;
+    const lost = isLinkFailure(why) || this.options.peers?.isUp(channel.peer!) === false;
+    if (lost && this.sharesStore(channel.peer!)) {
+      this.options.log.warn({ run: run.id, channel: channel.name, peer: channel.peer }, 'peer link lost mid-stream: the consumer gets the rest from the object store');
+      return this.options.fallback.feed(run, channel);
+    }
+    const message = lost
+      ? `the peer link to node "${channel.peer}" failed mid-stream, and the two nodes share no object store to resume through (${why.message})`
+      : `the producer's node ended the stream mid-way: ${why.message}`;
+    void this.tellConsumer(run, channel, ErrorCodes.TRUNCATED, message);
+  }
+
+  /** Give a consumer waiting for its stream to resume the reason it will not be: an ABORT on a new connection. */
+  private async tellConsumer(run: Run, channel: ChannelInfo, code: string, message: string): Promise<void> {
+    try {
+      const conn = await attachConsumer(run, channel, 5_000);
+      conn.output.on('error', () => undefined);
+      conn.input.on('error', () => undefined);
+      conn.output.end(encodeControl(FrameType.ABORT, 0, { code, message }), () => setTimeout(() => conn.destroy(), 1_000).unref());
+      conn.input.resume();
+    } catch (err) {
+      this.options.log.debug({ err, run: run.id, channel: channel.name }, 'the consumer was not there to be told its stream failed');
     }
   }
 

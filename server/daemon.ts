@@ -72,6 +72,8 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     peers,
     attachTimeoutMs: config.attachTimeoutMs,
     relayBufferBytes: config.relayBufferBytes,
+    // the link's window, plus what the queues on either side of it may hold (a few 256 KiB pieces)
+    replayBytes: config.peerWindowBytes + 1024 * 1024,
     log,
     metrics,
     workflows,

@@ -8,13 +8,17 @@
  *   `end()` still means "every byte is safe". Reasons: `spill` (its consumer did not attach
  *   within the attach timeout, or the relay buffer filled first), `forced` (edge `via: s3`),
  *   `unreachable` (the consumer's node could not be reached when the channel opened), `persist`
- *   (edge `persist: true`: a durable copy beside the direct path).
+ *   (edge `persist: true`: a durable copy beside the direct path), `failover` (the peer link or
+ *   the consumer's daemon was lost mid-stream: the rest of the stream, from a point the consumer
+ *   has certainly reached, is a *resumed* stored stream).
  * - **Feeding** (`feed`): on the consumer's node, a stored stream is delivered into the
  *   consumer's FIFO once the consumer opens it, with the channel protocol (HELLO `via: "s3"` or
  *   `"file"`, the payload, a trailer). The consumer reads segment k while the producer still
  *   writes k+1, and sees the same `input()` as on every other path. A stream the store cannot
  *   complete (writer failed, store gone, a segment corrupt) reaches the consumer as an ABORT
- *   with the code, never as a clean end.
+ *   with the code, never as a clean end. A resumed stream is fed as a resumption: its HELLO says
+ *   where it restarts (`resume`), the consumer drops what it has already, and the END carries the
+ *   producer's trailer for the whole stream.
  * - **Lifecycle**: a run's objects are removed when the run is deleted here, and every hour
  *   (and at start) objects of runs past their expiry (`<run>/expires.json`) are removed, so runs
  *   abandoned by a crashed daemon do not stay forever.
@@ -35,7 +39,15 @@ import type { Metrics } from './metrics.js';
 import { attachConsumer } from './relay.js';
 import type { ChannelInfo, Run } from './runs.js';
 
-export type StoreReason = 'spill' | 'forced' | 'unreachable' | 'persist';
+export type StoreReason = 'spill' | 'forced' | 'unreachable' | 'persist' | 'failover';
+
+/** A stream resumed through the store mid-way: where the stored part starts, and the whole stream's trailer. */
+export interface Resumed {
+  /** payload offset of the first stored byte, bytes */
+  start: number;
+  /** the producer's END fields for the whole stream, asked for once the source ended */
+  trailer: () => { length: number; checksum: string };
+}
 
 export interface FallbackOptions {
   store: ObjectStore;
@@ -105,7 +117,7 @@ export class Fallback {
   }
 
   /** Write `source` (a verified payload stream) into the store; resolves once it is all stored. */
-  async write(run: Run, channel: ChannelInfo, source: Readable, reason: StoreReason): Promise<void> {
+  async write(run: Run, channel: ChannelInfo, source: Readable, reason: StoreReason, resumed?: Resumed): Promise<void> {
     const { store, metrics, log, segmentBytes } = this.options;
     const log2 = log.child({ run: run.id, channel: channel.name, store: store.location });
     metrics.storeStreams.inc({ reason });
@@ -117,6 +129,7 @@ export class Fallback {
         metrics.storeBytes.inc({ direction: 'written' }, bytes);
         metrics.storeSegments.inc({ direction: 'written' });
       },
+      ...(resumed ? { resumed } : {}),
     });
     try {
       if (!this.wrote.has(run.id)) {
@@ -134,24 +147,17 @@ export class Fallback {
   }
 
   /**
-   * Deliver the channel's stored stream to its consumer on this node, once the consumer opens its
-   * FIFO (waiting until the run ends). Idempotent per channel.
+   * Deliver the channel's stored stream to its consumer on this node, once the stream exists and
+   * the consumer listens (waiting until the run ends). Idempotent per channel.
    */
   feed(run: Run, channel: ChannelInfo): void {
     const key = `${run.id}/${channel.name}`;
-    if (this.feeders.has(key)) return;
+    if (this.feeders.has(key) || channel.state === 'done') return;
     this.feeders.add(key);
     const { store, metrics, log } = this.options;
     const signal = this.signalOf(run.id);
     const log2 = log.child({ run: run.id, channel: channel.name, store: store.location });
     void (async () => {
-      const consumer = await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), signal);
-      channel.state = 'relaying';
-      this.streaming++;
-      const done = (): void => {
-        this.streaming--;
-      };
-      consumer.input.once('close', done);
       const source = new StoredStreamReader(store, streamPrefix(run.id, channel.name), {
         signal,
         onSegment: (bytes) => {
@@ -159,7 +165,19 @@ export class Fallback {
           metrics.storeSegments.inc({ direction: 'read' });
         },
       });
-      const writer = new ChannelWriter(consumer, { hello: { run: run.id, from: channel.from, to: channel.to, via: store.path } });
+      // a consumer waiting for its stream to resume is connected only once there is one
+      const resume = await source.origin();
+      const consumer = await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), signal);
+      channel.state = 'relaying';
+      this.streaming++;
+      const done = (): void => {
+        this.streaming--;
+      };
+      consumer.input.once('close', done);
+      const writer = new ChannelWriter(consumer, {
+        hello: { run: run.id, from: channel.from, to: channel.to, via: store.path, resume },
+        trailer: () => source.manifest?.trailer,
+      });
       await pipeline(source, writer);
       channel.state = 'done';
       log2.info('stored stream delivered and verified');

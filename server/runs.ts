@@ -59,7 +59,7 @@ export interface ChannelInfo {
   /** the edge says `persist: true`: a durable copy in the store besides the direct path */
   persist: boolean;
   /** why the stream went to the object store, once it did */
-  stored?: 'spill' | 'forced' | 'unreachable' | 'persist';
+  stored?: 'spill' | 'forced' | 'unreachable' | 'persist' | 'failover';
   state: 'prepared' | 'relaying' | 'done' | 'failed';
   relayedBytes: number;
 }

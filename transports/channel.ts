@@ -83,6 +83,13 @@ export interface ChannelWriterOptions {
   highWaterMark?: number;
   /** Channel id in frame headers. Default 0 (a connection that carries one channel). */
   channel?: number;
+  /**
+   * The END frame's fields, asked for at `end()`, instead of this writer's own length and
+   * checksum: a daemon resuming a stream from the object store sends the producer's trailer, which
+   * also covers the bytes the consumer received before the resume point. The consumer's ACK is
+   * then checked against that length. Answering undefined, or no function: this writer's own.
+   */
+  trailer?: () => { length: number; checksum: string } | undefined;
 }
 
 export interface ChannelReaderOptions {
@@ -98,6 +105,17 @@ export interface ChannelReaderOptions {
    * `end()` still means "the final consumer verified". Default: acknowledge at once.
    */
   acknowledge?: () => Promise<void>;
+  /**
+   * Makes the stream resumable. When the connection breaks before the trailer, the reader asks
+   * `reconnect` for the next one instead of failing: a daemon resuming the stream (from the object
+   * store, after its peer link or the daemon itself failed mid-stream). That connection starts
+   * with a HELLO whose `resume` is the payload offset it restarts at (default 0); what the reader
+   * received already is skipped, and the trailer still covers the whole stream. A connection may
+   * also bring only an ABORT (the daemon knows the stream cannot be resumed). If `reconnect`
+   * rejects (nobody came in time), or the resume point lies past what was received, the stream
+   * fails with SLUICE_TRUNCATED. Default: not resumable.
+   */
+  reconnect?: () => Promise<Connection>;
 }
 
 /**
@@ -153,6 +171,9 @@ export class ChannelWriter extends Writable {
   private verdict: 'pending' | 'acked' | Error = 'pending';
   private finalCallback: ((err?: Error | null) => void) | undefined;
   private drainCallback: ((err?: Error | null) => void) | undefined;
+  private readonly trailer: (() => { length: number; checksum: string } | undefined) | undefined;
+  /** the length the END frame announced: what the consumer must acknowledge */
+  private announced = -1;
 
   constructor(
     private readonly conn: Connection,
@@ -165,6 +186,7 @@ export class ChannelWriter extends Writable {
     }
     this.maxFramePayload = max;
     this.channel = options.channel ?? 0;
+    this.trailer = options.trailer;
     const { input, output } = conn;
     output.on('drain', () => this.release(null));
     output.on('error', (err) => this.fail(fromSystemError(err, 'producer', { channel: this.channel })));
@@ -186,8 +208,8 @@ export class ChannelWriter extends Writable {
     },
     control: (type, _channel, fields) => {
       if (type === FrameType.ACK) {
-        if (fields.length !== this.length || !this.writableEnded) {
-          return this.fail(new StreamError(ErrorCodes.CORRUPT, `consumer acknowledged ${String(fields.length)} bytes, ${this.length} were sent`));
+        if (fields.length !== this.announced || !this.writableEnded) {
+          return this.fail(new StreamError(ErrorCodes.CORRUPT, `consumer acknowledged ${String(fields.length)} bytes, the trailer said ${this.announced}`));
         }
         this.verdict = 'acked';
         const cb = this.finalCallback;
@@ -309,7 +331,9 @@ export class ChannelWriter extends Writable {
   override _final(callback: (err?: Error | null) => void): void {
     if (this.verdict instanceof Error) return callback(this.verdict);
     this.finalCallback = callback;
-    this.conn.output.end(encodeControl(FrameType.END, this.channel, { length: this.length, checksum: this.checksum.digest() }));
+    const trailer = this.trailer?.() ?? { length: this.length, checksum: this.checksum.digest() };
+    this.announced = trailer.length;
+    this.conn.output.end(encodeControl(FrameType.END, this.channel, trailer));
   }
 
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
@@ -333,25 +357,39 @@ export class ChannelReader extends Readable {
   hello: Record<string, unknown> | undefined;
   /** Payload bytes received so far. */
   length = 0;
+  /** Times the stream was resumed on a new connection (see `reconnect`). */
+  resumes = 0;
   private readonly checksum = new StreamChecksum();
   private readonly channel: number;
-  private readonly decoder: FrameDecoder;
+  private readonly maxFramePayload: number;
+  private decoder: FrameDecoder;
+  private conn: Connection;
   private state: 'open' | 'verified' | 'failed' = 'open';
   private inputPaused = false;
   private readonly acknowledge: (() => Promise<void>) | undefined;
+  private readonly reconnect: (() => Promise<Connection>) | undefined;
+  /** a resumed connection's HELLO is still to come */
+  private awaitingResume = false;
+  /** payload bytes of the resumed connection that were received before, to drop */
+  private skip = 0;
 
-  constructor(
-    private readonly conn: Connection,
-    options: ChannelReaderOptions = {},
-  ) {
+  constructor(conn: Connection, options: ChannelReaderOptions = {}) {
     super({ highWaterMark: options.highWaterMark ?? 64 * 1024 });
     this.channel = options.channel ?? 0;
     this.acknowledge = options.acknowledge;
-    this.decoder = new FrameDecoder({ maxFramePayload: options.maxFramePayload ?? DEFAULT_MAX_FRAME_PAYLOAD });
+    this.reconnect = options.reconnect;
+    this.maxFramePayload = options.maxFramePayload ?? DEFAULT_MAX_FRAME_PAYLOAD;
+    this.decoder = new FrameDecoder({ maxFramePayload: this.maxFramePayload });
+    this.conn = conn;
+    this.attach(conn);
+  }
+
+  private attach(conn: Connection): void {
     const { input, output } = conn;
+    const current = (): boolean => this.conn === conn && this.state === 'open';
     output.on('error', () => undefined); // the producer may be gone when we answer; our verdict stands
     input.on('data', (chunk: Buffer) => {
-      if (this.state !== 'open') return;
+      if (!current()) return;
       try {
         this.decoder.push(chunk, this.sink);
       } catch (err) {
@@ -359,18 +397,46 @@ export class ChannelReader extends Readable {
       }
     });
     input.on('end', () => {
-      if (this.state === 'open') this.fail(new StreamError(ErrorCodes.TRUNCATED, `stream ended after ${this.length} bytes without its trailer`, { details: { length: this.length } }));
+      if (current()) this.broken(new StreamError(ErrorCodes.TRUNCATED, `stream ended after ${this.length} bytes without its trailer`, { details: { length: this.length } }));
     });
     input.on('error', (err) => {
-      if (this.state === 'open') this.fail(fromSystemError(err, 'consumer', { channel: this.channel, length: this.length }));
+      if (current()) this.broken(fromSystemError(err, 'consumer', { channel: this.channel, length: this.length }));
     });
-    input.resume();
+    if (this.inputPaused) input.pause();
+    else input.resume();
+  }
+
+  /** The connection broke before the trailer: wait for the stream to be resumed, or fail. */
+  private broken(err: SluiceError): void {
+    if (!this.reconnect) return this.fail(err);
+    const dead = this.conn;
+    dead.destroy();
+    this.awaitingResume = true;
+    this.reconnect().then(
+      (next) => {
+        if (this.state !== 'open' || this.destroyed) return next.destroy();
+        this.resumes++;
+        this.conn = next;
+        this.decoder = new FrameDecoder({ maxFramePayload: this.maxFramePayload });
+        this.attach(next);
+      },
+      (why: unknown) => {
+        if (this.conn !== dead) return;
+        this.fail(new StreamError(ErrorCodes.TRUNCATED, `${err.message}, and it was not resumed: ${(why as Error).message}`, { cause: why, details: { length: this.length } }), false);
+      },
+    );
   }
 
   private readonly sink: FrameSink = {
     data: (channel, bytes) => {
       if (channel !== this.channel) throw new ProtocolError(`DATA for channel ${channel} on channel ${this.channel}`);
-      if (!this.hello) throw new ProtocolError('DATA before HELLO');
+      if (!this.hello || this.awaitingResume) throw new ProtocolError('DATA before HELLO');
+      if (this.skip > 0) {
+        const dropped = Math.min(this.skip, bytes.length);
+        this.skip -= dropped;
+        if (dropped === bytes.length) return;
+        bytes = bytes.subarray(dropped);
+      }
       this.length += bytes.length;
       this.checksum.update(bytes);
       if (!this.push(bytes) && !this.inputPaused) {
@@ -382,13 +448,14 @@ export class ChannelReader extends Readable {
       if (channel !== this.channel) throw new ProtocolError(`${frameTypeName(type)} for channel ${channel} on channel ${this.channel}`);
       switch (type) {
         case FrameType.HELLO:
-          if (this.hello) throw new ProtocolError('second HELLO');
           if (fields.v !== WIRE_VERSION) throw new ProtocolError(`producer speaks channel protocol ${String(fields.v)}, this side ${WIRE_VERSION}`);
+          if (this.awaitingResume) return this.resumeAt(fields);
+          if (this.hello) throw new ProtocolError('second HELLO');
           this.hello = fields;
           this.emit('hello', fields);
           return;
         case FrameType.END:
-          if (!this.hello) throw new ProtocolError('END before HELLO');
+          if (!this.hello || this.awaitingResume) throw new ProtocolError('END before HELLO');
           return this.verify(fields);
         case FrameType.ABORT:
           // a daemon on the path passes its own failure on as such: the producer's stream was
@@ -404,6 +471,22 @@ export class ChannelReader extends Readable {
       }
     },
   };
+
+  /** A resumed connection's HELLO: it restarts at payload offset `resume`; drop what we have. */
+  private resumeAt(fields: Record<string, unknown>): void {
+    const from = fields.resume ?? 0;
+    if (typeof from !== 'number' || !Number.isSafeInteger(from) || from < 0) throw new ProtocolError(`resumed HELLO: "resume" must be a byte offset, got ${JSON.stringify(from)}`);
+    if (from > this.length) {
+      return this.fail(
+        new StreamError(ErrorCodes.TRUNCATED, `the stream was resumed at byte ${from}, past the ${this.length} bytes received: bytes ${this.length}..${from} are lost`, {
+          details: { length: this.length, resume: from },
+        }),
+      );
+    }
+    this.awaitingResume = false;
+    this.skip = this.length - from;
+    this.hello ??= fields;
+  }
 
   private verify(fields: Record<string, unknown>): void {
     const checksum = this.checksum.digest();

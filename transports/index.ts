@@ -10,7 +10,7 @@ export * from './layout.js';
 export { FifoTransport, fifoTransport, ACK_SUFFIX } from './fifo.js';
 export { MemoryTransport } from './memory.js';
 export { WsTransport, WS_DEFAULT_MAX_PAYLOAD, WS_DEFAULT_HANDSHAKE_TIMEOUT_MS, WS_CLOSE_UNAUTHORIZED, type WsTransportOptions, type WsDialOptions } from './ws.js';
-export { Mux, MuxTransport, type MuxOptions } from './mux.js';
+export { Mux, MuxTransport, isLinkFailure, type MuxOptions } from './mux.js';
 export { firstChunk, mediumError } from './streams.js';
 export { acceptEach } from './waiting.js';
 export * from './store.js';

@@ -47,6 +47,16 @@ export interface MuxOptions {
 /** What to do with a connection opened to `endpoint`; throw a SluiceError to refuse it. */
 export type OpenHandler = (endpoint: string) => (conn: Connection) => void;
 
+const LINK_FAILED = Symbol('sluice.linkFailed');
+
+/**
+ * Did this error end a connection because its whole link failed (rather than the peer resetting
+ * that one connection)? A daemon resumes such a stream through the object store.
+ */
+export function isLinkFailure(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && (err as Record<symbol, unknown>)[LINK_FAILED] === true;
+}
+
 const DEFAULTS = { windowBytes: 2 * 1024 * 1024, maxFramePayload: 256 * 1024, maxConnections: 4096 };
 
 
@@ -118,11 +128,12 @@ class Virtual implements Connection {
   }
 
   /** The peer reset the connection, or the link failed: fail both streams like a dead socket's. */
-  broken(why: string): void {
+  broken(why: string, linkFailed: boolean): void {
     this.reset = true;
     this.waitingForCredit = undefined;
-    if (!this.inputEnded) destroyWith(this.input, mediumError('ECONNRESET', why));
-    if (!this.output.writableFinished) destroyWith(this.output, mediumError('EPIPE', why));
+    const mark = (err: Error): Error => (linkFailed ? Object.assign(err, { [LINK_FAILED]: true }) : err);
+    if (!this.inputEnded) destroyWith(this.input, mark(mediumError('ECONNRESET', why)));
+    if (!this.output.writableFinished) destroyWith(this.output, mark(mediumError('EPIPE', why)));
     this.mux.forget(this);
   }
 
@@ -292,7 +303,7 @@ export class Mux {
             return;
           }
           if (!vc) return;
-          vc.broken(`peer reset the connection: ${String(fields.message)}`);
+          vc.broken(`peer reset the connection: ${String(fields.message)}`, false);
           return;
         }
         default:
@@ -384,7 +395,7 @@ export class Mux {
     this.resolveClosed(error);
     for (const [, pending] of this.opening) pending.reject(new ConnectError(ErrorCodes.UNAVAILABLE, `peer link failed: ${error.message}`, { cause: error, details: { link: 'down' } }));
     this.opening.clear();
-    for (const vc of [...this.connections.values()]) vc.broken(`peer link failed: ${error.message}`);
+    for (const vc of [...this.connections.values()]) vc.broken(`peer link failed: ${error.message}`, true);
     for (const queue of this.listeners.values()) queue.close();
     const waiters = this.linkWaiters;
     this.linkWaiters = [];

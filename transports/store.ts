@@ -15,7 +15,14 @@
  *   ...
  *   <prefix><run>/<channel>/manifest.json  { v, length, checksum, segmentBytes, segments }, written last
  *   <prefix><run>/<channel>/aborted.json   { code, message } instead, when the producer failed
+ *   <prefix><run>/<channel>/resume.json    { start }, written first, when the stream resumes one
+ *                                          that broke mid-way (see below)
  * ```
+ *
+ * A **resumed** stream holds a stream's payload from byte `start` on: a daemon that lost its
+ * peer link mid-stream writes from a point its consumer has certainly reached, and its manifest
+ * then also carries `trailer`, the producer's own { length, checksum } of the whole stream, which
+ * the consumer (holding the bytes before `start`) verifies at the end.
  *
  * A reader streams: it reads segment k as soon as it exists, while the writer fills k+1, and it
  * reports end-of-stream only when the manifest exists and the bytes it read match its length and
@@ -105,6 +112,7 @@ export function storeError(what: string, err: unknown, details?: Record<string, 
 export const MANIFEST_OBJECT = 'manifest.json';
 export const ABORTED_OBJECT = 'aborted.json';
 export const EXPIRES_OBJECT = 'expires.json';
+export const RESUME_OBJECT = 'resume.json';
 
 /** The objects of one run: `<run>/`. */
 export const runPrefix = (run: string): string => `${run}/`;
@@ -121,6 +129,10 @@ export interface StreamManifest {
   /** size of every segment but the last, bytes */
   segmentBytes: number;
   segments: number;
+  /** a resumed stream: where its payload starts in the whole stream, bytes */
+  start?: number;
+  /** a resumed stream: the whole stream's length and checksum, as its producer sent them */
+  trailer?: { length: number; checksum: string };
 }
 
 export interface StoredStreamWriterOptions {
@@ -130,6 +142,12 @@ export interface StoredStreamWriterOptions {
   uploadsInFlight?: number;
   /** Called after each segment is stored, with its size in bytes. */
   onSegment?: (bytes: number) => void;
+  /**
+   * Write a resumed stream: its payload starts at `start` (bytes) of the whole stream, and
+   * `resume.json` is stored before anything else; `trailer`, asked for at `end()`, is the whole
+   * stream's length and checksum, kept in the manifest. Default: an ordinary stream.
+   */
+  resumed?: { start: number; trailer: () => { length: number; checksum: string } };
 }
 
 export const DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024;
@@ -187,6 +205,12 @@ export class StoredStreamWriter extends Writable {
     return this.length;
   }
 
+  override _construct(callback: (error?: Error | null) => void): void {
+    const { resumed } = this.options;
+    if (!resumed) return callback();
+    this.store.put(this.prefix + RESUME_OBJECT, Buffer.from(JSON.stringify({ start: resumed.start }))).then(() => callback(), callback);
+  }
+
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
     this.length += chunk.length;
     this.checksum.update(chunk);
@@ -213,6 +237,11 @@ export class StoredStreamWriter extends Writable {
       .then(() => Promise.all(this.uploads))
       .then(() => {
         const manifest: StreamManifest = { v: 1, length: this.length, checksum: this.checksum.digest(), segmentBytes: this.segmentBytes, segments: this.segments };
+        const { resumed } = this.options;
+        if (resumed) {
+          const { length, checksum } = resumed.trailer();
+          Object.assign(manifest, { start: resumed.start, trailer: { length, checksum } });
+        }
         return this.store.put(this.prefix + MANIFEST_OBJECT, Buffer.from(JSON.stringify(manifest)));
       })
       .then(() => callback(), callback);
@@ -265,6 +294,8 @@ export interface StoredStreamReaderOptions {
  * ahead of its consumer at most.
  */
 export class StoredStreamReader extends Readable {
+  /** The manifest, once the stream ended verified. */
+  manifest: StreamManifest | undefined;
   private next = 0;
   private length = 0;
   private readonly checksum = new StreamChecksum();
@@ -292,12 +323,27 @@ export class StoredStreamReader extends Readable {
     );
   }
 
+  /**
+   * Wait until the stream exists (its first segment, its manifest, or its resume marker) and
+   * answer where its payload starts in the whole stream: 0, or a resumed stream's `start`.
+   * Rejects with the writer's code if it abandoned the stream first.
+   */
+  async origin(): Promise<number> {
+    return this.poll(async () => {
+      const marker = await this.store.get(this.prefix + RESUME_OBJECT);
+      if (marker) return parseResume(marker, this.prefix);
+      if ((await this.store.get(segmentKey(this.prefix, 0))) || (await this.store.get(this.prefix + MANIFEST_OBJECT))) {
+        // a resume marker is written before the first segment: none now means none at all
+        const late = await this.store.get(this.prefix + RESUME_OBJECT);
+        return late ? parseResume(late, this.prefix) : 0;
+      }
+      return undefined;
+    });
+  }
+
   /** The next segment's payload; undefined at the verified end. */
-  private async fetch(): Promise<Buffer | undefined> {
-    const { signal } = this.options;
-    let delay = this.options.minPollMs ?? 10;
-    for (;;) {
-      if (signal?.aborted) throw new ConnectError(ErrorCodes.ABORTED, 'reading the stored stream was aborted', { cause: signal.reason });
+  private fetch(): Promise<Buffer | undefined> {
+    return this.poll<Buffer | null>(async () => {
       const segment = await this.segment(this.next);
       if (segment) {
         this.next++;
@@ -308,6 +354,18 @@ export class StoredStreamReader extends Readable {
       }
       const manifest = await this.store.get(this.prefix + MANIFEST_OBJECT);
       if (manifest) return this.finish(parseManifest(manifest, this.prefix));
+      return undefined;
+    }).then((found) => found ?? undefined);
+  }
+
+  /** Try `attempt` until it answers, backing off between polls; the writer's abandonment and the signal end the wait. */
+  private async poll<T>(attempt: () => Promise<T | undefined>): Promise<T> {
+    const { signal } = this.options;
+    let delay = this.options.minPollMs ?? 10;
+    for (;;) {
+      if (signal?.aborted) throw new ConnectError(ErrorCodes.ABORTED, 'reading the stored stream was aborted', { cause: signal.reason });
+      const found = await attempt();
+      if (found !== undefined) return found;
       const aborted = await this.store.get(this.prefix + ABORTED_OBJECT);
       if (aborted) throw abortedStream(aborted, this.prefix);
       try {
@@ -334,7 +392,7 @@ export class StoredStreamReader extends Readable {
     }
   }
 
-  private finish(manifest: StreamManifest): undefined {
+  private finish(manifest: StreamManifest): null {
     if (this.next < manifest.segments) {
       throw new StreamError(ErrorCodes.CORRUPT, `stored stream ${this.prefix}: segment ${this.next} of ${manifest.segments} is missing`, { details: { prefix: this.prefix } });
     }
@@ -344,18 +402,30 @@ export class StoredStreamReader extends Readable {
         details: { prefix: this.prefix },
       });
     }
-    return undefined;
+    this.manifest = manifest;
+    return null;
   }
 }
 
 function parseManifest(bytes: Buffer, prefix: string): StreamManifest {
   try {
     const m = JSON.parse(bytes.toString('utf8')) as StreamManifest;
-    if (m.v === 1 && Number.isSafeInteger(m.length) && Number.isSafeInteger(m.segments) && typeof m.checksum === 'string') return m;
+    const resumed = m.trailer === undefined || (Number.isSafeInteger(m.start) && Number.isSafeInteger(m.trailer.length) && typeof m.trailer.checksum === 'string');
+    if (m.v === 1 && Number.isSafeInteger(m.length) && Number.isSafeInteger(m.segments) && typeof m.checksum === 'string' && resumed) return m;
   } catch {
     // reported below
   }
   throw new StreamError(ErrorCodes.CORRUPT, `stored stream ${prefix}: the manifest is not valid`, { details: { prefix } });
+}
+
+function parseResume(bytes: Buffer, prefix: string): number {
+  try {
+    const { start } = JSON.parse(bytes.toString('utf8')) as { start?: unknown };
+    if (typeof start === 'number' && Number.isSafeInteger(start) && start >= 0) return start;
+  } catch {
+    // reported below
+  }
+  throw new StreamError(ErrorCodes.CORRUPT, `stored stream ${prefix}: the resume marker is not valid`, { details: { prefix } });
 }
 
 function abortedStream(bytes: Buffer, prefix: string): StreamError {

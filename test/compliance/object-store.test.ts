@@ -10,6 +10,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  checksumOf,
   DirectoryStore,
   StoredStreamReader,
   StoredStreamWriter,
@@ -119,6 +120,27 @@ describe.each(Object.keys(media))('object store contract: %s', (name) => {
     const read = await drain(new StoredStreamReader(store, prefix));
     expect(read.error).toBeUndefined();
     expect(sha256(read.bytes)).toBe(sha256(data));
+  });
+
+  it('stores a resumed stream: origin() answers its start, its manifest keeps the whole stream\'s trailer; an ordinary stream starts at 0', async () => {
+    const whole = seededBytes(300_000, 12);
+    const prefix = streamPrefix('run-r', 'resumed');
+    const reader = new StoredStreamReader(store, prefix, { minPollMs: 5, maxPollMs: 20 });
+    const origin = reader.origin(); // asked before anything is written: it waits
+    const writer = new StoredStreamWriter(store, prefix, { segmentBytes: 100_000, resumed: { start: 120_000, trailer: () => ({ length: whole.length, checksum: checksumOf(whole) }) } });
+    await pipeline(Readable.from([whole.subarray(120_000)]), writer);
+    expect(await origin).toBe(120_000);
+    const read = await drain(reader);
+    expect(read.error).toBeUndefined();
+    expect(sha256(read.bytes)).toBe(sha256(whole.subarray(120_000)));
+    expect(reader.manifest).toMatchObject({ start: 120_000, trailer: { length: whole.length, checksum: checksumOf(whole) } });
+
+    const plain = streamPrefix('run-r', 'plain');
+    await pipeline(Readable.from([whole]), new StoredStreamWriter(store, plain));
+    const ordinary = new StoredStreamReader(store, plain);
+    expect(await ordinary.origin()).toBe(0);
+    await drain(ordinary);
+    expect(ordinary.manifest?.trailer).toBeUndefined();
   });
 
   it('stores an empty stream as a verified empty stream', async () => {

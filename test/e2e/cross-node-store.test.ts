@@ -1,10 +1,12 @@
 /**
  * The object-store path across nodes, in network namespaces: `via: s3` between two nodes that
  * share a store, a consumer's node unreachable when its channel opens (the stream goes to the
- * store and reaches the consumer once the link is back), and nodes with different stores refused
- * for a channel that needs one store.
+ * store and reaches the consumer once the link is back), nodes with different stores refused
+ * for a channel that needs one store, and mid-stream failover: the consumer's daemon killed, or
+ * the link lost, while a stream flows — the producer's node resumes it through the store and the
+ * consumer reads the complete, verified stream.
  */
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -72,6 +74,21 @@ async function runOf(edge: Record<string, unknown>, placement: Record<string, st
   return (await control<{ run: string; token: string }>(at.dir, 'POST', '/v1/runs', { workflow: name, placement })).body;
 }
 
+/** Wait until the run's channel on `d` has passed `bytes`. */
+async function relayed(d: DaemonProcess, run: string, bytes: number): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const ch = (await control<{ channels: Array<{ relayedBytes: number }> }>(d.dir, 'GET', `/v1/runs/${run}`)).body.channels[0]!;
+    if (ch.relayedBytes > bytes) return;
+    if (Date.now() > deadline) throw new Error(`the stream of run ${run} never passed ${bytes} bytes`);
+    await sleep(20);
+  }
+}
+
+async function channelOn(d: DaemonProcess, run: string): Promise<{ state: string; stored?: string }> {
+  return (await control<{ channels: Array<{ state: string; stored?: string }> }>(d.dir, 'GET', `/v1/runs/${run}`)).body.channels[0]!;
+}
+
 /** `done`, or a failure that shows the daemons' last words when it does not come within `ms`. */
 async function within(done: Promise<FnResult>, ms: number, what: string): Promise<FnResult> {
   let timer: NodeJS.Timeout | undefined;
@@ -130,4 +147,55 @@ describe.skipIf(!availability.ok)(`the object store across nodes${skipReason}`, 
     expect(refused).toMatchObject({ code: 'SLUICE_INVALID', message: expect.stringMatching(/different stores.*give every node the same --store/) });
     expect(await runs()).toEqual(before);
   });
+
+  it("resumes a stream through the store when the consumer's daemon is killed mid-stream: once it is back, the consumer reads every byte, verified", async () => {
+    const run = await runOf({}, { p: 'n0', c: 'n1' });
+    // a slow consumer (about 20 MB/s), so that the stream is still flowing when its daemon dies
+    const consumer = runFunction(daemons[1]!.dir, run, 'c', ['sink', '-', '50']);
+    const producer = runFunction(daemons[0]!.dir, run, 'p', ['source', String(48 * MiB), '21']);
+    await relayed(daemons[1]!, run.run, 8 * MiB);
+    await daemons[1]!.restart();
+    const produced = ok(await within(producer.done, 60_000, 'the producer'));
+    expect(ok(await within(consumer.done, 60_000, 'the consumer'))).toMatchObject({ bytes: 48 * MiB, sha256: produced.sha256 });
+    // the rest went through the store, as a resumed stream that starts past the first byte
+    const resume = JSON.parse(readFileSync(join(shared, 'store', run.run, 'p.0-c.0', 'resume.json'), 'utf8')) as { start: number };
+    expect(resume.start).toBeGreaterThan(0);
+    expect(resume.start).toBeLessThan(48 * MiB);
+    expect(await channelOn(daemons[0]!, run.run)).toMatchObject({ state: 'done', stored: 'failover' });
+    await linksUp(daemons[1]!, 2);
+  }, 120_000);
+
+  it('resumes a stream through the store when the link goes down mid-stream: the consumer completes, verified, while the link is still down', async () => {
+    const run = await runOf({}, { p: 'n0', c: 'n1' });
+    const consumer = runFunction(daemons[1]!.dir, run, 'c', ['sink', '-', '50']);
+    const producer = runFunction(daemons[0]!.dir, run, 'p', ['source', String(48 * MiB), '22']);
+    await relayed(daemons[1]!, run.run, 8 * MiB);
+    await cluster.nodes[1]!.linkDown();
+    try {
+      const produced = ok(await within(producer.done, 60_000, 'the producer'));
+      expect(ok(await within(consumer.done, 60_000, 'the consumer'))).toMatchObject({ bytes: 48 * MiB, sha256: produced.sha256 });
+      expect(await peerState(daemons[0]!, 'n1')).not.toBe('up');
+      expect(existsSync(join(shared, 'store', run.run, 'p.0-c.0', 'resume.json'))).toBe(true);
+      expect(await channelOn(daemons[1]!, run.run)).toMatchObject({ state: 'done' });
+    } finally {
+      await cluster.nodes[1]!.linkUp();
+    }
+    await linksUp(daemons[0]!, 2);
+  }, 120_000);
+
+  it('fails the consumer with SLUICE_TRUNCATED, not a clean end, when the link goes down mid-stream between nodes that share no store', async () => {
+    const run = await runOf({}, { p: 'n0', c: 'n2' });
+    const consumer = runFunction(daemons[2]!.dir, run, 'c', ['sink', '-', '50']);
+    const producer = runFunction(daemons[0]!.dir, run, 'p', ['source', String(48 * MiB), '23']);
+    await relayed(daemons[2]!, run.run, 8 * MiB);
+    await cluster.nodes[2]!.linkDown();
+    try {
+      const [produced, consumed] = await Promise.all([within(producer.done, 60_000, 'the producer'), within(consumer.done, 60_000, 'the consumer')]);
+      expect(produced.result.error?.code).toBe('SLUICE_UNAVAILABLE');
+      expect(consumed.result.error).toMatchObject({ code: 'SLUICE_TRUNCATED', message: expect.stringMatching(/share no object store/) });
+    } finally {
+      await cluster.nodes[2]!.linkUp();
+    }
+    await linksUp(daemons[0]!, 2);
+  }, 120_000);
 });

@@ -22,7 +22,7 @@ let app: ReturnType<typeof buildApi>;
 /** The cluster and relay of one node with no peers, as the daemon puts them together. */
 function wire(metrics: Metrics, workflows: Map<string, Workflow>): { cluster: Cluster; relay: Relay } {
   const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
-  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, log, metrics, workflows, fallback });
+  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback });
   const relay = new Relay(runs, {
     dir,
     relayBufferBytes: 1 << 20,
