@@ -18,6 +18,9 @@ import { Relay } from './relay.js';
 import { RunRegistry } from './runs.js';
 import type { Workflow } from './workflow.js';
 
+/** The end of the grace period kept for writing to the store the streams whose consumer has not come (at most half of it), ms. */
+const SPILL_RESERVE_MS = 5_000;
+
 export interface Daemon {
   readonly config: DaemonConfig;
   readonly socketPath: string;
@@ -29,7 +32,9 @@ export interface Daemon {
    * Stop: refuse new work at once (readyz turns 503; new runs, workflows, relay connections,
    * channels and runs shared by peers are refused; discovery stops), let relayed streams and
    * stored streams being fed to a consumer finish for up to `graceMs` (default: the config's
-   * `graceMs`, `--grace`), then cut what is left and remove the control socket. A peer whose
+   * `graceMs`, `--grace`) — streams still waiting for their consumer go to the object store
+   * when 5 s (at most half the period) are left — then cut what is left and remove the control
+   * socket. A peer whose
    * channel to this node is refused stores the stream instead (when both share a store). Stored
    * streams whose consumer has not come yet stay in the store; the next daemon on this directory
    * takes their runs up again and feeds them.
@@ -180,13 +185,23 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         for (const informer of informers) informer.stop();
         await relay.stop();
         const deadline = Date.now() + graceMs;
+        // streams still waiting for their consumer then go to the store, in time to be written
+        const spillAt = deadline - Math.min(graceMs / 2, SPILL_RESERVE_MS);
+        let spilled = false;
         // streams the relay carries, streams from peers being delivered here (both in the relay
         // gauge), and stored streams being fed to a consumer, may finish
         const inFlight = async (): Promise<number> => {
           const relaying = (await metrics.relayChannels.get()).values.reduce((n, v) => n + v.value, 0);
           return Math.max(relay.activeChannels, relaying) + fallback.feeding;
         };
-        while ((await inFlight()) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        while ((await inFlight()) > 0 && Date.now() < deadline) {
+          if (!spilled && Date.now() >= spillAt) {
+            spilled = true;
+            log.info('grace period ending: streams still waiting for their consumer go to the object store');
+            relay.spillWaiting();
+          }
+          await new Promise((r) => setTimeout(r, 50));
+        }
         const left = await inFlight();
         if (left > 0) log.warn({ streams: left }, 'grace period over: cutting streams in flight');
         relay.abortInFlight();
