@@ -414,7 +414,7 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     unit: 'milliseconds, or a number with ms, s, m or h (e.g. 25s)',
     range: '0ms..1h',
     description:
-      'On SIGTERM or SIGINT the daemon stops admitting channels and runs at once (readyz turns 503), lets streams in flight finish (relayed, or fed from the store) for up to this long, then cuts what is left and exits. Streams whose consumer has not come stay in the store for the next daemon on this directory. On Kubernetes set terminationGracePeriodSeconds a few seconds above it.',
+      'On SIGTERM or SIGINT the daemon stops admitting channels and runs at once (readyz turns 503), lets streams in flight finish (relayed, delivered from a peer, or fed from the store) for up to this long, then cuts what is left and exits. Streams still waiting for their consumer go to the object store when 5s (at most half of it) are left; the next daemon on this directory feeds them. On Kubernetes set terminationGracePeriodSeconds a few seconds above it.',
   },
   {
     key: 'discovery',
