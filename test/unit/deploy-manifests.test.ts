@@ -37,7 +37,6 @@ function daemonConfig(objects: K8sObject[]) {
     env,
     readFile: (path) => {
       if (files[path] !== undefined) return files[path]!;
-      if (path.startsWith('/etc/sluice/tls/')) throw Object.assign(new Error('mounted by the CSI driver at run time'), { code: 'ENOENT' });
       throw Object.assign(new Error(`ENOENT: ${path}`), { code: 'ENOENT' });
     },
   });
@@ -132,7 +131,7 @@ describe('deploy/kubernetes', () => {
     expect(c.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'peer', scheme: 'HTTPS' });
     expect(Object.keys(envOf(c))).toEqual(expect.arrayContaining(['SLUICE_NODE', 'SLUICE_SECRET', 'SLUICE_TLS_CERT', 'SLUICE_TLS_KEY', 'SLUICE_TLS_CA']));
     expect(ds.spec.template.spec.volumes.find((v: Any) => v.name === 'tls').csi.volumeAttributes['csi.cert-manager.io/ip-sans']).toBe('${POD_IP}');
-    expect(c.volumeMounts.map((m: Any) => m.mountPath)).toEqual(expect.arrayContaining(['/run/sluice', '/etc/sluice/tls']));
+    expect(c.volumeMounts.map((m: Any) => m.mountPath)).toEqual(expect.arrayContaining(['/run/sluice', '/etc/sluice-tls']));
   });
 
   it("the example's function pods carry Sluice's labels, mount the daemon's directory and run as its user", () => {
