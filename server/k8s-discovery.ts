@@ -16,7 +16,9 @@
  * token is derived from the cluster secret and the run id (`runTokenFor`), so that whoever holds
  * the secret — the workflow engine — gives the functions their token without asking a daemon
  * (`sluice run token RUN`). A run whose workflow is not known yet, or whose pods are not all
- * scheduled, waits: every event of its pods, and every resync, tries again.
+ * scheduled, waits: every event of its pods, and every resync, tries again. A run is placed by
+ * its pods once: deleted later (by request or by its TTL), it is not created again while its pods
+ * live on (until this daemon restarts).
  */
 import { createHmac } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -137,8 +139,17 @@ export function discoverPlacements(options: PlacementDiscoveryOptions): Informer
   /** what was last logged about a run that waits, so as not to repeat it at every event */
   const waiting = new Map<string, string>();
 
+  /** runs seen here once: one deleted since (by request or TTL) is not created again from its pods */
+  const seen = new Set<string>();
+  const here = (runId: string): boolean => {
+    if (!options.runs.list().some((r) => r.id === runId)) return false;
+    seen.add(runId);
+    waiting.delete(runId);
+    return true;
+  };
+
   const place = async (namespace: string, runId: string, workflowName: string | undefined): Promise<void> => {
-    if (options.runs.list().some((r) => r.id === runId)) return void waiting.delete(runId);
+    if (here(runId) || seen.has(runId)) return;
     const wait = (why: string, fields: Record<string, unknown> = {}): void => {
       if (waiting.get(runId) !== why) log.info({ run: runId, namespace, ...fields }, why);
       waiting.set(runId, why);
@@ -162,15 +173,15 @@ export function discoverPlacements(options: PlacementDiscoveryOptions): Informer
     }
     const missing = Object.entries(placement).flatMap(([step, nodes]) => nodes.flatMap((n, i) => (n === undefined ? [`${step}.${i}`] : [])));
     if (missing.length > 0) return wait('run waits for the pods of its step instances to be scheduled', { missing });
-    if (options.runs.list().some((r) => r.id === runId)) return void waiting.delete(runId);
+    if (here(runId)) return;
     try {
       const run = await options.createRun({ workflow, id: runId, token: runTokenFor(options.secret, runId), placement: placement as Record<string, string[]> });
-      waiting.delete(runId);
+      here(runId);
       log.info({ run: runId, namespace, placement, channels: run.channels.size }, 'run placed by its pods: channels prepared');
       options.onCreated?.(run);
     } catch (err) {
       // a peer whose pod was scheduled at the same time created it first: then it is here
-      if (options.runs.list().some((r) => r.id === runId)) return void waiting.delete(runId);
+      if (here(runId)) return;
       wait(`cannot create the run its pods place: ${(err as Error).message}; trying again at the next event or resync`, { err: hasCode(err, ErrorCodes.INVALID) ? (err as Error).message : err });
     }
   };

@@ -7,6 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
@@ -97,6 +98,12 @@ describe('discovery from the Kubernetes API', () => {
     expect(await runOn(b, 'wc-r1')).toBe(false); // node-b has no part in it
 
     await streamsByteExact({ run: 'wc-r1', token }, a, a, 3 * MiB);
+
+    // deleted, the run is not created again by its pods' next events
+    await control(a.daemon.dir, 'DELETE', '/v1/runs/wc-r1');
+    api.apply('Pod', { ...stepPod({ namespace: 'team-1', name: 'wc-r1-c', run: 'wc-r1', step: 'c', workflow: 'wc', node: 'node-a' }), status: { phase: 'Running' } });
+    await sleep(800);
+    expect(await runOn(a, 'wc-r1')).toBe(false);
   });
 
   it('places a run across nodes: the daemon whose pod is scheduled last creates it on both, and the stream crosses the link', async () => {
