@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
+import { connect } from '../../client/index.js';
 import { runFunction, startDaemonProcess, waitForChannelState } from '../helpers/daemon.js';
 
 const MiB = 1024 * 1024;
@@ -63,6 +64,36 @@ describe('a graceful rollout', () => {
       expect(Date.now() - signalled).toBeLessThan(15_000);
       expect(sent.result.error).toBeUndefined();
       expect(got.result).toEqual({ bytes: 48 * MiB, sha256: sent.result.sha256 });
+    } finally {
+      await daemon.stop();
+    }
+  }, 60_000);
+
+  it('SIGTERM with a consumer that stalls: the daemon still exits within the grace period, and both ends get a typed error, never a short stream that looks complete', async () => {
+    const daemon = await startDaemonProcess(['--grace', `${GRACE_MS}ms`]);
+    try {
+      await control(daemon.dir, 'POST', '/v1/workflows', { name: 'stall', steps: { p: {}, c: {} }, edges: [{ from: 'p', to: 'c', persist: true }] });
+      const { body: run } = await control<{ run: string; token: string }>(daemon.dir, 'POST', '/v1/runs', { workflow: 'stall' });
+      const consumer = await connect({ dir: daemon.dir, run: run.run, step: 'c', token: run.token });
+      const input = consumer.input();
+      let received = 0;
+      input.on('data', (chunk: Buffer) => (received += chunk.length));
+      const outcome = new Promise<{ code?: string }>((resolve) => input.once('end', () => resolve({})).once('error', (err: { code?: string }) => resolve(err)));
+      const producer = runFunction(daemon.dir, run, 'p', ['source', String(256 * MiB), '3']);
+      while (received === 0) await sleep(10);
+      input.pause(); // stalls: the stream cannot finish
+      const exited = once(daemon.child, 'exit');
+      const signalled = Date.now();
+      daemon.child.kill('SIGTERM');
+      const [code] = await exited;
+      expect(code).toBe(0);
+      expect(Date.now() - signalled).toBeLessThan(GRACE_MS + 1_500);
+      expect(daemon.logs()).toMatch(/grace period over: cutting streams in flight/);
+      input.resume();
+      expect((await outcome).code).toMatch(/^SLUICE_(TRUNCATED|PRODUCER_ABORTED|UNAVAILABLE)$/);
+      const sent = await producer.done;
+      expect(sent.code).toBe(1);
+      expect(sent.result.error?.code).toMatch(/^SLUICE_/);
     } finally {
       await daemon.stop();
     }
