@@ -14,6 +14,7 @@ import { demo, demoConsumer, demoFunction, demoPaths } from './demo.js';
 import { configHelp, loadConfig } from './config.js';
 import type { PeerStatus } from './peers.js';
 import { startDaemon } from './daemon.js';
+import { runTokenFor } from './k8s-discovery.js';
 import { parseWorkflowText } from './workflow.js';
 
 const usage = `sluice — proactive data forwarding for serverless workflows
@@ -27,6 +28,10 @@ Usage:
       Create a run; its channels are prepared before this returns. --json prints
       {"run": ID, "token": SECRET}.
   sluice run show RUN [--json] | sluice run list [--json] | sluice run delete RUN
+  sluice run token RUN [--secret-file FILE]
+      Print the token of a run placed by its pods on Kubernetes (--discovery kubernetes):
+      derived from the run id and the cluster secret (--secret-file, else SLUICE_SECRET); no
+      daemon is asked. Give it to the run's functions as SLUICE_TOKEN.
   sluice send --run RUN --step STEP [--to STEP] [--token T] [--instance I]
       Stream standard input to the step's output (all successors when --to is omitted);
       exits 0 once every consumer verified the bytes.
@@ -90,6 +95,9 @@ async function daemonCommand(args: string[]): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  // what the grace period cut may leave open (a write into a stalled consumer's FIFO) must not
+  // keep the process past it: exit soon even then
+  setTimeout(() => process.exit(process.exitCode ?? 0), 500).unref();
   return 0;
 }
 
@@ -123,7 +131,7 @@ async function runCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   const { values, positionals } = parseArgs({
     args: rest,
-    options: { ...common, place: { type: 'string', multiple: true }, id: { type: 'string' }, ttl: { type: 'string' } },
+    options: { ...common, place: { type: 'string', multiple: true }, id: { type: 'string' }, ttl: { type: 'string' }, 'secret-file': { type: 'string' } },
     allowPositionals: true,
   });
   const dir = runtimeDir(values.dir);
@@ -165,6 +173,22 @@ async function runCommand(args: string[]): Promise<number> {
       print(body, json, () => body.map((r) => `${r.run}\t${r.workflow}\t${r.channels} channels\texpires ${r.expiresAt}\n`).join('') || 'no runs\n');
       return 0;
     }
+    case 'token': {
+      const run = positionals[0];
+      if (!run || positionals.length > 1) throw new UsageError('usage: sluice run token RUN [--secret-file FILE]');
+      const file = values['secret-file'];
+      let secret: string | undefined;
+      if (file !== undefined) {
+        try {
+          secret = readFileSync(file, 'utf8').replace(/(\r?\n)+$/, '');
+        } catch (err) {
+          throw new UsageError(`cannot read ${file}: ${(err as Error).message}`);
+        }
+      } else secret = process.env.SLUICE_SECRET;
+      if (!secret) throw new UsageError('sluice run token needs the cluster secret: --secret-file FILE or SLUICE_SECRET');
+      process.stdout.write(json ? `${JSON.stringify({ run, token: runTokenFor(secret, run) })}\n` : `${runTokenFor(secret, run)}\n`);
+      return 0;
+    }
     case 'delete': {
       const run = positionals[0];
       if (!run) throw new UsageError('usage: sluice run delete RUN');
@@ -173,7 +197,7 @@ async function runCommand(args: string[]): Promise<number> {
       return 0;
     }
     default:
-      throw new UsageError('usage: sluice run create|show|list|delete ...');
+      throw new UsageError('usage: sluice run create|show|list|delete|token ...');
   }
 }
 

@@ -101,7 +101,26 @@ export interface ConfigValues {
   readonly maxRuns: number;
   /** bytes */
   readonly maxBodyBytes: number;
+  /** milliseconds: how long SIGTERM lets streams in flight finish */
+  readonly graceMs: number;
+  /** where peers and placements come from besides --peers and the control API */
+  readonly discovery: Discovery;
+  /** the Kubernetes API server's URL (https://HOST:PORT), when known */
+  readonly k8sApi: string | undefined;
+  /** the directory holding the service-account token, ca.crt and namespace (absolute) */
+  readonly k8sCredentials: string;
+  /** the namespace of the headless Service listing the daemons, when discovery is on */
+  readonly k8sNamespace: string | undefined;
+  /** the headless Service whose EndpointSlices list the daemons */
+  readonly k8sService: string;
+  /** milliseconds between resyncs of the Kubernetes watches */
+  readonly k8sResyncMs: number;
 }
+
+export const DISCOVERY_MODES = ['none', 'kubernetes'] as const;
+export type Discovery = (typeof DISCOVERY_MODES)[number];
+/** Where a pod finds its service-account credentials. */
+export const K8S_CREDENTIALS_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 export type ConfigKey = keyof ConfigValues;
 export type ConfigSource = 'default' | 'file' | 'env' | 'flag';
@@ -136,6 +155,13 @@ export interface ConfigDescription {
   runTtlSeconds: number;
   maxRuns: number;
   maxBodyBytes: number;
+  graceMs: number;
+  discovery: Discovery;
+  k8sApi: string | null;
+  k8sCredentials: string;
+  k8sNamespace: string | null;
+  k8sService: string;
+  k8sResyncMs: number;
   configFile: string | null;
   sources: Record<ConfigKey, ConfigSource>;
 }
@@ -378,6 +404,87 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     range: '1KiB..16MiB',
     description: 'The largest control API request body accepted.',
   },
+  {
+    key: 'graceMs',
+    flag: '--grace',
+    arg: 'MS',
+    env: 'SLUICE_GRACE',
+    fileKey: 'graceMs',
+    default: '25s',
+    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 25s)',
+    range: '0ms..1h',
+    description:
+      'On SIGTERM or SIGINT the daemon stops admitting channels and runs at once (readyz turns 503), lets streams in flight finish (relayed, delivered from a peer, or fed from the store) for up to this long, then cuts what is left and exits. Streams still waiting for their consumer go to the object store when 5s (at most half of it) are left; the next daemon on this directory feeds them. On Kubernetes set terminationGracePeriodSeconds a few seconds above it.',
+  },
+  {
+    key: 'discovery',
+    flag: '--discovery',
+    arg: 'MODE',
+    env: 'SLUICE_DISCOVERY',
+    fileKey: 'discovery',
+    default: 'none',
+    unit: undefined,
+    range: DISCOVERY_MODES.join(', '),
+    description:
+      'kubernetes: learn the peers from the EndpointSlices of the headless Service --k8s-service (beside --peers), and the placement of runs from the pods scheduled to this node that carry the labels sluice.dev/run, sluice.dev/step and sluice.dev/workflow (their channels are prepared before the pods\' containers start). Needs the cluster secret and the Kubernetes API (--k8s-api).',
+  },
+  {
+    key: 'k8sApi',
+    flag: '--k8s-api',
+    arg: 'URL',
+    env: 'SLUICE_K8S_API',
+    fileKey: 'k8sApi',
+    default: 'https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT (set in every pod)',
+    unit: undefined,
+    range: 'an https:// URL (or http:// for a local proxy or a test server)',
+    description: 'The Kubernetes API server, for --discovery kubernetes.',
+  },
+  {
+    key: 'k8sCredentials',
+    flag: '--k8s-credentials',
+    arg: 'DIR',
+    env: 'SLUICE_K8S_CREDENTIALS',
+    fileKey: 'k8sCredentials',
+    default: K8S_CREDENTIALS_DIR,
+    unit: undefined,
+    range: 'a directory holding token, and optionally ca.crt and namespace',
+    description:
+      "Where the service account's credentials are: the bearer token (read again at every connection, as bound tokens rotate), the CA of the API server's certificate (Node's default CAs when absent), and this pod's namespace.",
+  },
+  {
+    key: 'k8sNamespace',
+    flag: '--k8s-namespace',
+    arg: 'NAMESPACE',
+    env: 'SLUICE_K8S_NAMESPACE',
+    fileKey: 'k8sNamespace',
+    default: 'the namespace file in --k8s-credentials (the daemon pod\'s own namespace)',
+    unit: undefined,
+    range: 'a DNS label: 1-63 characters of a-z, 0-9 and -',
+    description: 'The namespace of the headless Service --k8s-service.',
+  },
+  {
+    key: 'k8sService',
+    flag: '--k8s-service',
+    arg: 'NAME',
+    env: 'SLUICE_K8S_SERVICE',
+    fileKey: 'k8sService',
+    default: 'sluice',
+    unit: undefined,
+    range: 'a DNS label: 1-63 characters of a-z, 0-9 and -',
+    description:
+      'The headless Service selecting the daemon pods: each ready endpoint of its EndpointSlices is a peer, named by the endpoint\'s nodeName and dialled at ws://ADDRESS:PORT (wss:// when this node serves TLS), PORT being the Service port named "peer" (else its first port).',
+  },
+  {
+    key: 'k8sResyncMs',
+    flag: '--k8s-resync',
+    arg: 'MS',
+    env: 'SLUICE_K8S_RESYNC',
+    fileKey: 'k8sResyncMs',
+    default: '5m',
+    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 5m)',
+    range: '1s..1h',
+    description: 'How often the Kubernetes watches list everything again, in case an event was missed.',
+  },
 ] satisfies ConfigOption[]);
 
 export interface LoadConfigOptions {
@@ -459,6 +566,13 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     runTtlSeconds: () => 86_400,
     maxRuns: () => 1000,
     maxBodyBytes: () => MiB,
+    graceMs: () => 25 * SECOND,
+    discovery: () => 'none',
+    k8sApi: () => inClusterApi(env),
+    k8sCredentials: () => K8S_CREDENTIALS_DIR,
+    k8sNamespace: () => undefined,
+    k8sService: () => 'sluice',
+    k8sResyncMs: () => 5 * MINUTE,
   };
   for (const option of CONFIG_OPTIONS) {
     if (option.key === 'configFile' || option.key in values) continue;
@@ -475,6 +589,7 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
   }
 
   checkTls(values as unknown as ConfigValues, winners);
+  checkDiscovery(values as Record<ConfigKey, unknown>, winners, readFile);
 
   const config = { ...(values as unknown as ConfigValues), configFile, sources } as DaemonConfig;
   Object.defineProperty(config, 'toJSON', { value: () => describeConfig(config), enumerable: false });
@@ -503,6 +618,13 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
     runTtlSeconds: config.runTtlSeconds,
     maxRuns: config.maxRuns,
     maxBodyBytes: config.maxBodyBytes,
+    graceMs: config.graceMs,
+    discovery: config.discovery,
+    k8sApi: config.k8sApi ?? null,
+    k8sCredentials: config.k8sCredentials,
+    k8sNamespace: config.k8sNamespace ?? null,
+    k8sService: config.k8sService,
+    k8sResyncMs: config.k8sResyncMs,
     configFile: config.configFile ?? null,
     sources: { ...config.sources },
   };
@@ -633,7 +755,69 @@ const parsers: Parsers = {
   runTtlSeconds: (v) => parseDuration(v, 's', 10 * SECOND, 30 * DAY, 'seconds or a number with s, m, h or d (e.g. 24h)') ,
   maxRuns: (v) => parseCount(v, 1, 100_000),
   maxBodyBytes: (v) => parseSize(v, KiB, 16 * MiB),
+  graceMs: (v) => parseDuration(v, 'ms', 0, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 25s)'),
+  discovery: (v) => {
+    const s = text(v, `one of ${DISCOVERY_MODES.join(', ')}`);
+    if ((DISCOVERY_MODES as readonly string[]).includes(s)) return s as Discovery;
+    const hint = didYouMean(s, DISCOVERY_MODES);
+    throw new Problem(`not a discovery mode${hint ? ` (did you mean "${hint}"?)` : ''}; use one of ${DISCOVERY_MODES.join(', ')}`);
+  },
+  k8sApi: (v) => {
+    const s = text(v, 'the API server URL, e.g. https://10.96.0.1:443');
+    let url: URL;
+    try {
+      url = new URL(s);
+    } catch {
+      throw new Problem('not a URL; use https://HOST:PORT, e.g. https://10.96.0.1:443');
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new Problem('must be an https:// URL (or http:// for a local proxy); e.g. https://10.96.0.1:443');
+    if (url.username || url.password || url.search || url.hash) throw new Problem('takes no credentials, ?query or #fragment: the token comes from --k8s-credentials');
+    return s.replace(/\/+$/, '');
+  },
+  k8sCredentials: (v, ctx) => {
+    const s = text(v, `a directory, e.g. ${K8S_CREDENTIALS_DIR}`);
+    if (s.includes('\0')) throw new Problem('contains a NUL byte; give a plain directory path');
+    return resolve(ctx.cwd, s);
+  },
+  k8sNamespace: (v) => dnsLabel(text(v, 'a namespace, e.g. sluice-system'), 'a namespace'),
+  k8sService: (v) => dnsLabel(text(v, 'a Service name, e.g. sluice'), 'a Service name'),
+  k8sResyncMs: (v) => parseDuration(v, 'ms', SECOND, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 5m)'),
 };
+
+function dnsLabel(s: string, what: string): string {
+  if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(s)) throw new Problem(`not ${what}: use a DNS label, 1-63 characters of a-z, 0-9 and -, starting and ending with a letter or digit`);
+  return s;
+}
+
+/** The API server as every pod's environment names it, or undefined outside a cluster. */
+function inClusterApi(env: Readonly<Record<string, string | undefined>>): string | undefined {
+  const host = env['KUBERNETES_SERVICE_HOST'];
+  if (!host) return undefined;
+  const port = env['KUBERNETES_SERVICE_PORT'] || '443';
+  return `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+/** Checks across the discovery options; fills the namespace from the credentials directory. */
+function checkDiscovery(values: Record<ConfigKey, unknown>, winners: ReadonlyMap<ConfigKey, Given>, readFile: (path: string) => string): void {
+  if (values['discovery'] !== 'kubernetes') return;
+  const given = winners.get('discovery')!;
+  const fail = (problem: string): never => {
+    throw configError(optionFor('discovery'), given, undefined, problem);
+  };
+  if (values['secret'] === undefined) fail('needs the cluster secret, which authenticates the discovered peers and derives the tokens of runs placed by pods: give --secret-file FILE (or SLUICE_SECRET)');
+  if (values['k8sApi'] === undefined) fail('needs the Kubernetes API: KUBERNETES_SERVICE_HOST is not set (not in a pod?); give --k8s-api https://HOST:PORT');
+  if (values['k8sNamespace'] === undefined) {
+    const file = join(values['k8sCredentials'] as string, 'namespace');
+    let ns: string;
+    try {
+      ns = readFile(file).trim();
+    } catch (err) {
+      return fail(`cannot read the namespace from ${file} (${errText(err)}): give --k8s-namespace NAMESPACE, or --k8s-credentials DIR where the service account is mounted`);
+    }
+    if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ns)) fail(`${file} holds ${JSON.stringify(ns.slice(0, 64))}, not a namespace: give --k8s-namespace NAMESPACE`);
+    values['k8sNamespace'] = ns;
+  }
+}
 
 /** Reads the PEM file named by `v` (a path; relative to the working directory). */
 function readPem(v: unknown, ctx: ParseContext, what: string): PemFile {

@@ -4,17 +4,22 @@
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket } from '../transports/index.js';
+import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket } from '../transports/index.js';
 import { buildApi, type ApiServer } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
 import { Cluster } from './cluster.js';
 import { Fallback } from './fallback.js';
+import { KubeClient, type Informer, type KubeObject } from './k8s.js';
+import { discoverPeers, discoverPlacements } from './k8s-discovery.js';
 import { openStore } from '../transports/store-s3.js';
 import { PeerLinks } from './peers.js';
 import { Relay } from './relay.js';
 import { RunRegistry } from './runs.js';
 import type { Workflow } from './workflow.js';
+
+/** The end of the grace period kept for writing to the store the streams whose consumer has not come (at most half of it), ms. */
+const SPILL_RESERVE_MS = 5_000;
 
 export interface Daemon {
   readonly config: DaemonConfig;
@@ -24,10 +29,15 @@ export interface Daemon {
   readonly runs: RunRegistry;
   readonly log: Logger;
   /**
-   * Stop: refuse new work at once (readyz turns 503), let relayed streams and stored streams
-   * being fed to a consumer finish for up to `graceMs` (default 10000), then cut what is left and
-   * remove the control socket. Stored streams whose consumer has not come yet stay in the store;
-   * the next daemon on this directory takes their runs up again and feeds them.
+   * Stop: refuse new work at once (readyz turns 503; new runs, workflows, relay connections,
+   * channels and runs shared by peers are refused; discovery stops), let relayed streams and
+   * stored streams being fed to a consumer finish for up to `graceMs` (default: the config's
+   * `graceMs`, `--grace`) — streams still waiting for their consumer go to the object store
+   * when 5 s (at most half the period) are left — then cut what is left and remove the control
+   * socket. A peer whose
+   * channel to this node is refused stores the stream instead (when both share a store). Stored
+   * streams whose consumer has not come yet stay in the store; the next daemon on this directory
+   * takes their runs up again and feeds them.
    */
   close(graceMs?: number): Promise<void>;
 }
@@ -39,6 +49,9 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   if (Object.keys(config.peers).length > 0 && !config.secret) {
     throw new RequestError(ErrorCodes.CONFIG, '--peers needs the cluster secret (--secret-file or SLUICE_SECRET): peer links open only with proof of it', { details: { option: 'secret' } });
   }
+  /** set on close: from then on no new run, channel or relayed stream is admitted */
+  let draining = false;
+  const stopping = (): ConnectError => new ConnectError(ErrorCodes.UNAVAILABLE, `node ${config.node} is stopping: it admits no new runs or channels`);
   // peer links when there is a secret: dialled to the listed peers, served on the TCP port
   const peers = config.secret
     ? new PeerLinks({
@@ -49,8 +62,11 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         windowBytes: config.peerWindowBytes,
         heartbeatMs: config.peerHeartbeatMs,
         log,
-        onRequest: (from, request) => cluster.onRequest(from, request),
-        onChannel: (from, endpoint) => cluster.onChannel(from, endpoint),
+        onRequest: (from, request) => (draining && request.op === 'prepare' ? Promise.reject(stopping()) : cluster.onRequest(from, request)),
+        onChannel: (from, endpoint) => {
+          if (draining) throw stopping();
+          return cluster.onChannel(from, endpoint);
+        },
         onLinkUp: (node) => cluster.onLinkUp(node),
       })
     : undefined;
@@ -96,7 +112,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   const servers: ApiServer[] = [];
   const socketPath = join(config.dir, DAEMON_SOCKET);
   await removeStaleSocket(socketPath);
-  const local = buildApi(context);
+  const local = refuseWhileDraining(buildApi(context));
   await local.listen({ path: socketPath });
   await fs.chmod(socketPath, 0o600);
   servers.push(local);
@@ -111,7 +127,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     }
     if (!config.secret) log.warn('the TCP control API on loopback has no secret: any local user can administer this node through it');
     const tls = config.tlsCert && config.tlsKey ? { cert: config.tlsCert.pem, key: config.tlsKey.pem } : undefined;
-    const tcp = buildApi({ ...context, bearerSecret: config.secret, https: tls });
+    const tcp = refuseWhileDraining(buildApi({ ...context, bearerSecret: config.secret, https: tls }));
     if (tls) {
       tcp.server.on('tlsClientError', (err: Error & { code?: string }, socket: { remoteAddress?: string }) => {
         const fields = { remote: socket.remoteAddress, code: err.code };
@@ -133,6 +149,26 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     if (peers && Object.keys(config.peers).length > 0) log.warn('no --listen: this node dials its peers, and they cannot dial it');
     peers?.start(undefined);
   }
+  const informers: Array<Pick<Informer<KubeObject>, 'stop'>> = [];
+  if (config.discovery === 'kubernetes') {
+    const client = new KubeClient({ api: config.k8sApi!, credentials: config.k8sCredentials });
+    const common = { client, resyncMs: config.k8sResyncMs, log: log.child({ discovery: 'kubernetes' }) };
+    if (peers) informers.push(discoverPeers({ ...common, namespace: config.k8sNamespace!, service: config.k8sService, tls: config.tlsCert !== undefined, peers }));
+    informers.push(
+      discoverPlacements({
+        ...common,
+        node: config.node,
+        secret: config.secret!,
+        runs,
+        workflows,
+        createRun: (request) => cluster.createRun(request),
+        onCreated: (run) => {
+          metrics.runsCreated.inc();
+          metrics.preparedChannels.inc({ path: 'fifo' }, run.manifest.channels.length);
+        },
+      }),
+    );
+  }
   ready = true;
   log.info({ dir: config.dir, socket: socketPath, tcp: tcpAddress, config: config.toJSON() }, 'sluice daemon ready');
 
@@ -143,16 +179,33 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     tcpAddress,
     runs,
     log,
-    close(graceMs = 10_000) {
+    close(graceMs = config.graceMs) {
       closing ??= (async () => {
         ready = false;
-        log.info('sluice daemon stopping');
+        draining = true;
+        log.info({ graceMs }, 'sluice daemon stopping');
+        for (const informer of informers) informer.stop();
         await relay.stop();
         const deadline = Date.now() + graceMs;
-        // streams the relay carries, and stored streams being fed to a consumer, may finish
-        const inFlight = (): number => relay.activeChannels + fallback.feeding;
-        while (inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-        if (inFlight() > 0) log.warn({ streams: inFlight() }, 'grace period over: cutting streams in flight');
+        // streams still waiting for their consumer then go to the store, in time to be written
+        const spillAt = deadline - Math.min(graceMs / 2, SPILL_RESERVE_MS);
+        let spilled = false;
+        // streams the relay carries, streams from peers being delivered here (both in the relay
+        // gauge), and stored streams being fed to a consumer, may finish
+        const inFlight = async (): Promise<number> => {
+          const relaying = (await metrics.relayChannels.get()).values.reduce((n, v) => n + v.value, 0);
+          return Math.max(relay.activeChannels, relaying) + fallback.feeding;
+        };
+        while ((await inFlight()) > 0 && Date.now() < deadline) {
+          if (!spilled && Date.now() >= spillAt) {
+            spilled = true;
+            log.info('grace period ending: streams still waiting for their consumer go to the object store');
+            relay.spillWaiting();
+          }
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const left = await inFlight();
+        if (left > 0) log.warn({ streams: left }, 'grace period over: cutting streams in flight');
         relay.abortInFlight();
         await peers?.close();
         await Promise.all(servers.map((s) => s.close()));
@@ -163,4 +216,12 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
       return closing;
     },
   };
+
+  /** While draining, the API refuses what would admit new work: new runs and workflows. */
+  function refuseWhileDraining(api: ApiServer): ApiServer {
+    api.addHook('onRequest', async (request) => {
+      if (draining && request.method === 'POST') throw stopping();
+    });
+    return api;
+  }
 }

@@ -115,6 +115,8 @@ interface Peer {
   pastSent: number;
   pastReceived: number;
   waiters: Set<() => void>;
+  /** a dial loop runs for it */
+  dialing: boolean;
 }
 
 function hostPort(url: string): string {
@@ -154,6 +156,7 @@ export class PeerLinks {
   private readonly transport: WsTransport;
   private readonly stopping = new AbortController();
   private listener: Listener | undefined;
+  private started = false;
 
   constructor(private readonly options: PeerLinksOptions) {
     this.transport = new WsTransport({
@@ -168,7 +171,7 @@ export class PeerLinks {
   }
 
   private newPeer(node: string, url: string | undefined): Peer {
-    return { node, url, mux: undefined, dialedBy: undefined, state: 'connecting', since: Date.now(), links: 0, lastError: undefined, pastSent: 0, pastReceived: 0, waiters: new Set() };
+    return { node, url, mux: undefined, dialedBy: undefined, state: 'connecting', since: Date.now(), links: 0, lastError: undefined, pastSent: 0, pastReceived: 0, waiters: new Set(), dialing: false };
   }
 
   /** Serve peer links on `server` (the TCP control API's) when given, and dial the listed peers. */
@@ -182,7 +185,38 @@ export class PeerLinks {
         }),
       );
     }
-    for (const peer of this.peers.values()) if (peer.url) void this.dialLoop(peer);
+    this.started = true;
+    for (const peer of this.peers.values()) this.dial(peer);
+  }
+
+  /**
+   * Set the peers found by discovery (node name → URL), replacing those it found before: a new
+   * one is dialled; a changed URL is dialled from the next attempt on; one no longer found is no
+   * longer dialled (a link up now stays until it drops, like one a peer dialled in). Peers given
+   * to the constructor (--peers) are left as they are, and so is this node's own name.
+   */
+  setDiscovered(found: Readonly<Record<string, string>>): void {
+    const listed = this.options.peers;
+    for (const [node, url] of Object.entries(found)) {
+      if (node === this.options.node || Object.hasOwn(listed, node)) continue;
+      let peer = this.peers.get(node);
+      if (!peer) this.peers.set(node, (peer = this.newPeer(node, undefined)));
+      if (peer.url !== url) this.options.log.info({ peer: node, url }, peer.url ? 'peer moved' : 'peer discovered');
+      peer.url = url;
+      this.dial(peer);
+    }
+    for (const peer of [...this.peers.values()]) {
+      if (peer.url === undefined || Object.hasOwn(listed, peer.node) || Object.hasOwn(found, peer.node)) continue;
+      this.options.log.info({ peer: peer.node }, 'peer gone from discovery');
+      peer.url = undefined;
+      if (!peer.mux?.up) this.peers.delete(peer.node);
+    }
+  }
+
+  private dial(peer: Peer): void {
+    if (!this.started || peer.dialing || !peer.url) return;
+    peer.dialing = true;
+    void this.dialLoop(peer).finally(() => (peer.dialing = false));
   }
 
   async close(): Promise<void> {
@@ -326,7 +360,8 @@ export class PeerLinks {
     let backoff = BACKOFF_MIN_MS;
     const defer = this.options.node > peer.node;
     if (defer) await sleep(DEFER_MS, signal);
-    while (!signal.aborted) {
+    while (!signal.aborted && peer.url !== undefined && this.peers.get(peer.node) === peer) {
+      const url = peer.url;
       if (peer.mux?.up) {
         await Promise.race([peer.mux.closed, new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))]);
         backoff = BACKOFF_MIN_MS;
@@ -334,14 +369,14 @@ export class PeerLinks {
         continue;
       }
       try {
-        const conn = await this.transport.dial(hostPort(peer.url!), { timeoutMs: 0, signal, tls: new URL(peer.url!).protocol === 'wss:' }).catch((err: unknown) => {
-          throw this.explainTls(peer, err);
+        const conn = await this.transport.dial(hostPort(url), { timeoutMs: 0, signal, tls: new URL(url).protocol === 'wss:' }).catch((err: unknown) => {
+          throw this.explainTls(peer, url, err);
         });
         try {
           conn.output.write(JSON.stringify({ sluice: 'peer-link', node: this.options.node, to: peer.node }));
           const answer = parseHello(await firstChunk(conn.input, HANDSHAKE_TIMEOUT_MS));
-          if (typeof answer.error === 'string') throw new ProtocolError(`peer at ${peer.url} refused the link: ${answer.error}`);
-          if (answer.node !== peer.node) throw new ProtocolError(`${peer.url} is node "${String(answer.node)}", not "${peer.node}"; fix --peers`);
+          if (typeof answer.error === 'string') throw new ProtocolError(`peer at ${url} refused the link: ${answer.error}`);
+          if (answer.node !== peer.node) throw new ProtocolError(`${url} is node "${String(answer.node)}", not "${peer.node}"; fix --peers`);
         } catch (err) {
           conn.destroy();
           throw err;
@@ -355,7 +390,7 @@ export class PeerLinks {
         const message = isErrorCode(code) ? `${code}: ${(err as Error).message}` : (err as Error).message;
         if (peer.lastError !== message) {
           const level = (err as { code?: string }).code === ErrorCodes.UNAUTHORIZED ? 'error' : 'warn';
-          this.options.log[level]({ peer: peer.node, url: peer.url, err }, 'cannot link to peer; retrying');
+          this.options.log[level]({ peer: peer.node, url, err }, 'cannot link to peer; retrying');
         }
         peer.lastError = message;
         peer.state = peer.links > 0 ? 'down' : 'connecting';
@@ -366,10 +401,10 @@ export class PeerLinks {
   }
 
   /** A failed TLS verification of `peer`, reworded to say which file to fix; other errors as they are. */
-  private explainTls(peer: Peer, err: unknown): unknown {
+  private explainTls(peer: Peer, url: string, err: unknown): unknown {
     const tls = (err as SluiceError).details?.['tls'];
     if ((err as SluiceError).code !== ErrorCodes.UNAUTHORIZED || typeof tls !== 'string') return err;
-    const host = new URL(peer.url!).hostname;
+    const host = new URL(url).hostname;
     const ca = this.options.ca;
     let fix: string;
     if (tls === 'ERR_TLS_CERT_ALTNAME_INVALID' || tls === 'HOSTNAME_MISMATCH') {
@@ -382,9 +417,9 @@ export class PeerLinks {
       fix = `the certificate of peer "${peer.node}" does not chain to one of Node's default CAs: give the CA that signed it with --tls-ca FILE`;
     }
     const reason = ((err as Error).cause as Error | undefined)?.message ?? (err as Error).message;
-    return new ConnectError(ErrorCodes.UNAUTHORIZED, `TLS verification of peer "${peer.node}" at ${peer.url} failed: ${reason} (${tls}); ${fix}`, {
+    return new ConnectError(ErrorCodes.UNAUTHORIZED, `TLS verification of peer "${peer.node}" at ${url} failed: ${reason} (${tls}); ${fix}`, {
       cause: err,
-      details: { node: peer.node, url: peer.url, tls },
+      details: { node: peer.node, url, tls },
     });
   }
 

@@ -189,6 +189,7 @@ export class Relay {
   private listener: Listener | undefined;
   private readonly active = new Set<Connection>();
   private readonly shutdown = new AbortController();
+  private readonly draining = new AbortController();
 
   constructor(
     private readonly runs: RunRegistry,
@@ -208,6 +209,15 @@ export class Relay {
   /** Stop accepting; streams in flight go on until they end or `abortInFlight()` is called. */
   async stop(): Promise<void> {
     await this.listener?.close();
+  }
+
+  /**
+   * Draining (SIGTERM): streams waiting for their consumer to attach go to the store now rather
+   * than at the attach timeout, and so do those that start waiting from now on; the next daemon
+   * on this directory feeds them to their consumers.
+   */
+  spillWaiting(): void {
+    this.draining.abort();
   }
 
   abortInFlight(): void {
@@ -340,9 +350,9 @@ export class Relay {
       if (held.readableLength >= relayBufferBytes) giveUp.abort();
     }, 20);
     try {
-      return await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), AbortSignal.any([giveUp.signal, this.shutdown.signal]));
+      return await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), AbortSignal.any([giveUp.signal, this.draining.signal, this.shutdown.signal]));
     } catch (err) {
-      if (giveUp.signal.aborted && !this.shutdown.signal.aborted) return undefined;
+      if ((giveUp.signal.aborted || this.draining.signal.aborted) && !this.shutdown.signal.aborted) return undefined;
       throw err;
     } finally {
       clearTimeout(timer);

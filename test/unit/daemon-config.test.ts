@@ -60,6 +60,13 @@ describe('defaults', () => {
       runTtlSeconds: 86_400,
       maxRuns: 1000,
       maxBodyBytes: 1024 * 1024,
+      graceMs: 25_000,
+      discovery: 'none',
+      k8sApi: undefined,
+      k8sCredentials: '/var/run/secrets/kubernetes.io/serviceaccount',
+      k8sNamespace: undefined,
+      k8sService: 'sluice',
+      k8sResyncMs: 300_000,
       configFile: undefined,
       sources: Object.fromEntries(CONFIG_OPTIONS.filter((o) => o.key !== 'configFile').map((o) => [o.key, 'default'])),
     });
@@ -374,6 +381,13 @@ describe('every validation error names the option as the user wrote it', () => {
     tlsCert: '/missing/cert.pem',
     tlsKey: '/missing/key.pem',
     tlsCa: '/missing/ca.pem',
+    graceMs: 'soon',
+    discovery: 'consul',
+    k8sApi: 'ftp://api',
+    k8sCredentials: 'a\0b',
+    k8sNamespace: 'Bad_NS',
+    k8sService: 'bad.svc',
+    k8sResyncMs: '1ms',
   };
   const options = CONFIG_OPTIONS.filter((o) => o.key in bad);
 
@@ -611,6 +625,31 @@ describe('TLS files', () => {
       ['--tls-ca', 'SLUICE_TLS_CA', 'tlsCa'],
     ]);
     expect(configHelp()).toContain('  --tls-ca FILE\n');
+  });
+});
+
+describe('Kubernetes discovery and the grace period', () => {
+  const sa = { '/var/run/secrets/kubernetes.io/serviceaccount/namespace': 'sluice-system\n' };
+  const inPod = { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443', SLUICE_SECRET: SECRET };
+
+  it('takes the API server from the pod environment and the namespace from the service account', () => {
+    const c = load(['--discovery', 'kubernetes'], inPod, sa);
+    expect(c).toMatchObject({ discovery: 'kubernetes', k8sApi: 'https://10.96.0.1:443', k8sNamespace: 'sluice-system', k8sService: 'sluice' });
+    expect(load([], { KUBERNETES_SERVICE_HOST: 'fd00::1', KUBERNETES_SERVICE_PORT: '6443' }).k8sApi).toBe('https://[fd00::1]:6443');
+    expect(load(['--discovery', 'kubernetes', '--k8s-api', 'http://127.0.0.1:8001/', '--k8s-namespace', 'ns1', '--k8s-resync', '30s'], { SLUICE_SECRET: SECRET })).toMatchObject({ k8sApi: 'http://127.0.0.1:8001', k8sNamespace: 'ns1', k8sResyncMs: 30_000 });
+  });
+
+  it('refuses discovery without the secret, the API server or a namespace, naming the option and the fix', () => {
+    expect(refusal(['--discovery', 'kubernetes'], { KUBERNETES_SERVICE_HOST: '10.96.0.1' }, sa).message).toMatch(/^--discovery "kubernetes": needs the cluster secret.*--secret-file/);
+    expect(refusal([], { SLUICE_DISCOVERY: 'kubernetes', SLUICE_SECRET: SECRET }, sa).message).toMatch(/^SLUICE_DISCOVERY "kubernetes": needs the Kubernetes API.*--k8s-api/);
+    expect(refusal(['--discovery', 'kubernetes'], inPod).message).toMatch(/cannot read the namespace from \/var\/run\/secrets\/kubernetes\.io\/serviceaccount\/namespace.*--k8s-namespace/);
+    expect(refusal(['--discovery', 'kube']).message).toMatch(/did you mean "kubernetes"/);
+  });
+
+  it('reads the grace period as a duration, 0 allowed', () => {
+    expect(load(['--grace', '0']).graceMs).toBe(0);
+    expect(load([], { SLUICE_GRACE: '1m' }).graceMs).toBe(60_000);
+    expect(refusal(['--grace', '2h']).message).toMatch(/^--grace "2h": is out of range; use 0ms to 1h/);
   });
 });
 
