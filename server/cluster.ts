@@ -72,6 +72,13 @@ const PEER_REQUEST_TIMEOUT_MS = 10_000;
 
 const key = (run: string, channel: string): string => `${run}/${channel}`;
 
+interface Notice {
+  op: 'stored' | 'failed';
+  run: string;
+  channel: string;
+  message?: string;
+}
+
 /** How often notices of stored streams that did not reach their peer are sent again, ms. */
 const UNTOLD_RETRY_MS = 2_000;
 
@@ -112,8 +119,12 @@ export class Cluster {
   private readonly linked = new Set<string>();
   /** every peer-link connection a run uses, to cut when it is deleted */
   private readonly inUse = new Map<string, Set<Connection>>();
-  /** per peer: channels stored for its consumers while its link was down, to tell it about */
-  private readonly untold = new Map<string, Set<string>>();
+  /**
+   * per peer, by `run/channel`: what to tell it about its consumers' streams once its link is up —
+   * `stored` (the stream is in the store, feed it from there) or `failed` (it broke mid-way and
+   * cannot be resumed: tell the consumer, which may be waiting for a resumption)
+   */
+  private readonly untold = new Map<string, Map<string, Notice>>();
   /** per peer: the location of its object store, as it answered a `prepare` */
   private readonly peerStores = new Map<string, string>();
 
@@ -146,10 +157,7 @@ export class Cluster {
   private tellUntold(node: string): void {
     const untold = this.untold.get(node);
     this.untold.delete(node);
-    for (const k of untold ?? []) {
-      const [run, channel] = k.split('/') as [string, string];
-      this.tellStored(node, run, channel);
-    }
+    for (const notice of untold?.values() ?? []) this.tell(node, notice);
   }
 
   private async shareWorkflows(node: string, workflows: Workflow[]): Promise<void> {
@@ -251,6 +259,17 @@ export class Cluster {
         this.options.fallback.feed(run, channel);
         return null;
       }
+      case 'failed': {
+        // a stream from a peer broke mid-way and cannot be resumed: its consumer here may be waiting
+        const run = runs.get(checkName('run', request.run));
+        const channel = typeof request.channel === 'string' ? run.channels.get(request.channel) : undefined;
+        if (!channel || channel.path === 'remote' || channel.peer !== from) throw new RequestError(ErrorCodes.NOT_FOUND, `run "${run.id}" has no channel ${String(request.channel)} from node "${from}" to this node`);
+        if (channel.path === 'unix' && channel.state !== 'done' && !this.linked.has(key(run.id, channel.name))) {
+          channel.state = 'failed';
+          void this.tellConsumer(run, channel, ErrorCodes.TRUNCATED, String(request.message ?? 'the stream broke mid-way and cannot be resumed'));
+        }
+        return null;
+      }
       case 'workflows': {
         if (!Array.isArray(request.workflows)) throw new RequestError(ErrorCodes.INVALID, 'workflows must be a list');
         const valid = request.workflows.map((w) => validateWorkflow(w));
@@ -343,6 +362,11 @@ export class Cluster {
       // the consumer's answer may be half through already: then only cutting is safe
       if (answered) producer.destroy();
       else this.abortProducer(producer, reason);
+      // a consumer whose daemon died waits for a resumption that will not come: its node, once
+      // back, tells it why (if its daemon lived, it has told it already; telling twice is harmless)
+      if (lost && !answered) {
+        this.tell(channel.peer!, { op: 'failed', run: run.id, channel: channel.name, message: `the peer link from node "${this.options.node}" failed mid-stream, and the two nodes share no object store to resume through` });
+      }
       throw reason;
     } finally {
       metrics.relayChannels.dec();
@@ -510,13 +534,18 @@ export class Cluster {
   }
 
   private tellStored(peer: string, run: string, channel: string): void {
+    this.tell(peer, { op: 'stored', run, channel });
+  }
+
+  /** Tell `peer` now, or once its link is up again (the later notice for a channel replaces an earlier one). */
+  private tell(peer: string, notice: Notice): void {
     const remember = (): void => {
-      let set = this.untold.get(peer);
-      if (!set) this.untold.set(peer, (set = new Set()));
-      set.add(`${run}/${channel}`);
+      let notices = this.untold.get(peer);
+      if (!notices) this.untold.set(peer, (notices = new Map()));
+      notices.set(key(notice.run, notice.channel), notice);
     };
     if (!this.options.peers?.isUp(peer)) return remember();
-    this.options.peers.request(peer, { op: 'stored', run, channel }, PEER_REQUEST_TIMEOUT_MS).catch(remember);
+    this.options.peers.request(peer, { ...notice }, PEER_REQUEST_TIMEOUT_MS).catch(remember);
   }
 
   /** Tell the producer why (an ABORT frame), then close; the channel layer reports its code. */

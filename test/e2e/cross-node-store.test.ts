@@ -80,7 +80,7 @@ async function relayed(d: DaemonProcess, run: string, bytes: number): Promise<vo
   for (;;) {
     const ch = (await control<{ channels: Array<{ relayedBytes: number }> }>(d.dir, 'GET', `/v1/runs/${run}`)).body.channels[0]!;
     if (ch.relayedBytes > bytes) return;
-    if (Date.now() > deadline) throw new Error(`the stream of run ${run} never passed ${bytes} bytes`);
+    if (Date.now() > deadline) throw new Error(`the stream of run ${run} never passed ${bytes} bytes; daemon logs:\n${daemons.map((x, i) => `n${i}:\n${x.logs().split('\n').slice(-25).join('\n')}`).join('\n')}`);
     await sleep(20);
   }
 }
@@ -197,5 +197,18 @@ describe.skipIf(!availability.ok)(`the object store across nodes${skipReason}`, 
       await cluster.nodes[2]!.linkUp();
     }
     await linksUp(daemons[0]!, 2);
+  }, 120_000);
+
+  it("tells a consumer whose daemon was killed mid-stream, once the daemon is back, that its stream cannot be resumed when the nodes share no store", async () => {
+    const run = await runOf({}, { p: 'n0', c: 'n2' });
+    const consumer = runFunction(daemons[2]!.dir, run, 'c', ['sink', '-', '50']);
+    const producer = runFunction(daemons[0]!.dir, run, 'p', ['source', String(48 * MiB), '24']);
+    await relayed(daemons[2]!, run.run, 8 * MiB);
+    await daemons[2]!.restart();
+    expect((await within(producer.done, 30_000, 'the producer')).result.error?.code).toBe('SLUICE_UNAVAILABLE');
+    // well before the consumer's own resume timeout (60 s): its node told it
+    const consumed = await within(consumer.done, 30_000, 'the consumer');
+    expect(consumed.result.error).toMatchObject({ code: 'SLUICE_TRUNCATED', message: expect.stringMatching(/share no object store/) });
+    await linksUp(daemons[2]!, 2);
   }, 120_000);
 });
