@@ -207,10 +207,12 @@ export class Fallback {
   async sweepExpired(): Promise<number> {
     const { store, log } = this.options;
     let removed = 0;
-    for (const object of await store.list('')) {
-      const m = /^([^/]+)\/expires\.json$/.exec(object.key);
+    // one level of listing: a run's segments are never listed to find its expiry
+    for (const folder of await store.folders('')) {
+      const m = /^([^/]+)\/$/.exec(folder);
       if (!m) continue;
-      const marker = await store.get(object.key);
+      const marker = await store.get(folder + EXPIRES_OBJECT);
+      if (!marker) continue; // written first: a run without one has nothing here yet, or is not a run
       let expiresAt = 0;
       try {
         expiresAt = (JSON.parse(marker?.toString('utf8') ?? '{}') as { expiresAt?: number }).expiresAt ?? 0;

@@ -55,6 +55,22 @@ export class DirectoryStore implements ObjectStore {
     }
   }
 
+  async folders(prefix: string): Promise<string[]> {
+    if (prefix !== '' && !prefix.endsWith('/')) throw new RequestError(ErrorCodes.INVALID, `folders needs "" or a prefix ending in "/", got ${JSON.stringify(prefix)}`);
+    checkKey(prefix, 'prefix');
+    try {
+      const entries = await fs.readdir(join(this.root, prefix), { withFileTypes: true });
+      return entries
+        .filter((e) => e.isDirectory() && !e.name.includes(PARTIAL) && !e.name.startsWith('.'))
+        .map((e) => `${prefix}${e.name}/`)
+        .sort();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return [];
+      throw storeError(`list folders of ${prefix}`, err, { prefix });
+    }
+  }
+
   async list(prefix: string): Promise<StoredObject[]> {
     checkKey(prefix, 'prefix');
     // walk only the directory the prefix lies in, then filter by the prefix's last part

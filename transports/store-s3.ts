@@ -133,6 +133,23 @@ export class S3Store implements ObjectStore {
     return found;
   }
 
+  async folders(prefix: string): Promise<string[]> {
+    if (prefix !== '' && !prefix.endsWith('/')) throw new RequestError(ErrorCodes.INVALID, `folders needs "" or a prefix ending in "/", got ${JSON.stringify(prefix)}`);
+    checkKey(prefix, 'prefix');
+    const found: string[] = [];
+    let token: string | undefined;
+    try {
+      do {
+        const page: ListObjectsV2CommandOutput = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, Delimiter: '/', ContinuationToken: token }));
+        for (const p of page.CommonPrefixes ?? []) if (p.Prefix) found.push(p.Prefix.slice(this.prefix.length));
+        token = page.IsTruncated ? page.NextContinuationToken : undefined;
+      } while (token);
+    } catch (err) {
+      throw storeError(`list folders of ${prefix}`, err, { prefix });
+    }
+    return found.sort();
+  }
+
   async deletePrefix(prefix: string): Promise<number> {
     if (!prefix.endsWith('/')) throw new RequestError(ErrorCodes.INVALID, `deletePrefix needs a prefix ending in "/", got ${JSON.stringify(prefix)}`);
     const keys = (await this.list(prefix)).map((o) => o.key);

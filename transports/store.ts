@@ -63,6 +63,11 @@ export interface ObjectStore {
   get(key: string): Promise<Buffer | undefined>;
   /** Every object whose key starts with `prefix`, in key order. */
   list(prefix: string): Promise<StoredObject[]>;
+  /**
+   * The folders one level under `prefix` ("" or ending in "/"): every distinct `prefix + name + "/"`
+   * that objects' keys start with, in key order — without listing those objects.
+   */
+  folders(prefix: string): Promise<string[]>;
   /** Remove every object whose key starts with `prefix` (which must end in "/"); answers how many. */
   deletePrefix(prefix: string): Promise<number>;
   /** Release connections. */

@@ -95,6 +95,16 @@ describe.each(Object.keys(media))('object store contract: %s', (name) => {
     expect((await store.get('r2/y'))?.toString()).toBe('r2/y');
   });
 
+  it('lists the folders one level under a prefix, without their objects', async () => {
+    for (const key of ['fo/a/b/seg-000000', 'fo/a/x', 'fo/b/y', 'fo/z']) await store.put(key, Buffer.from(key));
+    expect(await store.folders('fo/')).toEqual(['fo/a/', 'fo/b/']);
+    expect(await store.folders('fo/a/')).toEqual(['fo/a/b/']);
+    expect(await store.folders('')).toContain('fo/');
+    expect(await store.folders('nothing-here/')).toEqual([]);
+    await expect(store.folders('fo')).rejects.toMatchObject({ code: 'SLUICE_INVALID' });
+    await expect(store.folders('../')).rejects.toMatchObject({ code: 'SLUICE_INVALID' });
+  });
+
   it('refuses keys that try to leave the store, with SLUICE_INVALID, touching nothing', async () => {
     for (const key of ['../escape', '/absolute', 'a//b', '.hidden', 'a/../b', 'a/./b', 'sp ace', '']) {
       await expect(store.put(key, Buffer.from('x')), key).rejects.toMatchObject({ code: 'SLUICE_INVALID' });
