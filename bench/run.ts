@@ -42,8 +42,8 @@ const STORE_REPS = 1;
 /** Subjects whose 1 KiB one-way latency is measured too. */
 const WITH_LATENCY: ReadonlySet<Name> = new Set(['raw-unix', 'unix', 'raw-fifo', 'fifo', ...CROSS_NODE]);
 
-const QUICK_REPS = 3;
-const QUICK_ROUNDS = 7;
+const QUICK_REPS = 2;
+const QUICK_ROUNDS = 5;
 const SECTIONS = ['transport', 'cross-node', 'store', 'workflows', 'latency', 'knix'] as const;
 type Section = (typeof SECTIONS)[number];
 

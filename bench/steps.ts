@@ -257,13 +257,12 @@ async function warmUp(block: Buffer, framing: Framing | undefined): Promise<void
 const s3 = (): Promise<typeof import('./s3.js')> => import('./s3.js');
 
 async function s3Step(job: StepJob, block: Buffer, cpuStart: NodeJS.CpuUsage, diskStart: number): Promise<void> {
-  const { deleteObject, downloadObject, s3Client, uploadObject } = await s3();
+  const { downloadObject, s3Client, uploadObject } = await s3();
   const target = job.s3!;
   const client = s3Client(target);
   const warmKey = `bench/warm/${process.pid}`;
   await uploadObject(client, target.bucket, warmKey, block.subarray(0, 1024));
   await downloadObject(client, target.bucket, warmKey, () => undefined);
-  await deleteObject(client, target.bucket, warmKey);
   await command('inputs');
   await send({ type: 'ready', endpoint: '' });
   await command('outputs');
@@ -309,8 +308,8 @@ async function s3Step(job: StepJob, block: Buffer, cpuStart: NodeJS.CpuUsage, di
 interface Framing {
   /** message number `seq`, stamped now */
   make(seq: number): Buffer;
-  /** the messages complete in `buffer` from `at`: [end, sentNs] of the first, or undefined */
-  next(buffer: Buffer, at: number): { end: number } | undefined;
+  /** a message's whole size, from its first 4 bytes (at least) */
+  sizeOf(head: Buffer): number;
   /** the message's send time, and whether its content is right */
   read(message: Buffer): { sentNs: number; ok: boolean };
   /** the same message, stamped now, to pass on */
@@ -324,7 +323,7 @@ function recordFraming(block: Buffer): Framing {
       r.writeBigUInt64LE(process.hrtime.bigint(), 0);
       return r;
     },
-    next: (buffer, at) => (buffer.length - at >= RECORD_BYTES ? { end: at + RECORD_BYTES } : undefined),
+    sizeOf: () => RECORD_BYTES,
     read: (m) => ({ sentNs: Number(m.readBigUInt64LE(0)), ok: m.compare(block, 8, RECORD_BYTES, 8, RECORD_BYTES) === 0 }),
     restamp(m) {
       const r = Buffer.from(m);
@@ -377,11 +376,7 @@ function eventFraming(block: Buffer, eventBytes: number): Framing {
         sluicesentns: String(process.hrtime.bigint()),
         data: { seq, payload },
       }),
-    next(buffer, at) {
-      if (buffer.length - at < 4) return undefined;
-      const end = at + 4 + buffer.readUInt32LE(at);
-      return end <= buffer.length ? { end } : undefined;
-    },
+    sizeOf: (head) => 4 + head.readUInt32LE(0),
     read(m) {
       const e = parse(m);
       return { sentNs: Number(e.sluicesentns), ok: e.data.payload === payload };
@@ -438,17 +433,29 @@ async function relayMessages(job: StepJob, input: Readable, out: Writable | unde
     pong = await firstConnection(server);
   }
   const delays: number[] = [];
-  let pending: Buffer = Buffer.alloc(0);
+  // chunks kept apart until a message is whole: joining each chunk to the rest would copy a 40 MiB event hundreds of times
+  let parts: Buffer[] = [];
+  let have = 0;
+  let need = 0;
   let seen = 0;
   let ok = true;
   const PONG = Buffer.from([1]);
   input.on('data', (chunk: Buffer) => {
     const atNs = nowNs();
-    pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-    let at = 0;
-    for (let m = framing.next(pending, at); m; m = framing.next(pending, at)) {
-      const message = pending.subarray(at, m.end);
-      at = m.end;
+    parts.push(chunk);
+    have += chunk.length;
+    for (;;) {
+      if (need === 0) {
+        if (have < 4) break;
+        need = framing.sizeOf(parts[0]!.length >= 4 ? parts[0]! : Buffer.concat(parts, have));
+      }
+      if (have < need) break;
+      const all = parts.length === 1 ? parts[0]! : Buffer.concat(parts, have);
+      const message = all.subarray(0, need);
+      const rest = all.subarray(need);
+      parts = rest.length > 0 ? [rest] : [];
+      have = rest.length;
+      need = 0;
       const { sentNs, ok: right } = framing.read(message);
       // an event's delay ends once it is parsed: read() parsed it
       const doneNs = job.mode === 'events' ? nowNs() : atNs;
@@ -457,11 +464,10 @@ async function relayMessages(job: StepJob, input: Readable, out: Writable | unde
       if (out) out.write(framing.restamp(message));
       else pong!.write(PONG);
     }
-    pending = at === pending.length ? Buffer.alloc(0) : pending.subarray(at);
   });
   await finished(input);
   pong?.end();
-  if (!ok || pending.length > 0 || seen !== job.warmup! + job.count!) throw new Error(`${job.label}: messages did not verify (${seen} of ${job.warmup! + job.count!}, ${pending.length} bytes left over)`);
+  if (!ok || have > 0 || seen !== job.warmup! + job.count!) throw new Error(`${job.label}: messages did not verify (${seen} of ${job.warmup! + job.count!}, ${have} bytes left over)`);
   return delays;
 }
 

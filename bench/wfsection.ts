@@ -29,8 +29,8 @@ export interface WfOptions {
 export const LARGE_BYTES = 512 * MiB;
 /** Paths measured on every pattern; the others (relay, file, on-demand set-up) on chains only. */
 const EVERY_PATTERN: readonly WfPath[] = ['raw-fifo', 'fifo', 'unix', 's3'];
-/** The directory store writes every byte to disk and reads it back, and a relay copies every byte through the daemon: above this, 1-hop chains only (time). */
-const FILE_MAX_CHAIN5 = 256 * MiB;
+/** The directory store writes every byte to disk and reads it back, and a relay copies every byte through the daemon: measured up to this size (time; --full's RSS run names them). */
+const THROUGH_DAEMON_MAX = 256 * MiB;
 
 interface Row {
   pattern: PatternName;
@@ -48,10 +48,9 @@ function planPaths(o: WfOptions, pattern: PatternName, bytes: number): Array<{ p
   const out: Array<{ path: WfPath; proactive: boolean }> = [];
   for (const path of o.paths) {
     if (!chain && !EVERY_PATTERN.includes(path)) continue;
-    if (path === 'file' && pattern === 'chain5' && bytes > FILE_MAX_CHAIN5) continue;
-    if (path === 'relay' && pattern === 'chain5' && bytes > FILE_MAX_CHAIN5) continue;
+    if ((path === 'file' || path === 'relay') && bytes > THROUGH_DAEMON_MAX) continue;
     out.push({ path, proactive: true });
-    if (path === 'fifo' && chain && o.onDemand) out.push({ path, proactive: false });
+    if (path === 'fifo' && chain && o.onDemand && (pattern === 'chain1' || bytes < LARGE_BYTES)) out.push({ path, proactive: false });
   }
   return out;
 }
