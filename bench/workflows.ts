@@ -142,8 +142,8 @@ interface CaseRun {
 
 let caseSeq = 0;
 
-/** A run that takes longer than this is stuck, not slow: 10 s plus 20 s per GiB per hop (the store at 50 MB/s). */
-const timeoutFor = (c: CaseRun): number => 10_000 + (c.mode === 'bytes' ? (c.bytes / 2 ** 30) * 20_000 * (c.shape.hops + 1) : 600_000);
+/** A run that takes longer than this is stuck, not slow: 10 s plus 20 s per GiB per hop and per consumer (the store at 50 MB/s). */
+const timeoutFor = (c: CaseRun): number => 10_000 + (c.mode === 'bytes' ? (c.bytes / 2 ** 30) * 20_000 * (c.shape.hops + c.shape.fanout) : 600_000);
 
 /** One run of a case: fresh processes, a fresh run (or objects), everything measured and verified. */
 async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, StepResult>; sample: Omit<CaseSample, 'e2e_ms' | 'ttfb_ms' | 'MBps' | 'delivered' | 'verified'>; expectedPerInput: number }> {
