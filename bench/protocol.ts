@@ -1,4 +1,5 @@
 /** What the orchestrator (run.ts) asks of a worker process (worker.ts), and what it answers over IPC. */
+import type { S3Target } from './s3.js';
 
 /**
  * The medium a producer and a consumer process talk over: raw sockets and FIFOs, Sluice's framed
@@ -24,7 +25,87 @@ export type Job =
    * joins its first connection to the target. Addresses: a Unix socket path or HOST:PORT.
    */
   | { role: 'relay'; listen: string; target: string }
-  | { role: 'memcpy'; bytes: number };
+  | { role: 'memcpy'; bytes: number }
+  | StepJob
+  | S3HopsJob;
+
+/**
+ * What carries a workflow case's edges: `fifo` (a Sluice run on this node's daemon, the consumer
+ * reading its FIFO before the producer opens it: direct), `relay` (the same run, the producer
+ * opening its output before the consumer listens: through the daemon's relay), `file` (the same
+ * workflow with every edge `via: s3`, the daemon's embedded directory store), `unix` (Sluice's
+ * framed Unix-socket transport between the step processes, no daemon), `raw-fifo` (plain FIFOs,
+ * no framing: the raw limit), `s3` (store-and-forward through S3, as users do today).
+ */
+export type WfPath = 'fifo' | 'relay' | 'file' | 'unix' | 'raw-fifo' | 's3';
+export const DAEMON_PATHS: readonly WfPath[] = ['fifo', 'relay', 'file'];
+
+/**
+ * One step of a workflow case, in its own process. `bytes`: a source writes the block stream to
+ * each output; middle steps pass their one input on; sinks verify. `latency`: 1 KiB records,
+ * each hop's one-way delay recorded by its receiver, paced by a pong from the sink. `events`:
+ * CloudEvent-shaped JSON documents, parsed and re-serialised at every step (the KNIX run).
+ */
+export interface StepJob {
+  role: 'step';
+  label: string;
+  path: WfPath;
+  mode: 'bytes' | 'latency' | 'events';
+  /** this step's name in the workflow */
+  step: string;
+  /** where the step reads from: predecessor steps (daemon paths), endpoints it serves (unix, raw-fifo), object keys (s3) */
+  inputs: string[];
+  /** where it writes to: successor steps, endpoints it dials, object keys */
+  outputs: string[];
+  /** bytes mode: what a source writes to each output, or to all of them together when `split` */
+  bytes: number;
+  split: boolean;
+  /** daemon paths: the node's Sluice directory, and the run (absent: created by the source at its start, set-up on demand) */
+  dir?: string;
+  run?: RunRef;
+  workflow?: string;
+  s3?: S3Target;
+  /** latency and events modes */
+  pongPath?: string;
+  warmup?: number;
+  count?: number;
+}
+
+/** The per-hop latency of the object store, as a chain of `hops` PUT → GET, in one process (no notification delay: S3 at its best). */
+export interface S3HopsJob {
+  role: 's3-hops';
+  s3: S3Target;
+  prefix: string;
+  hops: number;
+  mode: 'latency' | 'events';
+  /** record or event size */
+  bytes: number;
+  warmup: number;
+  count: number;
+}
+
+/** What the orchestrator tells a step, in this order: open inputs, open outputs, go; `download` (s3) once its inputs are uploaded; `run` (on demand) the run to join. */
+export type StepCommand = { type: 'inputs' } | { type: 'outputs' } | { type: 'go' } | { type: 'download' } | { type: 'run'; run: RunRef };
+
+export interface InputStat {
+  received: number;
+  verified: boolean;
+  mismatchAt?: number;
+  firstByteNs: number;
+  lastByteNs: number;
+}
+
+export interface StepResult {
+  type: 'result';
+  /** sources: hrtime just before the first write (on demand: before the run was created) */
+  startNs: number | null;
+  inputs: InputStat[];
+  /** one-way delay of each measured record or event into this step, ns */
+  delaysNs: number[];
+  /** what this process wrote to storage (write_bytes) */
+  diskBytes: number;
+  cpu: CpuMs;
+}
 
 /**
  * Times are process.hrtime in ns: CLOCK_MONOTONIC, comparable across processes on one machine,
@@ -66,6 +147,11 @@ export interface MemcpyResult {
 }
 
 export type WorkerMessage =
+  | StepResult
+  | { type: 'opened' }
+  | { type: 'uploaded' }
+  | { type: 'run'; run: RunRef }
+  | { type: 's3-hops'; delaysNs: number[]; verified: boolean }
   /** the consumer (or relay) serves `endpoint` (for TCP, with the port it got) */
   | { type: 'ready'; endpoint: string }
   | ConsumerResult
@@ -73,3 +159,10 @@ export type WorkerMessage =
   | LatencyResult
   | MemcpyResult
   | { type: 'error'; message: string };
+
+/** Tell the orchestrator. */
+export function send(message: WorkerMessage): Promise<void> {
+  return new Promise((resolve, reject) => {
+    process.send!(message, undefined, {}, (err) => (err ? reject(err) : resolve()));
+  });
+}

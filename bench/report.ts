@@ -34,7 +34,8 @@ export interface Percentiles {
 
 /** One row per measurement: a throughput row (hop_us null) or a 1 KiB latency row (MBps null). */
 export interface Case {
-  pattern: 'transport';
+  /** `transport`: one framed channel between two processes; the others are workflow patterns of step processes */
+  pattern: 'transport' | 'chain' | 'broadcast' | 'gather' | 'shuffle';
   hops: number;
   fanout: number;
   path: string;
@@ -60,6 +61,36 @@ export interface Case {
   proactive: boolean;
   verified: boolean;
   errors?: string[];
+  /** workflow cases: bytes the sinks received together (a broadcast delivers `bytes` to each consumer) */
+  delivered_bytes?: number;
+  e2e_ms_runs?: Array<number | null>;
+  ttfb_ms_runs?: Array<number | null>;
+  /** channels of the run that went through the daemon (relay or store), of all its channels */
+  relayed_channels?: string;
+}
+
+/** A workflow case against another path of the same case (pattern, size), paired per repetition. */
+export interface Speedup {
+  pattern: Case['pattern'];
+  hops: number;
+  fanout: number;
+  bytes: number;
+  path: string;
+  /** `s3`: S3 e2e / this path's e2e (the speed-up); `raw-fifo`: this path's MB/s / the raw limit's */
+  over: 's3' | 'raw-fifo';
+  proactive: boolean;
+  value: number | null;
+  runs: Array<number | null>;
+}
+
+/** The KNIX-style run: CloudEvents through a 5-step chain, per hop. */
+export interface KnixRow {
+  bytes: number;
+  path: string;
+  events: number;
+  hop_ms: Percentiles;
+  verified: boolean;
+  errors?: string[];
 }
 
 export interface Report {
@@ -82,6 +113,10 @@ export interface Report {
   baselines: Baseline[];
   cases: Case[];
   ratios?: Ratio[];
+  speedups?: Speedup[];
+  knix?: KnixRow[];
+  /** how the workflow section ran: repetitions per size, the S3 service */
+  workflows?: { sizes: number[]; reps: number[]; s3: string; note: string };
 }
 
 export interface Ratio {
@@ -200,7 +235,7 @@ export function renderMarkdown(report: Report): string {
     '',
     '| path | placement | bytes | MB/s | runs MB/s | e2e ms | ttfb ms | hop µs p50 | p90 | p99 | disk | daemon MB | verified |',
     '|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|---|',
-    ...report.cases.map((c) =>
+    ...report.cases.filter((c) => c.pattern === 'transport').map((c) =>
       row([
         c.path,
         c.placement,

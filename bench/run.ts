@@ -21,6 +21,10 @@ import { StoreDaemon } from './stores.js';
 import type { ConsumerResult, CpuMs, LatencyResult, MemcpyResult, ProducerResult, RunRef, Subject } from './protocol.js';
 import { computeRatios, median, renderMarkdown, size, type Baseline, type Case, type Percentiles, type Report } from './report.js';
 import { killWorkers, setWorkerExecArgv, withWorkers, type StartWorker } from './workers.js';
+import { KNIX_EVENTS, WF_SIZES, workflowSection, type WfOptions, type WfResults } from './wfsection.js';
+import { PATTERNS, WF_PATHS } from './workflows.js';
+import { killS3Servers } from './s3.js';
+import { renderWorkflowMarkdown, writeReport } from './summary.js';
 
 const SAME_NODE = ['raw-unix', 'unix', 'raw-fifo', 'fifo', 'raw-tcp', 'memcpy'] as const;
 /** Measured between two network namespaces; run order within a repetition or round. */
@@ -34,39 +38,63 @@ type StoreName = (typeof STORES)[number];
 const isCrossNode = (name: Name): name is CrossNodeName => (CROSS_NODE as readonly string[]).includes(name);
 const isStore = (name: Name): name is StoreName => (STORES as readonly string[]).includes(name);
 /** Store subjects are slow and not compared pairwise with a baseline: fewer repetitions. */
-const STORE_REPS = 3;
+const STORE_REPS = 1;
 /** Subjects whose 1 KiB one-way latency is measured too. */
 const WITH_LATENCY: ReadonlySet<Name> = new Set(['raw-unix', 'unix', 'raw-fifo', 'fifo', ...CROSS_NODE]);
 
-const QUICK_REPS = 9;
-const QUICK_ROUNDS = 21;
+const QUICK_REPS = 2;
+const QUICK_ROUNDS = 5;
+const SECTIONS = ['transport', 'cross-node', 'store', 'workflows', 'latency', 'knix'] as const;
+type Section = (typeof SECTIONS)[number];
 
 const USAGE = `Usage: npm run bench -- [options]
 
-Runs Sluice's framed transports against raw baselines on this machine, interleaved over
-throughput repetitions and latency rounds, then the cross-node subjects between two network
-namespaces (skipped, with the reason, where namespaces are not allowed), then the object-store
-paths (a daemon whose edge says via: s3, to the embedded directory store and to an S3 server,
-s3rver, in this process; at most ${STORE_REPS} repetitions), and writes
-bench/results/latest.{json,md} plus a timestamped JSON copy.
+Sections, in this order (--sections picks some):
+  transport   Sluice's framed transports against raw baselines on this machine, interleaved over
+              throughput repetitions and latency rounds
+  cross-node  the same between two network namespaces (skipped, with the reason, where
+              namespaces are not allowed)
+  store       one channel through a daemon whose edge says via: s3 (directory store; s3rver)
+  workflows   the object-store comparison: patterns x paths x sizes, every step a process
+  latency     1 KiB records, one at a time, through a 5-hop chain on each path: per-hop p50/p90/p99
+  knix        CloudEvent JSON documents (1 KiB .. 40 MiB) through a 5-step chain, median per hop,
+              beside KNIX workflowmesh's published figures
+Writes bench/results/latest.{json,md}, a timestamped JSON copy, REPORT.md and SVG charts.
 
-  --quick        1 GiB per throughput run, QUICK_REPS repetitions; QUICK_ROUNDS latency rounds of
-                 5,000 + 1,000 warm-up 1 KiB records per subject (default)
-  --full         as --quick with 15 repetitions and 31 latency rounds
-  --smoke        fast self-check: 64 MiB, 1 repetition, 2 short latency rounds; writes no results
-  --reps N       throughput repetitions (overrides the mode's)
-  --rounds N     latency rounds (overrides the mode's)
-  --only LIST    comma-separated subset of: ${SAME_NODE.join(', ')},
-                 cross-node: ${CROSS_NODE.join(', ')}, and stores: ${STORES.join(', ')}
+  --quick          default. transport: 1 GiB, QUICK_REPS repetitions, QUICK_ROUNDS latency rounds
+                   of 5,000 + 1,000 warm-up records; store: 1 repetition; workflows: sizes
+                   1 MiB, 32 MiB, 1 GiB, 1 repetition (about 10 minutes on 2 cores)
+  --full           transport: 15 repetitions, 31 rounds; workflows: up to 16 GiB
+                   (1 MiB, 32 MiB, 1 GiB, 4 GiB, 16 GiB), 3 repetitions below 512 MiB
+  --smoke          fast self-check: 64 MiB, 1 repetition, 2 short latency rounds; workflows
+                   1 MiB and 16 MiB; writes no results
+  --sections LIST  comma-separated subset of: ${SECTIONS.join(', ')} (default: all)
+  --reps N         transport throughput repetitions (overrides the mode's)
+  --rounds N       transport latency rounds (overrides the mode's)
+  --only LIST      transport subjects, a subset of: ${SAME_NODE.join(', ')},
+                   cross-node: ${CROSS_NODE.join(', ')}, and stores: ${STORES.join(', ')}
   --no-cross-node  leave out the cross-node subjects
-  --cpu-prof DIR run the workers under --cpu-prof, profiles in DIR
-  -h, --help     this text
+  --sizes LIST     workflow sizes, e.g. 1MiB,32MiB,1GiB (units B, KiB, MiB, GiB)
+  --patterns LIST  workflow patterns, a subset of: ${PATTERNS.join(', ')} (default: all)
+  --paths LIST     workflow paths, a subset of: ${WF_PATHS.join(', ')} (default: all;
+                   relay and file run on chains only, file on chain5 up to 256 MiB)
+  --wf-reps N      workflow repetitions below 512 MiB (quick 1, full 3, smoke 1)
+  --wf-large-reps N  workflow repetitions from 512 MiB on (default 1)
+  --no-on-demand   leave out the proactive: false rows (fifo chains, run created when the source starts)
+  --s3-endpoint URL  compare against this S3 instead of s3rver (e.g. a Ceph RGW from
+                   ../shared/tools/ceph-rgw-up.sh: http://127.0.0.1:7480); credentials from
+                   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; its disk bytes are not measured
+  --s3-bucket NAME the bucket (created if missing; default sluice-bench)
+  --cpu-prof DIR   run the workers under --cpu-prof, profiles in DIR
+  -h, --help       this text
 `
   .replace('QUICK_REPS', String(QUICK_REPS))
   .replace('QUICK_ROUNDS', String(QUICK_ROUNDS));
 
 interface Options {
   mode: 'quick' | 'full' | 'smoke';
+  sections: Section[];
+  wf: WfOptions;
   /** throughput repetitions */
   reps: number;
   /** latency rounds; warmup + count records per subject in each */
@@ -91,6 +119,15 @@ function parseOptions(argv: string[]): Options | undefined {
       only: { type: 'string' },
       'no-cross-node': { type: 'boolean' },
       'cpu-prof': { type: 'string' },
+      sections: { type: 'string' },
+      sizes: { type: 'string' },
+      patterns: { type: 'string' },
+      paths: { type: 'string' },
+      'wf-reps': { type: 'string' },
+      'wf-large-reps': { type: 'string' },
+      'no-on-demand': { type: 'boolean' },
+      's3-endpoint': { type: 'string' },
+      's3-bucket': { type: 'string' },
     },
   });
   if (values.help) return undefined;
@@ -110,8 +147,37 @@ function parseOptions(argv: string[]): Options | undefined {
   }
   const only = values['no-cross-node'] ? requested.filter((n) => !crossNode(n)) : requested;
   const cpuProf = values['cpu-prof'];
+  const list = <T extends string>(flag: string, given: string | undefined, allowed: readonly T[]): T[] => {
+    if (given === undefined) return [...allowed];
+    const items = given.split(',').map((x) => x.trim());
+    const bad = items.filter((x) => !(allowed as readonly string[]).includes(x));
+    if (bad.length > 0) throw new Error(`${flag}: unknown ${bad.join(', ')}; choose from ${allowed.join(', ')}`);
+    return allowed.filter((a) => items.includes(a));
+  };
+  const count = (flag: string, given: string | undefined, fallback: number): number => {
+    if (given === undefined) return fallback;
+    const n = Number(given);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got ${given}`);
+    return n;
+  };
+  const sizes = values.sizes === undefined ? [...WF_SIZES[mode]] : values.sizes.split(',').map((x) => parseSize(x.trim()));
+  if (values['s3-endpoint'] !== undefined && !/^https?:\/\/[^/]+/.test(values['s3-endpoint'])) throw new Error(`--s3-endpoint must be an http(s) URL, got ${values['s3-endpoint']}`);
+  const wf: WfOptions = {
+    sizes,
+    reps: count('--wf-reps', values['wf-reps'], { quick: 1, full: 3, smoke: 1 }[mode]),
+    largeReps: count('--wf-large-reps', values['wf-large-reps'], 1),
+    patterns: list('--patterns', values.patterns, PATTERNS),
+    paths: list('--paths', values.paths, WF_PATHS),
+    latency: mode === 'smoke' ? { warmup: 50, count: 300, s3Count: 10 } : { warmup: 200, count: 2000, s3Count: 40 },
+    knix: mode === 'smoke' ? KNIX_EVENTS.smoke : KNIX_EVENTS.quick,
+    s3Bucket: values['s3-bucket'] ?? 'sluice-bench',
+    onDemand: !values['no-on-demand'],
+    ...(values['s3-endpoint'] !== undefined && { s3Endpoint: values['s3-endpoint'] }),
+  };
   return {
     mode,
+    sections: list('--sections', values.sections, SECTIONS),
+    wf,
     reps,
     rounds,
     bytes: mode === 'smoke' ? 64 * MiB : GiB,
@@ -120,6 +186,15 @@ function parseOptions(argv: string[]): Options | undefined {
     only: NAMES.filter((n) => only.includes(n)),
     workerExecArgv: cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(cpuProf)}`] : [],
   };
+}
+
+/** "1MiB", "512KiB", "16GiB", "4096" (bytes) */
+function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)?$/i.exec(text);
+  const unit = { b: 1, kib: KiB, mib: MiB, gib: GiB }[(m?.[2] ?? 'b').toLowerCase() as 'b'];
+  const bytes = m ? Math.round(Number(m[1]) * unit) : NaN;
+  if (!Number.isInteger(bytes) || bytes < KiB || bytes % 16 !== 0) throw new Error(`--sizes: ${JSON.stringify(text)} is not a size of at least 1 KiB and a multiple of 16 bytes (e.g. 1MiB, 32MiB, 1GiB)`);
+  return bytes;
 }
 
 const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.url));
@@ -537,14 +612,20 @@ async function main(): Promise<number> {
   tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-'));
 
   const samples: Samples = { throughput: new Map(), latency: new Map() };
-  const sameNodeNames = options.only.filter((n): n is (typeof SAME_NODE)[number] => !isCrossNode(n) && !isStore(n));
-  const crossNodeNames = options.only.filter(isCrossNode);
-  const storeNames = options.only.filter(isStore);
+  const on = (section: Section): boolean => options.sections.includes(section);
+  const sameNodeNames = on('transport') ? options.only.filter((n): n is (typeof SAME_NODE)[number] => !isCrossNode(n) && !isStore(n)) : [];
+  const crossNodeNames = on('cross-node') ? options.only.filter(isCrossNode) : [];
+  const storeNames = on('store') ? options.only.filter(isStore) : [];
   progress(
-    `sluice bench: ${options.mode}, ${options.reps} throughput rep(s) of ${size(options.bytes)}` +
-      (options.only.some((n) => WITH_LATENCY.has(n)) ? `, ${options.rounds} latency round(s) of ${options.count} + ${options.warmup} warm-up ${RECORD_BYTES / KiB} KiB records per subject` : '') +
-      (crossNodeNames.length > 0 ? `; then cross-node: ${crossNodeNames.join(', ')}` : ''),
+    `sluice bench: ${options.mode}; sections: ${options.sections.join(', ')}` +
+      (sameNodeNames.length + crossNodeNames.length > 0 ? `; transport: ${options.reps} throughput rep(s) of ${size(options.bytes)}` : '') +
+      (options.only.some((n) => WITH_LATENCY.has(n)) && sameNodeNames.length + crossNodeNames.length > 0
+        ? `, ${options.rounds} latency round(s) of ${options.count} + ${options.warmup} warm-up ${RECORD_BYTES / KiB} KiB records per subject`
+        : '') +
+      (crossNodeNames.length > 0 ? `; cross-node: ${crossNodeNames.join(', ')}` : '') +
+      (on('workflows') ? `; workflows: ${options.wf.patterns.join(', ')} over ${options.wf.paths.join(', ')} at ${options.wf.sizes.map(size).join(', ')}` : ''),
   );
+
 
   await measureAll(options, '', sameNodeNames, samples, {
     throughput: (name) => (name === 'memcpy' ? memcpyRun(options.bytes) : throughputRun(sameNode(name), options.bytes)),
@@ -553,9 +634,28 @@ async function main(): Promise<number> {
   const crossNode = crossNodeNames.length > 0 ? await crossNodeSection(options, crossNodeNames, samples) : undefined;
   if (storeNames.length > 0) await storeSection(options, storeNames, samples);
 
-  const measured = options.only.filter((n) => !isCrossNode(n) || samples.throughput.has(n));
+  let wf: WfResults | undefined;
+  if (on('workflows') || on('latency') || on('knix')) {
+    const wfOptions: WfOptions = {
+      ...options.wf,
+      sizes: on('workflows') ? options.wf.sizes : [],
+      latency: on('latency') ? options.wf.latency : undefined,
+      knix: on('knix') ? options.wf.knix : undefined,
+    };
+    wf = await workflowSection(wfOptions, tmpDir, pathFor, progress);
+  }
+
+  const measured = [...sameNodeNames, ...crossNodeNames, ...storeNames].filter((n) => !isCrossNode(n) || samples.throughput.has(n));
   const report = buildReport(options, started, measured, samples, crossNode);
-  const markdown = renderMarkdown(report);
+  if (wf) {
+    report.baselines.push(...wf.baselines);
+    report.cases.push(...wf.cases);
+    report.speedups = wf.speedups;
+    report.knix = wf.knix;
+    report.workflows = wf.info;
+  }
+  const command = `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim();
+  const markdown = renderMarkdown(report) + (wf ? '\n' + renderWorkflowMarkdown(report, command).replace(/^# .*\n/, '## Object-store comparison\n').replace(/^## /gm, (h, at: number) => (at === 0 ? h : '### ')) : '');
   process.stdout.write(markdown);
   if (options.mode === 'smoke') {
     progress('smoke run: results not written');
@@ -565,7 +665,8 @@ async function main(): Promise<number> {
     fs.writeFileSync(path.join(RESULTS_DIR, 'latest.json'), json);
     fs.writeFileSync(path.join(RESULTS_DIR, `${report.machine.date.replace(/[:.]/g, '-')}.json`), json);
     fs.writeFileSync(path.join(RESULTS_DIR, 'latest.md'), markdown);
-    progress(`results: ${path.relative(process.cwd(), RESULTS_DIR) || '.'}/latest.{json,md}`);
+    if (wf) writeReport(report, RESULTS_DIR, command);
+    progress(`results: ${path.relative(process.cwd(), RESULTS_DIR) || '.'}/latest.{json,md}${wf ? ', REPORT.md and *.svg' : ''}`);
   }
   const unverified = [...report.baselines.map((b) => ({ name: b.name, verified: b.verified })), ...report.cases.map((c) => ({ name: `${c.path} ${size(c.bytes)}`, verified: c.verified }))].filter(
     (r) => !r.verified,
@@ -578,6 +679,7 @@ function cleanUp(): void {
   // the daemons first: they may still write into tmpDir
   killDaemons();
   killWorkers();
+  killS3Servers();
   if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
 }
 

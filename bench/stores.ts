@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { control } from '../client/control.js';
 import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../test/fixtures/s3-server.js';
 import { stopDaemonProcess, watchDaemon } from './daemons.js';
+import { peakRssMb, resetPeakRss, writeBytes } from './proc.js';
 import { WS_STEPS, type RunRef } from './protocol.js';
 
 const CLI = fileURLToPath(new URL('../server/cli.js', import.meta.url));
@@ -53,10 +54,11 @@ export class StoreDaemon {
     private readonly output: () => string,
   ) {}
 
-  static async start(kind: StoreKind, baseDir: string): Promise<StoreDaemon> {
+  /** A daemon whose store is `kind`; `name` (default: the kind) names its directories under `baseDir`. */
+  static async start(kind: StoreKind, baseDir: string, name: string = kind): Promise<StoreDaemon> {
     const s3 = kind === 's3' ? await startEmbeddedS3({ bucket: 'sluice-bench' }) : undefined;
-    const dir = path.join(baseDir, `${kind}-daemon`);
-    const storeDir = path.join(baseDir, `${kind}-store`);
+    const dir = path.join(baseDir, `${name}-daemon`);
+    const storeDir = path.join(baseDir, `${name}-store`);
     fs.mkdirSync(dir, { mode: 0o700 });
     const store = s3 ? s3.storeUrl(`${S3_PREFIX}/`) : `file://${storeDir}`;
     // s3rver keeps an object (and its metadata beside it) at <directory>/<bucket>/<key>
@@ -87,8 +89,13 @@ export class StoreDaemon {
     return daemon;
   }
 
-  async createRun(): Promise<RunRef> {
-    const { body } = await control<{ run: string; token: string }>(this.dir, 'POST', '/v1/runs', { workflow: WORKFLOW });
+  /** Register a workflow (the control API's JSON form). */
+  async applyWorkflow(workflow: { name: string; steps: Record<string, object>; edges: object[] }): Promise<void> {
+    await control(this.dir, 'POST', '/v1/workflows', workflow);
+  }
+
+  async createRun(workflow = WORKFLOW): Promise<RunRef> {
+    const { body } = await control<{ run: string; token: string }>(this.dir, 'POST', '/v1/runs', { workflow });
     return { id: body.run, token: body.token };
   }
 
@@ -101,11 +108,28 @@ export class StoreDaemon {
     return bytesUnder(path.join(this.runsDir, run));
   }
 
-  /** The daemon's peak resident memory so far (VmHWM), MB. */
+  /** Each channel of run `id` as the daemon saw it: relayed bytes show a stream that went through it. */
+  async channels(id: string): Promise<Array<{ name: string; state: string; relayedBytes: number; stored?: string }>> {
+    const { body } = await control<{ channels: Array<{ name: string; state: string; relayedBytes: number; stored?: string }> }>(this.dir, 'GET', `/v1/runs/${encodeURIComponent(id)}`);
+    return body.channels;
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  /** The daemon's peak resident memory so far, or since `resetPeakRss()` (VmHWM), MB. */
   peakRssMb(): number {
-    const status = fs.readFileSync(`/proc/${this.child.pid}/status`, 'utf8');
-    const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
-    return Math.round((kb * 1024) / 1e6);
+    return peakRssMb(this.pid);
+  }
+
+  resetPeakRss(): void {
+    resetPeakRss(this.pid);
+  }
+
+  /** Bytes the daemon has written to storage so far (/proc/PID/io write_bytes). */
+  writeBytes(): number {
+    return writeBytes(this.pid);
   }
 
   async stop(): Promise<void> {

@@ -5,7 +5,7 @@
 import { fork, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { NetnsNode } from '../test/helpers/netns.js';
-import type { Job, WorkerMessage } from './protocol.js';
+import type { Job, StepCommand, WorkerMessage } from './protocol.js';
 
 const WORKER = fileURLToPath(new URL('./worker.js', import.meta.url));
 /** A run that takes longer than this is stuck, not slow (1 GiB at a mere 20 MB/s takes under a minute). */
@@ -41,7 +41,10 @@ export function deferred<T>(): Deferred<T> {
 }
 
 export interface Worker {
-  message(type: 'ready' | 'result'): Promise<WorkerMessage>;
+  /** the next message of `type` (each type is answered once) */
+  message(type: WorkerMessage['type']): Promise<WorkerMessage>;
+  /** tell the worker (a step's commands) */
+  send(command: StepCommand): void;
   /** resolves when the process exited with code 0 */
   exited: Promise<void>;
   kill(): void;
@@ -79,6 +82,7 @@ export function startWorker(job: Job, label: string, node?: NetnsNode): Worker {
   });
   return {
     message: (type) => slot(type).promise,
+    send: (command) => void child.send(command),
     exited: exited.promise,
     kill: () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
@@ -91,9 +95,12 @@ export type StartWorker = typeof startWorker;
 /**
  * Run `body` with the workers it starts, then wait until all of them exited. Fails as soon as any
  * of them fails (a relay that dies fails the run even if its neighbours would only hang), or
- * after RUN_TIMEOUT_MS; kills whatever is left in every case.
+ * after `timeoutMs` (default RUN_TIMEOUT_MS); kills whatever is left in every case.
  */
-export async function withWorkers<T>(body: (start: StartWorker) => Promise<T>): Promise<T> {
+export async function withWorkers<T>(body: (start: StartWorker) => Promise<T>): Promise<T>;
+export async function withWorkers<T>(timeoutMs: number, body: (start: StartWorker) => Promise<T>): Promise<T>;
+export async function withWorkers<T>(a: number | ((start: StartWorker) => Promise<T>), b?: (start: StartWorker) => Promise<T>): Promise<T> {
+  const [timeoutMs, body] = typeof a === 'number' ? [a, b!] : [RUN_TIMEOUT_MS, a];
   const started: Worker[] = [];
   const anyFailed = deferred<never>();
   const start: StartWorker = (job, label, node) => {
@@ -104,7 +111,7 @@ export async function withWorkers<T>(body: (start: StartWorker) => Promise<T>): 
   };
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${RUN_TIMEOUT_MS / 1000} s`)), RUN_TIMEOUT_MS);
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs / 1000} s`)), timeoutMs);
   });
   const all = async (): Promise<T> => {
     const result = await body(start);

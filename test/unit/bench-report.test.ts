@@ -1,0 +1,71 @@
+/**
+ * The benchmark's report writers (bench/svg.ts, bench/summary.ts): charts are well-formed SVG with
+ * every series and escaped text; the acceptance lines read the paired speed-ups of the fifo path.
+ */
+import { describe, expect, it } from 'vitest';
+import type { Case, Report, Speedup } from '../../bench/report.js';
+import { acceptance, charts, renderWorkflowMarkdown } from '../../bench/summary.js';
+import { escapeXml, lineChart, ticks } from '../../bench/svg.js';
+
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+
+function flowCase(over: Partial<Case>): Case {
+  return { pattern: 'chain', hops: 5, fanout: 1, path: 'fifo', placement: 'same-node', bytes: GiB, e2e_ms: 1000, ttfb_ms: 1, MBps: 1073.7, hop_us: null, disk_bytes: 0, daemon_rss_mb: 80, proactive: true, verified: true, ...over };
+}
+
+const speedup = (over: Partial<Speedup>): Speedup => ({ pattern: 'chain', hops: 5, fanout: 1, bytes: GiB, path: 'fifo', over: 's3', proactive: true, value: 12, runs: [12], ...over });
+
+const report: Report = {
+  machine: { cpus: 2, node: 'v20', date: '2026-01-01T00:00:00Z', cpu_model: 'x', kernel: 'k', mode: 'quick', reps: 1 },
+  baselines: [{ name: 'raw-chain5', MBps: 1500, MBps_runs: [1500], bytes: GiB, verified: true }],
+  cases: [
+    flowCase({}),
+    flowCase({ path: 's3', e2e_ms: 12000, MBps: 89, disk_bytes: 10 * GiB }),
+    flowCase({ path: 'raw-fifo', e2e_ms: 700, MBps: 1500 }),
+    flowCase({ bytes: MiB, e2e_ms: 5, MBps: 200 }),
+    flowCase({ bytes: MiB, path: 's3', e2e_ms: 100, MBps: 10 }),
+  ],
+  speedups: [speedup({}), speedup({ bytes: MiB, value: 20, runs: [20] }), speedup({ over: 'raw-fifo', value: 0.7, runs: [0.7] })],
+  knix: [{ bytes: 1024, path: 'fifo', events: 10, hop_ms: { p50: 0.1, p90: 0.2, p99: 0.3 }, verified: true }],
+};
+
+describe('the SVG chart writer', () => {
+  it('draws every series, escapes text and stays well-formed', () => {
+    const svg = lineChart({ title: 'a < b & "c"', xLabel: 'x', yLabel: 'y', logX: true, logY: true, series: [{ name: 'one', points: [[1, 1], [10, 100]] }, { name: 'two <2>', points: [[1, 2], [10, null]], markersOnly: true }] });
+    expect(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"')).toBe(true);
+    expect(svg.trim().endsWith('</svg>')).toBe(true);
+    expect(svg).toContain('a &lt; b &amp; &quot;c&quot;');
+    expect(svg).toContain('two &lt;2&gt;');
+    expect(svg).not.toContain('NaN');
+    expect((svg.match(/<circle /g) ?? []).length).toBe(2);
+  });
+
+  it('says so when there is nothing to draw', () => {
+    expect(lineChart({ title: 't', xLabel: 'x', yLabel: 'y', series: [] })).toContain('no data');
+  });
+
+  it('puts log ticks on powers of ten, linear ones on round steps', () => {
+    expect(ticks(1, 1000, true)).toEqual([1, 10, 100, 1000]);
+    expect(ticks(0, 10, false)).toEqual([0, 2, 4, 6, 8, 10]);
+    expect(escapeXml(`'&'`)).toBe('&apos;&amp;&apos;');
+  });
+});
+
+describe('the comparison report', () => {
+  it('judges each acceptance target on the paired fifo speed-up', () => {
+    const lines = acceptance(report).join('\n');
+    expect(lines).toMatch(/1 GiB, 5-hop chain \| 12\.0 \| 12\.0 \| ≥ 10 \| met/);
+    expect(lines).toMatch(/1 MiB, 5-hop chain \| 20\.0 \| 20\.0 \| ≥ 30 \| \*\*not met\*\*/);
+    expect(lines).toMatch(/1 GiB, 1 hop \| – \| not measured/);
+  });
+
+  it('renders the tables, the closeness to raw-chain5 and the chart links', () => {
+    const md = renderWorkflowMarkdown(report, 'npm run bench -- --quick');
+    expect(md).toContain('`npm run bench -- --quick`');
+    expect(md).toContain('= **0.70** of the raw limit');
+    expect(md).toContain('| chain 5 | fifo | 20.0 | 12.0 |');
+    expect(md).toContain('![speed-up over S3 vs size](speedup-vs-size.svg)');
+    expect(Object.keys(charts(report)).sort()).toEqual(['hop-latency-vs-size.svg', 'speedup-vs-size.svg', 'throughput-vs-raw.svg']);
+  });
+});
