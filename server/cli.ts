@@ -95,9 +95,6 @@ async function daemonCommand(args: string[]): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
-  // what the grace period cut may leave open (a write into a stalled consumer's FIFO) must not
-  // keep the process past it: exit soon even then
-  setTimeout(() => process.exit(process.exitCode ?? 0), 500).unref();
   return 0;
 }
 

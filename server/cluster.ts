@@ -37,6 +37,7 @@ import {
   isLinkFailure,
   mediumError,
   type Connection,
+  type ErrorCode,
 } from '../transports/index.js';
 import type { Fallback } from './fallback.js';
 import type { Metrics } from './metrics.js';
@@ -251,19 +252,14 @@ export class Cluster {
         return { store: ours };
       }
       case 'stored': {
-        // a peer stored a stream for a consumer here (its link to us was down when it opened)
-        const run = runs.get(checkName('run', request.run));
-        // looked up, never used as a path: a name that is not a channel of the run is simply not found
-        const channel = typeof request.channel === 'string' ? run.channels.get(request.channel) : undefined;
-        if (!channel || channel.path === 'remote' || channel.peer !== from) throw new RequestError(ErrorCodes.NOT_FOUND, `run "${run.id}" has no channel ${String(request.channel)} from node "${from}" to this node`);
+        // a peer stored a stream for a consumer here (its link to us was down when it opened, or failed mid-stream)
+        const { run, channel } = this.channelFrom(from, request);
         this.options.fallback.feed(run, channel);
         return null;
       }
       case 'failed': {
         // a stream from a peer broke mid-way and cannot be resumed: its consumer here may be waiting
-        const run = runs.get(checkName('run', request.run));
-        const channel = typeof request.channel === 'string' ? run.channels.get(request.channel) : undefined;
-        if (!channel || channel.path === 'remote' || channel.peer !== from) throw new RequestError(ErrorCodes.NOT_FOUND, `run "${run.id}" has no channel ${String(request.channel)} from node "${from}" to this node`);
+        const { run, channel } = this.channelFrom(from, request);
         if (channel.path === 'unix' && channel.state !== 'done' && !this.linked.has(key(run.id, channel.name))) {
           channel.state = 'failed';
           void this.tellConsumer(run, channel, ErrorCodes.TRUNCATED, String(request.message ?? 'the stream broke mid-way and cannot be resumed'));
@@ -287,6 +283,15 @@ export class Cluster {
         throw new RequestError(ErrorCodes.INVALID, `unknown peer request ${JSON.stringify(request.op)}`);
     }
   };
+
+  /** The run and channel a peer's notice names: one whose producer is on `from` and consumer here. */
+  private channelFrom(from: string, request: Record<string, unknown>): { run: Run; channel: ChannelInfo } {
+    const run = this.options.runs.get(checkName('run', request.run));
+    // looked up, never used as a path: a name that is not a channel of the run is simply not found
+    const channel = typeof request.channel === 'string' ? run.channels.get(request.channel) : undefined;
+    if (!channel || channel.path === 'remote' || channel.peer !== from) throw new RequestError(ErrorCodes.NOT_FOUND, `run "${run.id}" has no channel ${String(request.channel)} from node "${from}" to this node`);
+    return { run, channel };
+  }
 
   /** A peer opened a channel to a consumer on this node: check it, then deliver it. */
   readonly onChannel = (from: string, endpoint: string): ((conn: Connection) => void) => {
@@ -314,7 +319,7 @@ export class Cluster {
     } catch (err) {
       if (channel.peer !== undefined && this.sharesStore(channel.peer)) return this.storeInstead(run, channel, producer, head, err as Error);
       channel.state = 'failed';
-      this.abortProducer(producer, err as Error);
+      this.sendAbort(producer, err as Error);
       throw err;
     }
     channel.state = 'relaying';
@@ -361,7 +366,7 @@ export class Cluster {
       });
       // the consumer's answer may be half through already: then only cutting is safe
       if (answered) producer.destroy();
-      else this.abortProducer(producer, reason);
+      else this.sendAbort(producer, reason);
       // a consumer whose daemon died waits for a resumption that will not come: its node, once
       // back, tells it why (if its daemon lived, it has told it already; telling twice is harmless)
       if (lost && !answered) {
@@ -401,7 +406,7 @@ export class Cluster {
       input.resume();
     } catch (err) {
       channel.state = 'failed';
-      this.abortProducer(producer, err as Error);
+      this.sendAbort(producer, err as Error);
       throw err;
     } finally {
       metrics.relayChannels.dec();
@@ -441,7 +446,7 @@ export class Cluster {
       metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
       log2.warn({ err }, 'cross-node delivery failed');
       const linkError = link.input.errored ?? link.output.errored;
-      if (!consumer) this.abortProducer(link, err as Error);
+      if (!consumer) this.sendAbort(link, err as Error);
       else link.destroy();
       // the stream broke on the producer's side of this node (not at the consumer, which has not answered)
       if (consumer && !answered && linkError !== null) this.afterBrokenDelivery(run, channel, consumer, linkError);
@@ -474,13 +479,9 @@ export class Cluster {
   }
 
   /** Give a consumer waiting for its stream to resume the reason it will not be: an ABORT on a new connection. */
-  private async tellConsumer(run: Run, channel: ChannelInfo, code: string, message: string): Promise<void> {
+  private async tellConsumer(run: Run, channel: ChannelInfo, code: ErrorCode, message: string): Promise<void> {
     try {
-      const conn = await attachConsumer(run, channel, 5_000);
-      conn.output.on('error', () => undefined);
-      conn.input.on('error', () => undefined);
-      conn.output.end(encodeControl(FrameType.ABORT, 0, { code, message }), () => setTimeout(() => conn.destroy(), 1_000).unref());
-      conn.input.resume();
+      this.sendAbort(await attachConsumer(run, channel, 5_000), new StreamError(code as ErrorCode, message));
     } catch (err) {
       this.options.log.debug({ err, run: run.id, channel: channel.name }, 'the consumer was not there to be told its stream failed');
     }
@@ -548,8 +549,8 @@ export class Cluster {
     this.options.peers.request(peer, { ...notice }, PEER_REQUEST_TIMEOUT_MS).catch(remember);
   }
 
-  /** Tell the producer why (an ABORT frame), then close; the channel layer reports its code. */
-  private abortProducer(conn: Connection, err: Error): void {
+  /** Tell the other end why (an ABORT frame), then close; the channel layer reports its code. */
+  private sendAbort(conn: Connection, err: Error): void {
     const code = (err as { code?: unknown }).code;
     const frame = encodeControl(FrameType.ABORT, 0, { code: typeof code === 'string' && code.startsWith('SLUICE_') ? code : ErrorCodes.UNAVAILABLE, message: err.message });
     conn.output.on('error', () => undefined);

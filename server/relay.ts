@@ -190,6 +190,8 @@ export class Relay {
   private readonly active = new Set<Connection>();
   private readonly shutdown = new AbortController();
   private readonly draining = new AbortController();
+  /** consumers' connections being delivered into */
+  private readonly consumers = new Set<Connection>();
 
   constructor(
     private readonly runs: RunRegistry,
@@ -222,7 +224,7 @@ export class Relay {
 
   abortInFlight(): void {
     this.shutdown.abort();
-    for (const conn of this.active) conn.destroy();
+    for (const conn of [...this.active, ...this.consumers]) conn.destroy();
   }
 
   private admit(conn: Connection): void {
@@ -325,6 +327,10 @@ export class Relay {
         source.resume();
         return await finished(source);
       }
+      // cut with the producers' connections when the grace period ends: a stalled consumer's FIFO
+      // (a persisted stream's direct branch has no producer connection of its own) would keep the process up
+      this.consumers.add(conn);
+      conn.input.once('close', () => this.consumers.delete(conn));
       const writer = new ChannelWriter(conn, { hello: { run: runId, from, to, via: 'relay' } });
       source.on('data', (chunk: Buffer) => {
         channel.relayedBytes += chunk.length;

@@ -305,6 +305,8 @@ export class StoredStreamReader extends Readable {
   private length = 0;
   private readonly checksum = new StreamChecksum();
   private reading = false;
+  /** segment 0 as `origin()` found it, so that it is not downloaded twice */
+  private first: Buffer | undefined;
 
   constructor(
     private readonly store: ObjectStore,
@@ -337,7 +339,8 @@ export class StoredStreamReader extends Readable {
     return this.poll(async () => {
       const marker = await this.store.get(this.prefix + RESUME_OBJECT);
       if (marker) return parseResume(marker, this.prefix);
-      if ((await this.store.get(segmentKey(this.prefix, 0))) || (await this.store.get(this.prefix + MANIFEST_OBJECT))) {
+      this.first = await this.store.get(segmentKey(this.prefix, 0));
+      if (this.first || (await this.store.get(this.prefix + MANIFEST_OBJECT))) {
         // a resume marker is written before the first segment: none now means none at all
         const late = await this.store.get(this.prefix + RESUME_OBJECT);
         return late ? parseResume(late, this.prefix) : 0;
@@ -386,7 +389,9 @@ export class StoredStreamReader extends Readable {
   private async segment(index: number): Promise<Buffer | undefined> {
     const key = segmentKey(this.prefix, index);
     for (let attempt = 0; ; attempt++) {
-      const object = await this.store.get(key);
+      const prefetched = index === 0 && attempt === 0 ? this.first : undefined;
+      this.first = undefined;
+      const object = prefetched ?? (await this.store.get(key));
       if (!object) return undefined;
       const payload = openSegment(object);
       if (payload) return payload;
