@@ -12,8 +12,9 @@
  *   dialled over `ws://` travels in the clear (still authenticated by the secret).
  * - **Who dials.** Both ends dial a listed peer that has no link; the node with the larger name
  *   waits a moment first, so that usually one link forms. If two form at once, both ends keep the
- *   one dialled by the node with the smaller name and close the other, so they agree without
- *   talking about it.
+ *   one dialled by the node with the smaller name for new connections, so they agree without
+ *   talking about it. The other link is retired, not cut: the streams already on it go on to
+ *   their end, and it closes once it carries none.
  * - **Authentication.** The cluster secret, through the ws transport's mutual HMAC
  *   challenge-response: a dialler without the secret (or with a wrong one) is closed with 4401
  *   before a byte of Sluice's protocol passes, and the log says so. Then the dialler names
@@ -157,6 +158,8 @@ export class PeerLinks {
   private readonly stopping = new AbortController();
   private listener: Listener | undefined;
   private started = false;
+  /** links replaced by newer ones, still carrying the streams that were on them */
+  private readonly retired = new Set<Mux>();
 
   constructor(private readonly options: PeerLinksOptions) {
     this.transport = new WsTransport({
@@ -222,7 +225,7 @@ export class PeerLinks {
   async close(): Promise<void> {
     this.stopping.abort();
     await this.listener?.close();
-    for (const peer of this.peers.values()) peer.mux?.close(new ConnectError(ErrorCodes.UNAVAILABLE, 'this daemon is stopping'));
+    for (const mux of [...this.retired, ...[...this.peers.values()].map((p) => p.mux)]) mux?.close(new ConnectError(ErrorCodes.UNAVAILABLE, 'this daemon is stopping'));
   }
 
   /** Is the link to `node` up now? */
@@ -436,7 +439,11 @@ export class PeerLinks {
         conn.destroy();
         return;
       }
-      peer.mux.close(new ConnectError(ErrorCodes.UNAVAILABLE, 'replaced by the link the other node dialled'));
+      // the streams on it go on to their end; new ones take the new link
+      const replaced = peer.mux;
+      this.retired.add(replaced);
+      void replaced.closed.then(() => this.retired.delete(replaced));
+      replaced.retire(new ConnectError(ErrorCodes.UNAVAILABLE, 'replaced by the link the other node dialled'));
     }
     const mux = new Mux(conn, role, { windowBytes: this.options.windowBytes });
     mux.serve((endpoint) => {

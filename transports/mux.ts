@@ -57,6 +57,9 @@ export function isLinkFailure(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as Record<symbol, unknown>)[LINK_FAILED] === true;
 }
 
+/** How long a retired link that has ended its side waits for the peer to end its own, ms. */
+const RETIRED_LINGER_MS = 5_000;
+
 const DEFAULTS = { windowBytes: 2 * 1024 * 1024, maxFramePayload: 256 * 1024, maxConnections: 4096 };
 
 
@@ -157,6 +160,9 @@ export class Mux {
   private readonly decoder: FrameDecoder;
   private linkWaiters: Array<() => void> = [];
   private failure: Error | undefined;
+  /** set by retire(): the reason the link closes once idle */
+  private retired: Error | undefined;
+  private ending = false;
   private handler: OpenHandler | undefined;
   private resolveClosed!: (why: Error) => void;
   /** Settles, with the reason, when the link has failed or was closed. */
@@ -230,6 +236,7 @@ export class Mux {
 
   /** Open a connection to `endpoint` on the peer; rejects with the peer's reason if refused. */
   open(endpoint: string): Promise<Connection> {
+    if (this.retired && !this.failure) return Promise.reject(new ConnectError(ErrorCodes.UNAVAILABLE, `peer link was replaced: ${this.retired.message}`, { cause: this.retired, details: { link: 'replaced' } }));
     if (this.failure) return Promise.reject(new ConnectError(ErrorCodes.UNAVAILABLE, `peer link is down: ${this.failure.message}`, { cause: this.failure, details: { link: 'down' } }));
     const id = this.nextId;
     this.nextId += 2;
@@ -240,6 +247,27 @@ export class Mux {
       this.opening.set(id, { resolve, reject });
       this.sendControl(FrameType.OPEN, id, { endpoint, window: this.windowBytes });
     });
+  }
+
+  /**
+   * Take no more connections of ours on this link, and close it once every connection on it has
+   * finished (at once when there is none): a link replaced by a newer one keeps carrying the
+   * streams already on it instead of breaking them. The peer may still open connections on it
+   * until it has switched too; they are served, and the link waits for them as well.
+   */
+  retire(why: Error): void {
+    if (this.failure) return;
+    this.retired = why;
+    this.closeIfRetiredAndIdle();
+  }
+
+  private closeIfRetiredAndIdle(): void {
+    if (!this.retired || this.ending || this.failure || this.connections.size > 0 || this.opening.size > 0) return;
+    this.ending = true;
+    // ended, not destroyed: the last frames of the connections that just finished are still on their way
+    this.link.output.end();
+    const retired = this.retired;
+    setTimeout(() => this.close(retired), RETIRED_LINGER_MS).unref();
   }
 
   /** Close the link and every connection on it. */
@@ -382,11 +410,12 @@ export class Mux {
   }
 
   forgetIfDone(vc: Virtual): void {
-    if (vc.inputEnded && vc.outputEnded) this.connections.delete(vc.id);
+    if (vc.inputEnded && vc.outputEnded) this.forget(vc);
   }
 
   forget(vc: Virtual): void {
     this.connections.delete(vc.id);
+    this.closeIfRetiredAndIdle();
   }
 
   private fail(error: Error): void {
