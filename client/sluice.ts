@@ -372,6 +372,14 @@ export class Sluice {
   }
 }
 
+/**
+ * Join a run as one instance of one step. The run's manifest is read from its directory, with no
+ * round trip to the daemon; when it is not there, the daemon is asked to bind this function to
+ * the run: it answers once the run is ready on this node (late binding: its pods' placement seen
+ * late, or the run still being shared by the daemon that created it), SLUICE_NOT_FOUND after its
+ * `--bind-timeout`, SLUICE_UNAUTHORIZED for a wrong token (at once where the daemon can check it
+ * before the run exists), SLUICE_UNAVAILABLE if no daemon answers or it is stopping.
+ */
 export async function connect(options: ConnectOptions & { dir: string; run: string; step: string; token: string; instance: number }): Promise<Sluice> {
   const run = checkName('run', options.run);
   const step = checkName('step', options.step);
@@ -379,14 +387,22 @@ export async function connect(options: ConnectOptions & { dir: string; run: stri
   if (typeof options.token !== 'string' || options.token.length === 0) {
     throw new RequestError(ErrorCodes.UNAUTHORIZED, 'no run token: pass { token } or set SLUICE_TOKEN (sluice run create prints it)');
   }
-  let manifest: RunManifest;
-  try {
-    manifest = JSON.parse(await readFile(join(runDirectory(options.dir, run, options.token), MANIFEST_FILE), 'utf8')) as RunManifest;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot read run "${run}": ${(err as Error).message}`, { cause: err });
-    // no such directory: an unknown run or a wrong token; the daemon can tell which
-    await control(options.dir, 'GET', `/v1/runs/${encodeURIComponent(run)}`);
-    throw new RequestError(ErrorCodes.UNAUTHORIZED, `wrong token for run "${run}"`, { details: { run } });
+  const manifestPath = join(runDirectory(options.dir, run, options.token), MANIFEST_FILE);
+  const readManifest = async (): Promise<RunManifest | undefined> => {
+    try {
+      return JSON.parse(await readFile(manifestPath, 'utf8')) as RunManifest;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot read run "${run}": ${(err as Error).message}`, { cause: err });
+    }
+  };
+  let manifest = await readManifest();
+  if (!manifest) {
+    // not on this node yet, or a wrong token: the daemon holds us until the run is ready here
+    // (late binding, up to its --bind-timeout), or says which it is
+    await control(options.dir, 'POST', `/v1/runs/${encodeURIComponent(run)}/bind`, { token: options.token });
+    manifest = await readManifest();
+    if (!manifest) throw new ConnectError(ErrorCodes.UNAVAILABLE, `run "${run}" is bound, but its manifest is not at ${manifestPath}: is SLUICE_DIR the daemon's directory?`, { details: { run } });
   }
   const steps = manifest.steps[step];
   if (!steps) throw new RequestError(ErrorCodes.NOT_FOUND, `workflow "${manifest.workflow}" has no step "${step}"`);

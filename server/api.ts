@@ -17,6 +17,9 @@
  * GET    /v1/runs                 → [{ run, workflow, createdAt, expiresAt, channels }]
  * GET    /v1/runs/:id             → { run, workflow, ..., channels: [{ name, from, to, path, state, relayedBytes }] }
  * DELETE /v1/runs/:id             → 204; endpoints and buffers removed
+ * POST   /v1/runs/:id/bind        body: { token } → 200 { run } once the run is ready on this node
+ *                                  (late binding, server/binding.ts): held up to --bind-timeout,
+ *                                  then SLUICE_NOT_FOUND; SLUICE_UNAUTHORIZED for a wrong token
  * ```
  *
  * Errors: `{ code, message, details? }` with the status of the code (SLUICE_INVALID 400,
@@ -29,8 +32,9 @@ import { timingSafeEqual } from 'node:crypto';
 import type http from 'node:http';
 import type https from 'node:https';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
-import { ErrorCodes, RequestError, isErrorCode } from '../transports/index.js';
+import { ErrorCodes, RequestError, checkName, isErrorCode } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
+import type { Binder } from './binding.js';
 import type { Cluster } from './cluster.js';
 import type { PeerLinks } from './peers.js';
 import type { Relay } from './relay.js';
@@ -46,6 +50,8 @@ export interface ApiContext {
   relay: Relay;
   metrics: Metrics;
   workflows: Map<string, Workflow>;
+  /** late binding of functions that connect before their run is known here */
+  binder: Binder;
   maxBodyBytes: number;
   /** false while starting and while draining */
   ready: () => boolean;
@@ -174,6 +180,20 @@ export function buildApi(ctx: ApiContext): ApiServer {
   });
   app.get('/v1/runs', async () => ctx.runs.list().map((r) => describeRun(r, false)));
   app.get<{ Params: { id: string } }>('/v1/runs/:id', async (request) => describeRun(ctx.runs.get(request.params.id), true));
+  app.post<{ Params: { id: string }; Body: { token?: unknown } }>('/v1/runs/:id/bind', async (request) => {
+    const id = checkName('run', request.params.id);
+    const token = typeof request.body === 'object' && request.body !== null ? request.body.token : undefined;
+    // a client that hangs up while held frees its place
+    const gone = new AbortController();
+    const onClose = (): void => gone.abort();
+    request.raw.socket.once('close', onClose);
+    try {
+      const run = await ctx.binder.bind(id, token, gone.signal);
+      return { run: run.id };
+    } finally {
+      request.raw.socket.off('close', onClose);
+    }
+  });
   app.delete<{ Params: { id: string } }>('/v1/runs/:id', async (request, reply) => {
     const run = ctx.runs.get(request.params.id);
     await ctx.cluster.deleteRun(request.params.id);

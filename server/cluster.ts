@@ -66,6 +66,8 @@ export interface ClusterOptions {
    * lost mid-stream: more than the link's window plus the socket buffers on the way.
    */
   replayBytes: number;
+  /** told when a run is ready here: created, and, when it spans nodes, shared with them and its channels opened */
+  onRunReady?: (run: Run) => void;
 }
 
 /** How long run sharing may wait for a peer (its link, then its answer), ms. */
@@ -203,6 +205,7 @@ export class Cluster {
       await this.deleteRun(run.id).catch(() => undefined);
       throw err;
     }
+    this.options.onRunReady?.(run);
     return run;
   }
 
@@ -272,8 +275,13 @@ export class Cluster {
         for (const w of valid) this.options.workflows.set(w.name, w);
         return null;
       }
-      case 'open':
-        return this.openChannels(runs.get(checkName('run', request.run)));
+      case 'open': {
+        // the last step of sharing a run: every node involved has prepared its part
+        const run = runs.get(checkName('run', request.run));
+        await this.openChannels(run);
+        this.options.onRunReady?.(run);
+        return null;
+      }
       case 'delete': {
         const id = checkName('run', request.run);
         if (runs.list().some((r) => r.id === id)) await runs.delete(id);

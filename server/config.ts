@@ -28,6 +28,7 @@ import { DAEMON_SOCKET, NAME_PATTERN, RELAY_SOCKET, defaultRuntimeDir } from '..
 import { MAX_UNIX_PATH_BYTES } from '../transports/unix.js';
 import type { StoreLocation } from '../transports/store.js';
 import { didYouMean, parseJsonOrYaml } from './workflow.js';
+import { MAX_HELD, MAX_UNVERIFIED } from './binding.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -103,6 +104,8 @@ export interface ConfigValues {
   readonly maxBodyBytes: number;
   /** milliseconds: how long SIGTERM lets streams in flight finish */
   readonly graceMs: number;
+  /** milliseconds: how long a function that connects before its run is known here is held; 0: not at all */
+  readonly bindTimeoutMs: number;
   /** where peers and placements come from besides --peers and the control API */
   readonly discovery: Discovery;
   /** the Kubernetes API server's URL (https://HOST:PORT), when known */
@@ -156,6 +159,7 @@ export interface ConfigDescription {
   maxRuns: number;
   maxBodyBytes: number;
   graceMs: number;
+  bindTimeoutMs: number;
   discovery: Discovery;
   k8sApi: string | null;
   k8sCredentials: string;
@@ -417,6 +421,17 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
       'On SIGTERM or SIGINT the daemon stops admitting channels and runs at once (readyz turns 503), lets streams in flight finish (relayed, delivered from a peer, or fed from the store) for up to this long, then cuts what is left and exits. Streams still waiting for their consumer go to the object store when 5s (at most half of it) are left; the next daemon on this directory feeds them. On Kubernetes set terminationGracePeriodSeconds a few seconds above it.',
   },
   {
+    key: 'bindTimeoutMs',
+    flag: '--bind-timeout',
+    arg: 'MS',
+    env: 'SLUICE_BIND_TIMEOUT',
+    fileKey: 'bindTimeoutMs',
+    default: '30s',
+    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 30s)',
+    range: '0ms..1h',
+    description: `Late binding: a function that connects before its run is known on this node (its pods not seen yet, the run still being shared by a peer or not created yet) is held this long, and bound as soon as the run is ready here; then SLUICE_NOT_FOUND. 0 answers SLUICE_NOT_FOUND at once. A wrong token is refused at once wherever it can be checked; at most ${MAX_HELD} functions are held at once (${MAX_UNVERIFIED} whose token cannot be checked yet), more are answered SLUICE_NOT_FOUND at once.`,
+  },
+  {
     key: 'discovery',
     flag: '--discovery',
     arg: 'MODE',
@@ -567,6 +582,7 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     maxRuns: () => 1000,
     maxBodyBytes: () => MiB,
     graceMs: () => 25 * SECOND,
+    bindTimeoutMs: () => 30 * SECOND,
     discovery: () => 'none',
     k8sApi: () => inClusterApi(env),
     k8sCredentials: () => K8S_CREDENTIALS_DIR,
@@ -619,6 +635,7 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
     maxRuns: config.maxRuns,
     maxBodyBytes: config.maxBodyBytes,
     graceMs: config.graceMs,
+    bindTimeoutMs: config.bindTimeoutMs,
     discovery: config.discovery,
     k8sApi: config.k8sApi ?? null,
     k8sCredentials: config.k8sCredentials,
@@ -756,6 +773,7 @@ const parsers: Parsers = {
   maxRuns: (v) => parseCount(v, 1, 100_000),
   maxBodyBytes: (v) => parseSize(v, KiB, 16 * MiB),
   graceMs: (v) => parseDuration(v, 'ms', 0, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 25s)'),
+  bindTimeoutMs: (v) => parseDuration(v, 'ms', 0, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
   discovery: (v) => {
     const s = text(v, `one of ${DISCOVERY_MODES.join(', ')}`);
     if ((DISCOVERY_MODES as readonly string[]).includes(s)) return s as Discovery;

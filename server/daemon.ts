@@ -6,12 +6,13 @@ import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket } from '../transports/index.js';
 import { buildApi, type ApiServer } from './api.js';
+import { Binder } from './binding.js';
 import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
 import { Cluster } from './cluster.js';
 import { Fallback } from './fallback.js';
 import { KubeClient, type Informer, type KubeObject } from './k8s.js';
-import { discoverPeers, discoverPlacements } from './k8s-discovery.js';
+import { LABELS, discoverPeers, discoverPlacements, runTokenFor } from './k8s-discovery.js';
 import { openStore } from '../transports/store-s3.js';
 import { PeerLinks } from './peers.js';
 import { Relay } from './relay.js';
@@ -81,6 +82,24 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   for (const run of runs.list()) {
     fallback.adopt(run).catch((err: unknown) => log.warn({ err, run: run.id }, 'cannot look for the stored streams of a run taken up again'));
   }
+  /** the pods scheduled here that carry a run label, with Kubernetes discovery */
+  let pods: Informer<KubeObject> | undefined;
+  const binder = new Binder({
+    node: config.node,
+    runs,
+    timeoutMs: config.bindTimeoutMs,
+    log,
+    ...(config.discovery === 'kubernetes' && config.secret
+      ? {
+          placement: {
+            tokenOf: (run: string) => runTokenFor(config.secret!, run),
+            placedHere: (run: string) => [...(pods?.cache.values() ?? [])].some((p) => p.metadata?.labels?.[LABELS.run] === run),
+          },
+        }
+      : {}),
+  });
+  // runs taken up again are ready as they are
+  for (const run of runs.list()) binder.ready(run);
   const workflows = new Map<string, Workflow>();
   const cluster: Cluster = new Cluster({
     node: config.node,
@@ -94,6 +113,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     metrics,
     workflows,
     fallback,
+    onRunReady: (run) => binder.ready(run),
   });
   const relay = new Relay(runs, {
     dir: config.dir,
@@ -108,7 +128,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   await relay.start();
 
   let ready = false;
-  const context = { node: config.node, version: options.version, runs, cluster, peers, relay, metrics, workflows, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
+  const context = { node: config.node, version: options.version, runs, cluster, peers, relay, metrics, workflows, binder, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
   const servers: ApiServer[] = [];
   const socketPath = join(config.dir, DAEMON_SOCKET);
   await removeStaleSocket(socketPath);
@@ -155,7 +175,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     const common = { client, resyncMs: config.k8sResyncMs, log: log.child({ discovery: 'kubernetes' }) };
     if (peers) informers.push(discoverPeers({ ...common, namespace: config.k8sNamespace!, service: config.k8sService, tls: config.tlsCert !== undefined, peers }));
     informers.push(
-      discoverPlacements({
+      (pods = discoverPlacements({
         ...common,
         node: config.node,
         secret: config.secret!,
@@ -166,7 +186,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
           metrics.runsCreated.inc();
           metrics.preparedChannels.inc({ path: 'fifo' }, run.manifest.channels.length);
         },
-      }),
+      })),
     );
   }
   ready = true;
@@ -185,6 +205,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         draining = true;
         log.info({ graceMs }, 'sluice daemon stopping');
         for (const informer of informers) informer.stop();
+        binder.close();
         await relay.stop();
         const deadline = Date.now() + graceMs;
         // streams still waiting for their consumer then go to the store, in time to be written

@@ -18,7 +18,7 @@
  * verifies it again at the end.
  */
 import { join } from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import {
@@ -35,6 +35,7 @@ import {
   acceptEach,
   channelName,
   checkName,
+  encodeControl,
   fifoTransport,
   unixTransport,
   type Connection,
@@ -222,9 +223,25 @@ export class Relay {
     this.draining.abort();
   }
 
+  /**
+   * The grace period is over: cut every stream still here. A producer to which nothing was sent
+   * back yet (no answer under way, so the next byte it reads starts a frame) is told why first:
+   * an ABORT with SLUICE_UNAVAILABLE, rather than a reset it would blame on its consumer.
+   */
   abortInFlight(): void {
     this.shutdown.abort();
-    for (const conn of [...this.active, ...this.consumers]) conn.destroy();
+    const frame = encodeControl(FrameType.ABORT, 0, { code: ErrorCodes.UNAVAILABLE, message: 'the daemon is stopping (SIGTERM): its grace period ended with this stream in flight' });
+    for (const conn of this.active) {
+      const out = conn.output as Writable & { bytesWritten?: number };
+      if (out.bytesWritten !== 0 || out.writableLength > 0 || !out.writable) {
+        conn.destroy();
+        continue;
+      }
+      out.on('error', () => undefined);
+      out.end(frame, () => conn.destroy());
+      setTimeout(() => conn.destroy(), 500).unref();
+    }
+    for (const conn of this.consumers) conn.destroy();
   }
 
   private admit(conn: Connection): void {

@@ -18,6 +18,8 @@ import { FakeKubeApi, daemonSlice, stepPod } from '../fixtures/kube-api.js';
 
 const SECRET = 'k8s-discovery-test-secret-0123456789';
 const MiB = 1024 * 1024;
+/** how long a function that connects before its run is known is held (late binding) */
+const BIND_TIMEOUT_MS = 8_000;
 
 /** The functions of the run's steps p (at `producer`) and c (at `consumer`) stream `bytes`; c gets exactly what p sent. */
 async function streamsByteExact(run: { run: string; token: string }, producer: LinkedNode, consumer: LinkedNode, bytes: number): Promise<void> {
@@ -46,7 +48,7 @@ describe('discovery from the Kubernetes API', () => {
     const [pa, pb] = await freePorts(2);
     process.env.SLUICE_SECRET = SECRET;
     try {
-      const args = (port: number) => ['--listen', `127.0.0.1:${port}`, '--discovery', 'kubernetes', '--k8s-api', api.url, '--k8s-credentials', credentials, '--k8s-resync', '2s'];
+      const args = (port: number) => ['--listen', `127.0.0.1:${port}`, '--discovery', 'kubernetes', '--k8s-api', api.url, '--k8s-credentials', credentials, '--k8s-resync', '2s', '--bind-timeout', `${BIND_TIMEOUT_MS}ms`];
       nodes = await startNodes([
         { name: 'node-a', port: pa!, args: args(pa!) },
         { name: 'node-b', port: pb!, args: args(pb!) },
@@ -116,6 +118,34 @@ describe('discovery from the Kubernetes API', () => {
     expect(body.channels).toEqual([expect.objectContaining({ name: 'p.0-c.0', state: 'prepared', peer: 'node-a' })]);
 
     await streamsByteExact({ run: 'wc-r2', token: tokenOf('wc-r2') }, a, b, 2 * MiB);
+  });
+
+  it('binds functions that start before their pods are all scheduled (late binding): held, then bound once the run is placed and shared, byte-exact', async () => {
+    const run = { run: 'wc-r3', token: tokenOf('wc-r3') };
+    // the producer's pod is scheduled to node-a and its function starts at once: the run cannot be placed yet
+    api.apply('Pod', stepPod({ namespace: 'team-1', name: 'wc-r3-p', run: 'wc-r3', step: 'p', workflow: 'wc', node: 'node-a' }));
+    const bytes = 3 * MiB + 17;
+    const producer = runFunction(a.daemon.dir, run, 'p', ['source', String(bytes), '11']).done;
+    await waitFor('the producer held at node-a', async () => (logged(a, 'a function waits for its run', (l) => l.run === 'wc-r3' && l.verified === true).length > 0 ? true : undefined));
+    expect(await runOn(a, 'wc-r3')).toBe(false);
+    // a token other than the derived one is refused at once for a run whose pods are scheduled here
+    const wrong = await runFunction(a.daemon.dir, { run: 'wc-r3', token: 'x'.repeat(32) }, 'p', ['source', '1']).done;
+    expect(wrong.result.error).toMatchObject({ code: 'SLUICE_UNAUTHORIZED', message: expect.stringContaining('derived from the cluster secret') });
+    // node-b's function starts before node-b has even seen its pod
+    const consumer = runFunction(b.daemon.dir, run, 'c', ['sink']).done;
+    await waitFor('the consumer held at node-b', async () => (logged(b, 'a function waits for its run', (l) => l.run === 'wc-r3').length > 0 ? true : undefined));
+    // the scheduler binds the consumer's pod to node-b, whose daemon places the run and shares it with node-a
+    api.apply('Pod', stepPod({ namespace: 'team-1', name: 'wc-r3-c', run: 'wc-r3', step: 'c', workflow: 'wc', node: 'node-b' }));
+    const [sent, got] = await Promise.all([producer, consumer]);
+    expect(sent.result.error).toBeUndefined();
+    expect(got.result).toEqual({ bytes, sha256: sent.result.sha256 });
+    expect(logged(b, 'run placed by its pods', (l) => l.run === 'wc-r3')).toHaveLength(1);
+  });
+
+  it('answers SLUICE_NOT_FOUND, saying it waited, to a function whose run never appears', async () => {
+    const never = await runFunction(a.daemon.dir, { run: 'wc-never', token: tokenOf('wc-never') }, 'p', ['source', '1']).done;
+    expect(never.code).toBe(1);
+    expect(never.result.error).toMatchObject({ code: 'SLUICE_NOT_FOUND', message: expect.stringContaining(`waited ${BIND_TIMEOUT_MS} ms`) });
   });
 
   it('drops a peer whose endpoint is gone from the slices', async () => {

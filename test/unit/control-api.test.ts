@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApi } from '../../server/api.js';
+import { Binder, MAX_UNVERIFIED } from '../../server/binding.js';
 import { Cluster } from '../../server/cluster.js';
 import { Fallback } from '../../server/fallback.js';
 import { createMetrics, type Metrics } from '../../server/metrics.js';
@@ -18,11 +19,17 @@ const log = pino({ level: 'silent' });
 let dir: string;
 let runs: RunRegistry;
 let app: ReturnType<typeof buildApi>;
+let cluster: Cluster;
+let binder: Binder;
 
-/** The cluster and relay of one node with no peers, as the daemon puts them together. */
-function wire(metrics: Metrics, workflows: Map<string, Workflow>): { cluster: Cluster; relay: Relay } {
+/** How long a bind request waits for its run here. */
+const BIND_TIMEOUT_MS = 1500;
+
+/** The cluster, relay and binder of one node with no peers, as the daemon puts them together. */
+function wire(metrics: Metrics, workflows: Map<string, Workflow>): { cluster: Cluster; relay: Relay; binder: Binder } {
+  const binder = new Binder({ node: 'node-a', runs, timeoutMs: BIND_TIMEOUT_MS, log });
   const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
-  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback });
+  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
   const relay = new Relay(runs, {
     dir,
     relayBufferBytes: 1 << 20,
@@ -33,7 +40,7 @@ function wire(metrics: Metrics, workflows: Map<string, Workflow>): { cluster: Cl
     forward: (...args) => cluster.forward(...args),
     link: (...args) => cluster.link(...args),
   });
-  return { cluster, relay };
+  return { cluster, relay, binder };
 }
 
 beforeAll(async () => {
@@ -42,8 +49,9 @@ beforeAll(async () => {
   await runs.start();
   const metrics = createMetrics(() => runs.size);
   const workflows = new Map<string, Workflow>();
-  const { cluster, relay } = wire(metrics, workflows);
-  app = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, maxBodyBytes: 16 * 1024, ready: () => true });
+  let relay: Relay;
+  ({ cluster, relay, binder } = wire(metrics, workflows));
+  app = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, binder, maxBodyBytes: 16 * 1024, ready: () => true });
 });
 afterAll(async () => {
   await app.close();
@@ -166,6 +174,85 @@ describe('control API', () => {
   });
 });
 
+describe('late binding (POST /v1/runs/:id/bind)', () => {
+  const token = 'Tok3n_for-a-shared-run-012345678';
+  const bind = (id: string, t: string) => app.inject({ method: 'POST', url: `/v1/runs/${id}/bind`, payload: { token: t } });
+  const held = async (n: number): Promise<void> => {
+    while (binder.held !== n) await sleep(10);
+  };
+
+  it('holds a function whose run is still being shared by a peer, and binds it once its channels are open', async () => {
+    const waiting = bind('shared-1', token);
+    await held(1);
+    const shared = { run: 'shared-1', token, workflow: validateWorkflow(chain), placement: { a: 'node-a', b: 'node-a' }, ttlSeconds: 60 };
+    await cluster.onRequest('node-b', { op: 'prepare', ...shared });
+    // prepared, not yet opened everywhere: still held
+    expect(binder.held).toBe(1);
+    // known now: a wrong token is refused at once
+    const wrong = await bind('shared-1', 'x'.repeat(32));
+    expect([wrong.statusCode, wrong.json().code]).toEqual([401, 'SLUICE_UNAUTHORIZED']);
+    await cluster.onRequest('node-b', { op: 'open', run: 'shared-1' });
+    const res = await waiting;
+    expect([res.statusCode, res.json()]).toEqual([200, { run: 'shared-1' }]);
+    expect(existsSync(join(runDirectory(dir, 'shared-1', token), MANIFEST_FILE))).toBe(true);
+    // ready: bound at once
+    expect((await bind('shared-1', token)).statusCode).toBe(200);
+    await runs.delete('shared-1');
+  });
+
+  it('tells a held function SLUICE_UNAUTHORIZED when its run appears (created through the control API) with another token', async () => {
+    const waiting = bind('api-1', token);
+    await held(1);
+    expect((await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'api-1' } })).statusCode).toBe(201);
+    const res = await waiting;
+    expect([res.statusCode, res.json().code]).toEqual([401, 'SLUICE_UNAUTHORIZED']);
+    await runs.delete('api-1');
+  });
+
+  it('answers SLUICE_NOT_FOUND after --bind-timeout for a run that never comes, and frees its place', async () => {
+    const res = await bind('never-1', token);
+    expect(res.statusCode).toBe(404);
+    expect(res.json()).toMatchObject({ code: 'SLUICE_NOT_FOUND', message: expect.stringContaining(`waited ${BIND_TIMEOUT_MS} ms`) });
+    expect(binder.held).toBe(0);
+  });
+
+  it('refuses a bad run name', async () => {
+    const res = await bind('Bad_Name', token);
+    expect([res.statusCode, res.json().code]).toEqual([400, 'SLUICE_INVALID']);
+  });
+});
+
+describe('Binder', () => {
+  const derived = 'D3rived-from-the-cluster-secret0';
+  const placement = { tokenOf: () => derived, placedHere: (id: string) => id === 'placed' };
+  const errorOf = (p: Promise<unknown>): Promise<{ code?: string; message?: string }> => p.then(() => ({}), (err: { code?: string; message?: string }) => err);
+
+  it('refuses at once a token other than the derived one for a run whose pods are here; without a timeout, answers at once', async () => {
+    const b = new Binder({ node: 'node-a', runs, timeoutMs: 3_600_000, log, placement });
+    expect(await errorOf(b.bind('placed', 'x'.repeat(32)))).toMatchObject({ code: 'SLUICE_UNAUTHORIZED', message: expect.stringContaining('sluice run token placed') });
+    const none = new Binder({ node: 'node-a', runs, timeoutMs: 0, log });
+    expect(await errorOf(none.bind('nowhere', derived))).toMatchObject({ code: 'SLUICE_NOT_FOUND', message: 'no run "nowhere" on node node-a' });
+  });
+
+  it(`holds at most ${MAX_UNVERIFIED} unverifiable requests, leaving room for verified ones; a stopping daemon answers the rest SLUICE_UNAVAILABLE`, async () => {
+    const b = new Binder({ node: 'node-a', runs, timeoutMs: 3_600_000, log, placement });
+    const gone = new AbortController();
+    const unverified = Array.from({ length: MAX_UNVERIFIED }, (_, i) => errorOf(b.bind(`u-${i}`, 'x'.repeat(32), gone.signal)));
+    expect(b.held).toBe(MAX_UNVERIFIED);
+    expect(await errorOf(b.bind('u-over', 'x'.repeat(32)))).toMatchObject({ code: 'SLUICE_NOT_FOUND', message: expect.stringContaining('not held') });
+    const verified = errorOf(b.bind('v-1', derived));
+    expect(b.held).toBe(MAX_UNVERIFIED + 1);
+    // clients that hang up free their places
+    gone.abort();
+    expect(new Set((await Promise.all(unverified)).map((e) => e.code))).toEqual(new Set(['SLUICE_ABORTED']));
+    expect(b.held).toBe(1);
+    b.close();
+    expect(await verified).toMatchObject({ code: 'SLUICE_UNAVAILABLE' });
+    expect(await errorOf(b.bind('v-2', derived))).toMatchObject({ code: 'SLUICE_UNAVAILABLE' });
+    expect(b.held).toBe(0);
+  });
+});
+
 describe('endpoints a run prepares', () => {
   it('gives a consumer fed from another node a Unix socket, or its FIFO pair when the socket path would be too long', async () => {
     const long = 'x'.repeat(60);
@@ -185,8 +272,8 @@ describe('control API over TCP (bearer secret)', () => {
   it('refuses requests without the cluster secret, but not probes or metrics', async () => {
     const metrics = createMetrics(() => runs.size);
     const workflows = new Map<string, Workflow>();
-    const { cluster, relay } = wire(metrics, workflows);
-    const tcp = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, maxBodyBytes: 16 * 1024, ready: () => true, bearerSecret: 'a-cluster-secret-of-some-length' });
+    const { cluster, relay, binder } = wire(metrics, workflows);
+    const tcp = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, binder, maxBodyBytes: 16 * 1024, ready: () => true, bearerSecret: 'a-cluster-secret-of-some-length' });
     try {
       expect((await tcp.inject('/healthz')).statusCode).toBe(200);
       expect((await tcp.inject('/metrics')).statusCode).toBe(200);

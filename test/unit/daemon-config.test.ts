@@ -61,6 +61,7 @@ describe('defaults', () => {
       maxRuns: 1000,
       maxBodyBytes: 1024 * 1024,
       graceMs: 25_000,
+      bindTimeoutMs: 30_000,
       discovery: 'none',
       k8sApi: undefined,
       k8sCredentials: '/var/run/secrets/kubernetes.io/serviceaccount',
@@ -314,6 +315,12 @@ describe('durations', () => {
     expect(load(['--attach-timeout', value]).attachTimeoutMs).toBe(ms);
   });
 
+  it('reads --bind-timeout, where 0 turns late binding off', () => {
+    expect(load(['--bind-timeout', '0']).bindTimeoutMs).toBe(0);
+    expect(load([], { SLUICE_BIND_TIMEOUT: '2m' }).bindTimeoutMs).toBe(120_000);
+    expect(load(['--config', '/c.yaml'], {}, { '/c.yaml': 'bindTimeoutMs: 500ms\n' }).bindTimeoutMs).toBe(500);
+  });
+
   it.each([
     ['24h', 86_400],
     ['90m', 5400],
@@ -382,6 +389,7 @@ describe('every validation error names the option as the user wrote it', () => {
     tlsKey: '/missing/key.pem',
     tlsCa: '/missing/ca.pem',
     graceMs: 'soon',
+    bindTimeoutMs: '2h',
     discovery: 'consul',
     k8sApi: 'ftp://api',
     k8sCredentials: 'a\0b',
