@@ -103,6 +103,12 @@ export interface ConfigValues {
   readonly maxBodyBytes: number;
   /** milliseconds: how long SIGTERM lets streams in flight finish */
   readonly graceMs: number;
+  /** streams in flight at which a replica of a balanced step is saturated (gets no new stream) */
+  readonly replicaMaxStreams: number;
+  /** failures in a row that eject a replica of a balanced step */
+  readonly ejectAfterFailures: number;
+  /** milliseconds: a replica's first ejection; the k-th lasts k times as long, at most 10 times */
+  readonly ejectionMs: number;
   /** where peers and placements come from besides --peers and the control API */
   readonly discovery: Discovery;
   /** the Kubernetes API server's URL (https://HOST:PORT), when known */
@@ -156,6 +162,9 @@ export interface ConfigDescription {
   maxRuns: number;
   maxBodyBytes: number;
   graceMs: number;
+  replicaMaxStreams: number;
+  ejectAfterFailures: number;
+  ejectionMs: number;
   discovery: Discovery;
   k8sApi: string | null;
   k8sCredentials: string;
@@ -417,6 +426,41 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
       'On SIGTERM or SIGINT the daemon stops admitting channels and runs at once (readyz turns 503), lets streams in flight finish (relayed, delivered from a peer, or fed from the store) for up to this long, then cuts what is left and exits. Streams still waiting for their consumer go to the object store when 5s (at most half of it) are left; the next daemon on this directory feeds them. On Kubernetes set terminationGracePeriodSeconds a few seconds above it.',
   },
   {
+    key: 'replicaMaxStreams',
+    flag: '--replica-max-streams',
+    arg: 'N',
+    env: 'SLUICE_REPLICA_MAX_STREAMS',
+    fileKey: 'replicaMaxStreams',
+    default: '8',
+    unit: 'streams',
+    range: '1..100000',
+    description:
+      'On a `fanout: balance` edge, a consumer replica (an instance index of the step on a node, across runs) with this many streams in flight — routed by this node or, as its peers report, by them — is saturated: it gets no new stream until one ends, and local-first spills to the other replicas. When every replica is saturated a new stream waits (its producer held back) up to --attach-timeout, then fails with SLUICE_UNAVAILABLE.',
+  },
+  {
+    key: 'ejectAfterFailures',
+    flag: '--eject-after',
+    arg: 'N',
+    env: 'SLUICE_EJECT_AFTER',
+    fileKey: 'ejectAfterFailures',
+    default: '5',
+    unit: 'failures in a row',
+    range: '1..1000',
+    description:
+      'A consumer replica of a balance edge whose streams fail this many times in a row on its side (not the producer\'s) is ejected: it gets no new stream for --ejection-time, then is admitted again. Never more than half the replicas of a step are ejected at once (the panic threshold). Peers learn of an ejection over the peer links.',
+  },
+  {
+    key: 'ejectionMs',
+    flag: '--ejection-time',
+    arg: 'MS',
+    env: 'SLUICE_EJECTION_TIME',
+    fileKey: 'ejectionMs',
+    default: '30s',
+    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 30s)',
+    range: '100ms..1h',
+    description: 'How long a replica\'s first ejection lasts; its k-th lasts k times as long, at most 10 times this.',
+  },
+  {
     key: 'discovery',
     flag: '--discovery',
     arg: 'MODE',
@@ -567,6 +611,9 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     maxRuns: () => 1000,
     maxBodyBytes: () => MiB,
     graceMs: () => 25 * SECOND,
+    replicaMaxStreams: () => 8,
+    ejectAfterFailures: () => 5,
+    ejectionMs: () => 30 * SECOND,
     discovery: () => 'none',
     k8sApi: () => inClusterApi(env),
     k8sCredentials: () => K8S_CREDENTIALS_DIR,
@@ -619,6 +666,9 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
     maxRuns: config.maxRuns,
     maxBodyBytes: config.maxBodyBytes,
     graceMs: config.graceMs,
+    replicaMaxStreams: config.replicaMaxStreams,
+    ejectAfterFailures: config.ejectAfterFailures,
+    ejectionMs: config.ejectionMs,
     discovery: config.discovery,
     k8sApi: config.k8sApi ?? null,
     k8sCredentials: config.k8sCredentials,
@@ -756,6 +806,9 @@ const parsers: Parsers = {
   maxRuns: (v) => parseCount(v, 1, 100_000),
   maxBodyBytes: (v) => parseSize(v, KiB, 16 * MiB),
   graceMs: (v) => parseDuration(v, 'ms', 0, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 25s)'),
+  replicaMaxStreams: (v) => parseCount(v, 1, 100_000),
+  ejectAfterFailures: (v) => parseCount(v, 1, 1000),
+  ejectionMs: (v) => parseDuration(v, 'ms', 100, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
   discovery: (v) => {
     const s = text(v, `one of ${DISCOVERY_MODES.join(', ')}`);
     if ((DISCOVERY_MODES as readonly string[]).includes(s)) return s as Discovery;
