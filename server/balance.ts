@@ -108,6 +108,7 @@ interface Replica {
 }
 
 export const replicaId = (workflow: string, step: string, index: number, node: string): string => `${workflow}/${step}[${index}]@${node}`;
+const REPLICA_ID = /^([a-z0-9][a-z0-9_-]{0,62})\/([a-z0-9][a-z0-9_-]{0,62})\[(\d{1,2})\]@([a-z0-9][a-z0-9_-]{0,62})$/;
 
 export class Balancer {
   private readonly replicas = new Map<string, Replica>();
@@ -255,8 +256,14 @@ export class Balancer {
     return Math.max(0, until - this.now());
   }
 
-  /** Every replica this node has routed to or heard of, for status and metrics. */
+  /** Every replica this node has routed to or heard of from a peer, for status and metrics. */
   status(): ReplicaStatus[] {
+    for (const report of this.fresh()) {
+      for (const id of [...Object.keys(report.loads), ...Object.keys(report.ejected)]) {
+        const parsed = REPLICA_ID.exec(id);
+        if (parsed && !this.replicas.has(id)) this.replicas.set(id, { workflow: parsed[1]!, step: parsed[2]!, index: Number(parsed[3]), node: parsed[4]!, inFlight: 0, routed: 0, failed: 0 });
+      }
+    }
     return [...this.replicas.entries()].map(([id, r]) => {
       const streams = this.load(id);
       const ejectedForMs = this.ejectedForMs(id);
