@@ -23,8 +23,8 @@
  *
  * **Sharing.** What this daemon routed (streams in flight per replica) and whom it ejected go to
  * every linked peer as one small control request, `{ op: 'replicas', loads, ejected }`, soon after
- * a change and every `REPORT_MS` besides; a peer's report older than `STALE_MS` is ignored (its
- * link is gone, or it is). Streams already flowing are never moved: routing happens once, when
+ * a change and every `REPORT_MS` besides (while there is anything to report); a peer's report
+ * older than `STALE_MS` is ignored (its link is gone, or it is). Streams already flowing are never moved: routing happens once, when
  * the stream opens.
  */
 import type { Logger } from 'pino';
@@ -120,6 +120,8 @@ export class Balancer {
   private reportTimer: NodeJS.Timeout | undefined;
   private readonly ticker: NodeJS.Timeout;
   private tokens = 0;
+  /** the last report sent was empty */
+  private sentEmpty = true;
   /** streams routed to a replica on this node, and to one on another node */
   readonly shares = { local: 0, remote: 0 };
 
@@ -285,7 +287,11 @@ export class Balancer {
     });
   }
 
-  /** Send this node's report now, to every linked peer. */
+  /**
+   * Send this node's report now, to every linked peer — unless it is empty and so was the last one
+   * (a cluster with no balanced stream in flight sends nothing; an empty report a peer holds goes
+   * stale harmlessly).
+   */
   report(): void {
     clearTimeout(this.reportTimer);
     this.reportTimer = undefined;
@@ -296,6 +302,9 @@ export class Balancer {
       const left = this.detector.ejectedUntil(id) - this.now();
       if (left > 0) ejected[id] = left;
     }
+    const empty = Object.keys(loads).length === 0 && Object.keys(ejected).length === 0;
+    if (empty && this.sentEmpty) return;
+    this.sentEmpty = empty;
     this.options.share({ op: 'replicas', loads, ejected });
   }
 
