@@ -53,7 +53,7 @@ export async function stopDaemonProcess(child: ChildProcess): Promise<void> {
   clearTimeout(timer);
 }
 
-interface Daemon {
+export interface Daemon {
   /** the Sluice node name (`--node`) */
   name: string;
   node: NetnsNode;
@@ -63,10 +63,13 @@ interface Daemon {
   output(): string;
 }
 
-function spawnDaemon(name: string, node: NetnsNode, dir: string, peer: { name: string; node: NetnsNode }, secretFile: string): Daemon {
+/** A daemon in `node`'s namespace peered with `peer`; `extra.args` are more daemon options, `extra.cpu` pins it to one CPU (taskset). */
+export function spawnDaemon(name: string, node: NetnsNode, dir: string, peer: { name: string; node: NetnsNode }, secretFile: string, extra: { args?: string[]; cpu?: number } = {}): Daemon {
   fs.mkdirSync(dir, { mode: 0o700 });
-  const args = ['daemon', '--node', name, '--dir', dir, '--listen', `${node.address}:${PORT}`, '--peers', `${peer.name}=ws://${peer.node.address}:${PORT}`, '--secret-file', secretFile];
-  const child = node.spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = ['daemon', '--node', name, '--dir', dir, '--listen', `${node.address}:${PORT}`, '--peers', `${peer.name}=ws://${peer.node.address}:${PORT}`, '--secret-file', secretFile, ...(extra.args ?? [])];
+  const command = [process.execPath, CLI, ...args];
+  if (extra.cpu !== undefined) command.unshift('taskset', '-c', String(extra.cpu));
+  const child = node.spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   return { name, node, dir, child, output: watchDaemon(child) };
 }
 
@@ -85,7 +88,7 @@ async function sluice(d: Daemon, args: string[]): Promise<string> {
   }
 }
 
-async function waitPeered(d: Daemon, peer: string): Promise<void> {
+export async function waitPeered(d: Daemon, peer: string): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   let last = 'no answer';
   for (;;) {

@@ -35,7 +35,7 @@ export interface Percentiles {
 /** One row per measurement: a throughput row (hop_us null) or a 1 KiB latency row (MBps null). */
 export interface Case {
   /** `transport`: one framed channel between two processes; the others are workflow patterns of step processes */
-  pattern: 'transport' | 'chain' | 'broadcast' | 'gather' | 'shuffle';
+  pattern: 'transport' | 'chain' | 'broadcast' | 'gather' | 'shuffle' | 'balance';
   hops: number;
   fanout: number;
   path: string;
@@ -67,6 +67,16 @@ export interface Case {
   ttfb_ms_runs?: Array<number | null>;
   /** channels of the run that went through the daemon (relay or store), of all its channels */
   relayed_channels?: string;
+  /** balance cases: the edge's routing policy */
+  policy?: string;
+  /** balance cases: runs one at a time (`none`) or all at once at one node, more than its replica takes (`saturated`) */
+  load?: 'none' | 'saturated';
+  /** balance cases: runs in the case */
+  runs?: number;
+  /** balance cases: share of streams delivered to a consumer instance on the producer's node */
+  local_share?: number;
+  /** balance cases with affinity: the most streams one consumer instance got over the mean */
+  max_load_ratio?: number;
 }
 
 /** A workflow case against another path of the same case (pattern, size), paired per repetition. */

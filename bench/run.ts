@@ -25,6 +25,7 @@ import { KNIX_EVENTS, WF_SIZES, workflowSection, type WfOptions, type WfResults 
 import { PATTERNS, WF_PATHS } from './workflows.js';
 import { killS3Servers } from './s3.js';
 import { renderWorkflowMarkdown, writeReport } from './summary.js';
+import { balanceSection, type BalanceResults } from './balance.js';
 
 const SAME_NODE = ['raw-unix', 'unix', 'raw-fifo', 'fifo', 'raw-tcp', 'memcpy'] as const;
 /** Measured between two network namespaces; run order within a repetition or round. */
@@ -44,7 +45,7 @@ const WITH_LATENCY: ReadonlySet<Name> = new Set(['raw-unix', 'unix', 'raw-fifo',
 
 const QUICK_REPS = 2;
 const QUICK_ROUNDS = 5;
-const SECTIONS = ['transport', 'cross-node', 'store', 'workflows', 'latency', 'knix'] as const;
+const SECTIONS = ['transport', 'cross-node', 'store', 'workflows', 'latency', 'knix', 'balance'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const USAGE = `Usage: npm run bench -- [options]
@@ -59,6 +60,9 @@ Sections, in this order (--sections picks some):
   latency     1 KiB records, one at a time, through a 5-hop chain on each path: per-hop p50/p90/p99
   knix        CloudEvent JSON documents (1 KiB .. 40 MiB) through a 5-step chain, median per hop,
               beside KNIX workflowmesh's published figures
+  balance     routing across consumer replicas (fanout: balance) on two namespace nodes pinned
+              to a CPU each: local-first, always-local, least-loaded unloaded and saturated
+              (64 MiB runs into a CPU-heavy consumer), affinity's max/mean load (under 90 s)
 Writes bench/results/latest.{json,md}, a timestamped JSON copy, REPORT.md and SVG charts.
 
   --quick          default. transport: 1 GiB, QUICK_REPS repetitions, QUICK_ROUNDS latency rounds
@@ -645,6 +649,8 @@ async function main(): Promise<number> {
     wf = await workflowSection(wfOptions, tmpDir, pathFor, progress);
   }
 
+  const balance: BalanceResults | undefined = on('balance') ? await balanceSection({ smoke: options.mode === 'smoke' }, tmpDir, progress) : undefined;
+
   const measured = [...sameNodeNames, ...crossNodeNames, ...storeNames].filter((n) => !isCrossNode(n) || samples.throughput.has(n));
   const report = buildReport(options, started, measured, samples, crossNode);
   if (wf) {
@@ -654,8 +660,12 @@ async function main(): Promise<number> {
     report.knix = wf.knix;
     report.workflows = wf.info;
   }
+  if (balance) report.cases.push(...balance.cases);
   const command = `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim();
-  const markdown = renderMarkdown(report) + (wf ? '\n' + renderWorkflowMarkdown(report, command).replace(/^# .*\n/, '## Object-store comparison\n').replace(/^## /gm, (h, at: number) => (at === 0 ? h : '### ')) : '');
+  const markdown =
+    renderMarkdown(report) +
+    (wf ? '\n' + renderWorkflowMarkdown(report, command).replace(/^# .*\n/, '## Object-store comparison\n').replace(/^## /gm, (h, at: number) => (at === 0 ? h : '### ')) : '') +
+    (balance ? '\n' + balance.markdown : '');
   process.stdout.write(markdown);
   if (options.mode === 'smoke') {
     progress('smoke run: results not written');

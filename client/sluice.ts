@@ -70,6 +70,12 @@ export interface OutputOptions {
    * daemon's --attach-timeout.)
    */
   timeoutMs?: number;
+  /**
+   * On a `fanout: balance` edge with `policy: affinity`: the key hashed to pick the consumer
+   * instance (streams with one key keep their instance while it has room). Default: what the
+   * edge's `key` says (the run id, or the run id and this producer instance). 1-256 characters.
+   */
+  key?: string;
 }
 
 /** A channel's other end, as `Input.sources` reports them. */
@@ -273,19 +279,33 @@ export class Sluice {
     return this.manifest.edges.filter((e) => e.to === this.step).map((e) => e.from);
   }
 
-  /** Stream to `to`, or to every successor (broadcast) when omitted. */
+  /**
+   * Stream to `to`, or to every successor (broadcast) when omitted. On a `fanout: balance` edge
+   * the stream goes to ONE instance of `to`, picked by this node's daemon by the edge's policy
+   * when the stream opens (one such stream per producer instance and run); `end()` still means
+   * that instance verified every byte.
+   */
   output(to?: string, options: OutputOptions = {}): Output {
     const edges = this.manifest.edges.filter((e) => e.from === this.step && (to === undefined || e.to === to));
     if (edges.length === 0) {
       throw new RequestError(ErrorCodes.NOT_FOUND, to === undefined ? `step "${this.step}" has no successors` : `workflow "${this.manifest.workflow}" has no edge ${this.step} → ${to}`);
     }
+    const balanced = edges.find((e) => e.fanout === 'balance');
+    if (balanced && edges.length > 1) throw new RequestError(ErrorCodes.INVALID, `name the successor: output("${balanced.to}") for a balance edge`);
+    if (balanced) return new Output(async () => [await this.openBalanced(balanced.to, options)], false);
+    if (options.key !== undefined) throw new RequestError(ErrorCodes.INVALID, 'an output key is for balance edges with policy: affinity');
     const partitioned = edges.some((e) => e.fanout === 'partition');
     if (partitioned && edges.length > 1) throw new RequestError(ErrorCodes.INVALID, `name the successor: output("${edges.find((e) => e.fanout === 'partition')!.to}") for a partition edge`);
     const targets = edges.flatMap((e) => Array.from({ length: this.manifest.steps[e.to]!.replicas }, (_, j) => ({ step: e.to, index: j })));
     return new Output(() => Promise.all(targets.map((t) => this.openProducer(t, options.timeoutMs ?? 10_000))), partitioned);
   }
 
-  /** Read from `from`'s instances, or from the only predecessor when omitted. */
+  /**
+   * Read from `from`'s instances, or from the only predecessor when omitted. On a balance edge an
+   * instance reads, from each producer instance, either its stream (when it was picked) or an empty
+   * one (its HELLO says `elsewhere`: the instance that was): the input ends once every producer's
+   * stream is placed.
+   */
   input(from?: string): Input {
     const preds = this.predecessors;
     const source = from ?? (preds.length === 1 ? preds[0] : undefined);
@@ -329,6 +349,16 @@ export class Sluice {
       throw new RequestError(ErrorCodes.NOT_FOUND, `channel ${from.step}[${from.index}] → ${to.step}[${to.index}] has no end on this node (check the run's placement)`);
     }
     return channel;
+  }
+
+  /**
+   * The one stream of this instance on a balance edge: through this node's daemon, which picks
+   * the consumer instance (its HELLO names the step, no instance) and tells the others.
+   */
+  private async openBalanced(step: string, options: OutputOptions): Promise<ChannelWriter> {
+    const conn = await unixTransport.dial(join(this.dir, RELAY_SOCKET), { timeoutMs: options.timeoutMs ?? 10_000 });
+    const hello = { run: this.run, from: this.self, to: { step }, token: this.token, ...(options.key !== undefined ? { key: options.key } : {}) };
+    return new ChannelWriter(conn, { hello });
   }
 
   private async openProducer(to: InstanceRef, timeoutMs: number): Promise<ChannelWriter> {

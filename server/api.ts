@@ -5,7 +5,9 @@
  * GET    /healthz                 200 { ok: true } while the process runs
  * GET    /readyz                  200 once runs and relay are up, 503 while starting or draining
  * GET    /metrics                 Prometheus text
- * GET    /v1/status               node, version, uptime, runs, relays, peers (link state, channels, bytes)
+ * GET    /v1/status               node, version, uptime, runs, relays, peers (link state, channels, bytes),
+ *                                  replicas of balance edges (streams in flight, saturated, ejected,
+ *                                  ejections, routed, failed), balanced { local, remote, localShare }
  * POST   /v1/workflows            body: a workflow (JSON)        → 201 the validated workflow;
  *                                  shared with the peers, so runs of it can start at any daemon
  * GET    /v1/workflows            → [workflow]
@@ -35,6 +37,7 @@ import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { ErrorCodes, RequestError, checkName, isErrorCode } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
 import type { Binder } from './binding.js';
+import type { Balancer } from './balance.js';
 import type { Cluster } from './cluster.js';
 import type { PeerLinks } from './peers.js';
 import type { Relay } from './relay.js';
@@ -48,6 +51,8 @@ export interface ApiContext {
   cluster: Cluster;
   peers: PeerLinks | undefined;
   relay: Relay;
+  /** routing of balance edges: replicas' load and health, where streams went */
+  balancer?: Balancer | undefined;
   metrics: Metrics;
   workflows: Map<string, Workflow>;
   /** late binding of functions that connect before their run is known here */
@@ -88,6 +93,12 @@ function describeRun(run: Run, detailed: boolean): Record<string, unknown> {
     channels: detailed ? [...run.channels.values()] : run.channels.size,
   };
   return detailed ? { ...summary, steps: run.manifest.steps } : summary;
+}
+
+/** Where this node's balanced streams went: counts and the local share (null before the first). */
+function balanced(balancer: Balancer | undefined): { local: number; remote: number; localShare: number | null } {
+  const { local, remote } = balancer?.shares ?? { local: 0, remote: 0 };
+  return { local, remote, localShare: local + remote === 0 ? null : local / (local + remote) };
 }
 
 export function buildApi(ctx: ApiContext): ApiServer {
@@ -145,6 +156,8 @@ export function buildApi(ctx: ApiContext): ApiServer {
     runs: ctx.runs.list().map((r) => describeRun(r, true)),
     relays: ctx.relay.activeChannels,
     peers: ctx.peers?.status() ?? [],
+    replicas: ctx.balancer?.status() ?? [],
+    balanced: balanced(ctx.balancer),
   }));
 
   app.post('/v1/workflows', async (request, reply) => {

@@ -39,6 +39,9 @@ Usage:
       Stream the step's input to standard output; exits non-zero, with the error code on
       standard error, when the stream is incomplete or corrupt.
   sluice status [--json]
+      This node: peers, runs and their channels, and the consumer replicas of balance edges
+      (streams in flight, saturated or ejected, routed, failed, ejections) with the share of
+      balanced streams this node routed to a local replica.
   sluice demo [--mib N] [--path unix|fifo]
       Start a daemon on the embedded defaults in a temporary directory, run a 3-step
       workflow (one process per step) through it, and stream N MiB (default 256) between two
@@ -70,12 +73,31 @@ interface ChannelView {
   relayedBytes: number;
   via?: string;
   stored?: string;
+  routed?: boolean;
+}
+
+interface ReplicaView {
+  replica: string;
+  streams: number;
+  saturated: boolean;
+  ejected: boolean;
+  ejectedForMs: number;
+  ejections: number;
+  routed: number;
+  failed: number;
+}
+
+/** One replica of a balance edge in `status`: its load and health as this node sees them. */
+function replicaLine(r: ReplicaView): string {
+  const health = r.ejected ? `EJECTED for ${Math.ceil(r.ejectedForMs / 1000)}s` : r.saturated ? 'saturated' : 'ok';
+  return `replica ${r.replica.padEnd(32)} ${String(r.streams).padStart(4)} stream(s) in flight  ${health.padEnd(16)} routed ${r.routed}  failed ${r.failed}  ejections ${r.ejections}`;
 }
 
 /** One channel in `run show` and `status`: where its consumer is, its state, what the relay carried, and the store if it went there. */
 function channelLine(c: ChannelView): string {
   const store = c.stored ? `, object store (${c.stored})` : c.via === 'store' ? ', via the object store' : '';
-  return `  ${c.name.padEnd(32)} ${c.path.padEnd(6)} ${c.state.padEnd(9)} relayed ${c.relayedBytes} B${store}`;
+  const routed = c.routed === undefined ? '' : c.routed ? ', balanced: routed here' : ', balanced: routed elsewhere';
+  return `  ${c.name.padEnd(32)} ${c.path.padEnd(6)} ${c.state.padEnd(9)} relayed ${c.relayedBytes} B${store}${routed}`;
 }
 
 async function daemonCommand(args: string[]): Promise<number> {
@@ -234,7 +256,18 @@ async function recvCommand(args: string[]): Promise<number> {
 
 async function statusCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: common });
-  const { body } = await control<{ node: string; version: string; uptimeSeconds: number; ready: boolean; workflows: number; relays: number; peers: PeerStatus[]; runs: Array<{ run: string; workflow: string; channels: ChannelView[] }> }>(
+  const { body } = await control<{
+    node: string;
+    version: string;
+    uptimeSeconds: number;
+    ready: boolean;
+    workflows: number;
+    relays: number;
+    peers: PeerStatus[];
+    replicas: ReplicaView[];
+    balanced: { local: number; remote: number; localShare: number | null };
+    runs: Array<{ run: string; workflow: string; channels: ChannelView[] }>;
+  }>(
     runtimeDir(values.dir),
     'GET',
     '/v1/status',
@@ -244,6 +277,10 @@ async function statusCommand(args: string[]): Promise<number> {
       `node ${body.node}  sluice ${body.version}  ${body.ready ? 'ready' : 'NOT READY'}  up ${body.uptimeSeconds}s`,
       `${body.workflows} workflow(s), ${body.runs.length} run(s), ${body.relays} relayed stream(s) now`,
       ...(body.peers.length === 0 ? ['no peers'] : body.peers.map((p) => `peer ${p.node.padEnd(16)} ${p.state.padEnd(10)} since ${p.since}  ${p.channels} channel(s)  sent ${p.bytesSent} B  received ${p.bytesReceived} B  reconnects ${p.reconnects}${p.lastError ? `  last error: ${p.lastError}` : ''}`)),
+      ...(body.balanced.localShare === null
+        ? []
+        : [`balanced streams routed here: ${body.balanced.local} to local replicas, ${body.balanced.remote} to remote ones (local share ${body.balanced.localShare.toFixed(2)})`]),
+      ...body.replicas.map(replicaLine),
       ...body.runs.flatMap((r) => [`run ${r.run} (${r.workflow})`, ...r.channels.map(channelLine)]),
       '',
     ].join('\n'),

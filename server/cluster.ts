@@ -337,8 +337,11 @@ export class Cluster {
     // A producer that vanishes closes its socket cleanly; passed on as a clean close, its
     // consumer (which may wait for a resumption) could not tell it from its own daemon's death.
     // Registered before splice's pipe, so the link is cut before the pipe would close it.
+    let producerGone = false;
     producer.input.once('end', () => {
-      if (!tap.ended) link.destroy(new StreamError(ErrorCodes.TRUNCATED, `the producer went away after ${tap.offset} bytes, without its trailer`));
+      if (tap.ended) return;
+      producerGone = true;
+      link.destroy(new StreamError(ErrorCodes.TRUNCATED, `the producer went away after ${tap.offset} bytes, without its trailer`));
     });
     try {
       tap.push(head);
@@ -370,7 +373,8 @@ export class Cluster {
       const down = channel.peer !== undefined && peers?.isUp(channel.peer) === false;
       const reason = new ConnectError(ErrorCodes.UNAVAILABLE, down ? `the peer link to node "${channel.peer}" failed mid-stream` : `the stream to node "${channel.peer}" broke: ${(err as Error).message}`, {
         cause: err,
-        details: { run: run.id, channel: channel.name, peer: channel.peer },
+        // producerGone: the producer broke the stream, not the consumer (a balanced replica is not blamed)
+        details: { run: run.id, channel: channel.name, peer: channel.peer, ...(producerGone ? { producerGone } : {}) },
       });
       // the consumer's answer may be half through already: then only cutting is safe
       if (answered) producer.destroy();

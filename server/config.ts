@@ -106,6 +106,12 @@ export interface ConfigValues {
   readonly graceMs: number;
   /** milliseconds: how long a function that connects before its run is known here is held; 0: not at all */
   readonly bindTimeoutMs: number;
+  /** streams in flight at which a replica of a balanced step is saturated (gets no new stream) */
+  readonly replicaMaxStreams: number;
+  /** failures in a row that eject a replica of a balanced step */
+  readonly ejectAfterFailures: number;
+  /** milliseconds: a replica's first ejection; the k-th lasts k times as long, at most 10 times */
+  readonly ejectionMs: number;
   /** where peers and placements come from besides --peers and the control API */
   readonly discovery: Discovery;
   /** the Kubernetes API server's URL (https://HOST:PORT), when known */
@@ -160,6 +166,9 @@ export interface ConfigDescription {
   maxBodyBytes: number;
   graceMs: number;
   bindTimeoutMs: number;
+  replicaMaxStreams: number;
+  ejectAfterFailures: number;
+  ejectionMs: number;
   discovery: Discovery;
   k8sApi: string | null;
   k8sCredentials: string;
@@ -432,6 +441,41 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     description: `Late binding: a function that connects before its run is known on this node (its pods not seen yet, the run still being shared by a peer or not created yet) is held this long, and bound as soon as the run is ready here; then SLUICE_NOT_FOUND. 0 answers SLUICE_NOT_FOUND at once. A wrong token is refused at once wherever it can be checked; at most ${MAX_HELD} functions are held at once (${MAX_UNVERIFIED} whose token cannot be checked yet), more are answered SLUICE_NOT_FOUND at once.`,
   },
   {
+    key: 'replicaMaxStreams',
+    flag: '--replica-max-streams',
+    arg: 'N',
+    env: 'SLUICE_REPLICA_MAX_STREAMS',
+    fileKey: 'replicaMaxStreams',
+    default: '8',
+    unit: 'streams',
+    range: '1..100000',
+    description:
+      'On a `fanout: balance` edge, a consumer replica (an instance index of the step on a node, across runs) with this many streams in flight — routed by this node or, as its peers report, by them — is saturated: it gets no new stream until one ends, and local-first spills to the other replicas. When every replica is saturated a new stream waits (its producer held back) up to --attach-timeout, then fails with SLUICE_UNAVAILABLE.',
+  },
+  {
+    key: 'ejectAfterFailures',
+    flag: '--eject-after',
+    arg: 'N',
+    env: 'SLUICE_EJECT_AFTER',
+    fileKey: 'ejectAfterFailures',
+    default: '5',
+    unit: 'failures in a row',
+    range: '1..1000',
+    description:
+      'A consumer replica of a balance edge whose streams fail this many times in a row on its side (not the producer\'s) is ejected: it gets no new stream for --ejection-time, then is admitted again. Never more than half the replicas of a step are ejected at once (the panic threshold). Peers learn of an ejection over the peer links.',
+  },
+  {
+    key: 'ejectionMs',
+    flag: '--ejection-time',
+    arg: 'MS',
+    env: 'SLUICE_EJECTION_TIME',
+    fileKey: 'ejectionMs',
+    default: '30s',
+    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 30s)',
+    range: '100ms..1h',
+    description: 'How long a replica\'s first ejection lasts; its k-th lasts k times as long, at most 10 times this.',
+  },
+  {
     key: 'discovery',
     flag: '--discovery',
     arg: 'MODE',
@@ -583,6 +627,9 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     maxBodyBytes: () => MiB,
     graceMs: () => 25 * SECOND,
     bindTimeoutMs: () => 30 * SECOND,
+    replicaMaxStreams: () => 8,
+    ejectAfterFailures: () => 5,
+    ejectionMs: () => 30 * SECOND,
     discovery: () => 'none',
     k8sApi: () => inClusterApi(env),
     k8sCredentials: () => K8S_CREDENTIALS_DIR,
@@ -636,6 +683,9 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
     maxBodyBytes: config.maxBodyBytes,
     graceMs: config.graceMs,
     bindTimeoutMs: config.bindTimeoutMs,
+    replicaMaxStreams: config.replicaMaxStreams,
+    ejectAfterFailures: config.ejectAfterFailures,
+    ejectionMs: config.ejectionMs,
     discovery: config.discovery,
     k8sApi: config.k8sApi ?? null,
     k8sCredentials: config.k8sCredentials,
@@ -774,6 +824,9 @@ const parsers: Parsers = {
   maxBodyBytes: (v) => parseSize(v, KiB, 16 * MiB),
   graceMs: (v) => parseDuration(v, 'ms', 0, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 25s)'),
   bindTimeoutMs: (v) => parseDuration(v, 'ms', 0, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
+  replicaMaxStreams: (v) => parseCount(v, 1, 100_000),
+  ejectAfterFailures: (v) => parseCount(v, 1, 1000),
+  ejectionMs: (v) => parseDuration(v, 'ms', 100, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
   discovery: (v) => {
     const s = text(v, `one of ${DISCOVERY_MODES.join(', ')}`);
     if ((DISCOVERY_MODES as readonly string[]).includes(s)) return s as Discovery;

@@ -9,6 +9,7 @@ import { buildApi, type ApiServer } from './api.js';
 import { Binder } from './binding.js';
 import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
+import { Balancer } from './balance.js';
 import { Cluster } from './cluster.js';
 import { Fallback } from './fallback.js';
 import { KubeClient, type Informer, type KubeObject } from './k8s.js';
@@ -63,7 +64,10 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         windowBytes: config.peerWindowBytes,
         heartbeatMs: config.peerHeartbeatMs,
         log,
-        onRequest: (from, request) => (draining && request.op === 'prepare' ? Promise.reject(stopping()) : cluster.onRequest(from, request)),
+        onRequest: (from, request) => {
+          if (request.op === 'replicas') return Promise.resolve(balancer.onReport(from, request) ?? null);
+          return draining && request.op === 'prepare' ? Promise.reject(stopping()) : cluster.onRequest(from, request);
+        },
         onChannel: (from, endpoint) => {
           if (draining) throw stopping();
           return cluster.onChannel(from, endpoint);
@@ -71,9 +75,23 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         onLinkUp: (node) => cluster.onLinkUp(node),
       })
     : undefined;
+  const balancer = new Balancer({
+    node: config.node,
+    maxStreams: config.replicaMaxStreams,
+    outlier: { consecutiveFailures: config.ejectAfterFailures, baseEjectionMs: config.ejectionMs, maxEjectionMs: 10 * config.ejectionMs, maxEjectedPercent: 50 },
+    waitMs: config.attachTimeoutMs,
+    log,
+    share: (report) => {
+      for (const p of peers?.status() ?? []) {
+        if (!peers!.isUp(p.node)) continue;
+        peers!.request(p.node, { ...report }, 5_000).catch((err: unknown) => log.debug({ err, peer: p.node }, 'replica report not delivered'));
+      }
+    },
+  });
   const metrics = createMetrics(
     () => runs.size,
     () => peers?.status() ?? [],
+    () => ({ replicas: balancer.status(), shares: balancer.shares }),
   );
   const fallback = new Fallback({ store: openStore(config.store), segmentBytes: config.segmentBytes, log, metrics });
   await fallback.start();
@@ -124,11 +142,12 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     forward: (run, channel, conn, head) => cluster.forward(run, channel, conn, head),
     link: (run, channel) => cluster.link(run, channel),
     fallback,
+    balance: (run, edge, from, key) => balancer.pick(run, edge, from, key),
   });
   await relay.start();
 
   let ready = false;
-  const context = { node: config.node, version: options.version, runs, cluster, peers, relay, metrics, workflows, binder, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
+  const context = { node: config.node, version: options.version, runs, cluster, peers, relay, balancer, metrics, workflows, binder, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
   const servers: ApiServer[] = [];
   const socketPath = join(config.dir, DAEMON_SOCKET);
   await removeStaleSocket(socketPath);
@@ -231,6 +250,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         await peers?.close();
         await Promise.all(servers.map((s) => s.close()));
         await runs.stop();
+        balancer.stop();
         fallback.stop();
         log.info('sluice daemon stopped');
       })();

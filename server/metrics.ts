@@ -14,8 +14,26 @@ export interface PeerFigures {
   reconnects: number;
 }
 
-/** `liveRuns` and `peers` are read at each scrape, so expiry and links need no bookkeeping. */
-export function createMetrics(liveRuns: () => number, peers: () => PeerFigures[] = () => []) {
+/** Per-replica figures of balance edges, read at each scrape (`Balancer.status()`). */
+export interface ReplicaFigures {
+  replica: string;
+  streams: number;
+  ejected: boolean;
+  ejections: number;
+}
+
+/** Where this node's balanced streams went, read at each scrape (`Balancer.shares`). */
+export interface ShareFigures {
+  local: number;
+  remote: number;
+}
+
+/** `liveRuns`, `peers` and the replicas are read at each scrape, so expiry, links and routing need no bookkeeping here. */
+export function createMetrics(
+  liveRuns: () => number,
+  peers: () => PeerFigures[] = () => [],
+  replicas: () => { replicas: ReplicaFigures[]; shares: ShareFigures } = () => ({ replicas: [], shares: { local: 0, remote: 0 } }),
+) {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'sluice_process_' });
   return {
@@ -91,6 +109,48 @@ export function createMetrics(liveRuns: () => number, peers: () => PeerFigures[]
       collect() {
         this.reset();
         for (const p of peers()) this.inc({ peer: p.node }, p.reconnects);
+      },
+    }),
+    replicaStreams: new Gauge({
+      name: 'sluice_replica_streams',
+      help: 'Streams in flight to a consumer replica of a balance edge (workflow/step[index]@node), routed by this node or, as reported, by its peers',
+      labelNames: ['replica'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const r of replicas().replicas) this.set({ replica: r.replica }, r.streams);
+      },
+    }),
+    replicaEjected: new Gauge({
+      name: 'sluice_replica_ejected',
+      help: 'Whether a consumer replica of a balance edge is ejected now (1) or admitted (0), by this node or a peer',
+      labelNames: ['replica'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const r of replicas().replicas) this.set({ replica: r.replica }, r.ejected ? 1 : 0);
+      },
+    }),
+    replicaEjections: new Counter({
+      name: 'sluice_replica_ejections_total',
+      help: 'Times this node ejected a consumer replica of a balance edge after repeated failures',
+      labelNames: ['replica'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const r of replicas().replicas) this.inc({ replica: r.replica }, r.ejections);
+      },
+    }),
+    balancedStreams: new Counter({
+      name: 'sluice_balanced_streams_total',
+      help: 'Streams on balance edges this node routed, by where their consumer replica was: local (this node) or remote',
+      labelNames: ['to'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const { shares } = replicas();
+        this.inc({ to: 'local' }, shares.local);
+        this.inc({ to: 'remote' }, shares.remote);
       },
     }),
     requests: new Counter({ name: 'sluice_api_requests_total', help: 'Control API requests, by route and status', labelNames: ['route', 'status'], registers: [registry] }),

@@ -18,7 +18,7 @@
  * verifies it again at the end.
  */
 import { join } from 'node:path';
-import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { PassThrough, Readable, type Writable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import {
@@ -43,9 +43,11 @@ import {
   type InstanceRef,
   type Listener,
 } from '../transports/index.js';
+import type { Lease } from './balance.js';
 import type { Fallback } from './fallback.js';
 import type { Metrics } from './metrics.js';
 import type { ChannelInfo, Run, RunRegistry } from './runs.js';
+import type { Edge } from './workflow.js';
 
 export interface RelayOptions {
   dir: string;
@@ -64,7 +66,20 @@ export interface RelayOptions {
   link: (run: Run, channel: ChannelInfo) => Promise<Connection>;
   /** The object-store path: spills, `via: s3`, `persist: true`. */
   fallback: Fallback;
+  /** Picks the consumer instance of a stream on a balance edge (`Balancer.pick`). */
+  balance: (run: Run, edge: Edge, from: InstanceRef, key: string | undefined) => Promise<Lease>;
 }
+
+/** A producer's stream on a balance edge, before its consumer instance is picked. */
+interface Balanced {
+  run: Run;
+  edge: Edge;
+  from: InstanceRef;
+  key: string | undefined;
+}
+
+/** Longest affinity key a producer may name, characters. */
+const MAX_KEY_LENGTH = 256;
 
 export interface TerminateOptions {
   /** the reader's buffer, bytes */
@@ -193,6 +208,8 @@ export class Relay {
   private readonly draining = new AbortController();
   /** consumers' connections being delivered into */
   private readonly consumers = new Set<Connection>();
+  /** per run, the producers that opened their stream on a balance edge (`from.i>to`): one each */
+  private readonly claimed = new WeakMap<Run, Set<string>>();
 
   constructor(
     private readonly runs: RunRegistry,
@@ -262,27 +279,86 @@ export class Relay {
     };
     peekHello(conn.input, HELLO_TIMEOUT_MS).then(
       ({ hello, bytes }) => {
-        let target: { run: Run; channel: ChannelInfo };
+        let target: { run: Run; channel: ChannelInfo } | Balanced;
         try {
           target = this.target(hello);
         } catch (err) {
           conn.input.unshift(bytes);
           return this.relayHere(conn, () => Promise.reject(err as Error));
         }
-        const { run, channel } = target;
-        if (channel.path === 'remote' && channel.via === 'direct' && !channel.persist) {
-          // the consumer is on another node: pass the stream through, bytes untouched
-          this.options.forward(run, channel, conn, bytes).catch((err: unknown) => failed(err, run.id));
-          return;
-        }
-        conn.input.unshift(bytes);
-        this.relayHere(conn, (reader) => this.route(reader, run, channel));
+        if ('edge' in target) return void this.serveBalanced(conn, bytes, target, failed);
+        this.pass(conn, bytes, target.run, target.channel, undefined, failed);
       },
       (err: unknown) => {
         failed(err, undefined);
         if ((err as { code?: string }).code === ErrorCodes.TIMEOUT) return conn.destroy();
         // bytes that are not a HELLO: the channel layer finds the same fault and tells the producer
         this.relayHere(conn, () => Promise.reject(err as Error));
+      },
+    );
+  }
+
+  /** Carry a producer's stream to its channel's consumer; `lease`, if balanced, learns how it ended. */
+  private pass(conn: Connection, bytes: Buffer, run: Run, channel: ChannelInfo, lease: Lease | undefined, failed: (err: unknown, run: unknown) => void): void {
+    if (channel.path === 'remote' && channel.via === 'direct' && !channel.persist) {
+      // the consumer is on another node: pass the stream through, bytes untouched
+      this.options.forward(run, channel, conn, bytes).then(
+        () => lease?.end(),
+        (err: unknown) => {
+          lease?.end(err);
+          failed(err, run.id);
+        },
+      );
+      return;
+    }
+    conn.input.unshift(bytes);
+    this.relayHere(conn, (reader) =>
+      this.route(reader, run, channel).then(
+        () => lease?.end(),
+        (err: unknown) => {
+          lease?.end(err);
+          throw err;
+        },
+      ),
+    );
+  }
+
+  /**
+   * A stream on a balance edge: pick its consumer instance (waiting, the producer held back, while
+   * every instance is saturated), carry it there, and tell every other instance of the step, with
+   * an empty stream whose HELLO says `elsewhere`, that this producer's stream went elsewhere — so
+   * each consumer's input still ends after one verified stream per producer.
+   */
+  private async serveBalanced(conn: Connection, bytes: Buffer, balanced: Balanced, failed: (err: unknown, run: unknown) => void): Promise<void> {
+    const { run, edge, from } = balanced;
+    let lease: Lease;
+    try {
+      lease = await this.options.balance(run, edge, from, balanced.key);
+    } catch (err) {
+      conn.input.unshift(bytes);
+      return this.relayHere(conn, () => Promise.reject(err as Error));
+    }
+    let chosen: ChannelInfo | undefined;
+    for (let j = 0; j < run.manifest.steps[edge.to]!.replicas; j++) {
+      const channel = run.channels.get(channelName(from, { step: edge.to, index: j }))!;
+      channel.routed = j === lease.index;
+      if (channel.routed) chosen = channel;
+      else this.sendElsewhere(run, channel, lease.replica);
+    }
+    this.options.log.debug({ run: run.id, from, replica: lease.replica, local: lease.local }, 'balanced stream routed');
+    this.pass(conn, bytes, run, chosen!, lease, failed);
+  }
+
+  /** An empty stream to a consumer instance that was not picked: it ends that input, verified. */
+  private sendElsewhere(run: Run, channel: ChannelInfo, replica: string): void {
+    const empty = Readable.from([]);
+    this.deliverAnywhere(empty, empty, run, channel, false, { elsewhere: replica }).then(
+      () => {
+        channel.state = 'done';
+      },
+      (err: unknown) => {
+        channel.state = 'failed';
+        this.options.log.warn({ err, run: run.id, channel: channel.name }, 'could not tell a consumer instance that the stream went elsewhere');
       },
     );
   }
@@ -301,24 +377,56 @@ export class Relay {
     await Promise.all([this.deliverAnywhere(direct, reader, run, channel, true), fallback.write(run, channel, copy, 'persist')]);
   }
 
-  private async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean): Promise<void> {
-    if (channel.path !== 'remote') return this.deliver(source, held, run, channel, persisted);
-    const writer = new ChannelWriter(await this.options.link(run, channel), { hello: { run: run.id, from: channel.from, to: channel.to, via: 'relay' } });
+  private async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean, extra: Record<string, unknown> = {}): Promise<void> {
+    if (channel.path !== 'remote') return this.deliver(source, held, run, channel, persisted, extra);
+    const writer = new ChannelWriter(await this.options.link(run, channel), { hello: { run: run.id, from: channel.from, to: channel.to, via: 'relay', ...extra } });
     await pipeline(source, writer);
   }
 
-  /** The run and channel a HELLO names, after checking its token. */
-  private target(hello: Record<string, unknown>): { run: Run; channel: ChannelInfo } {
+  /**
+   * The run and channel a HELLO names, after checking its token; or, for a stream on a balance
+   * edge (its `to` names the step and no instance), the edge, to pick the instance.
+   */
+  private target(hello: Record<string, unknown>): { run: Run; channel: ChannelInfo } | Balanced {
     const runId = checkName('run', hello.run);
     const from = instance('from', hello.from);
-    const to = instance('to', hello.to);
+    const to = hello.to as { index?: unknown } | undefined;
+    if (typeof to === 'object' && to !== null && to.index === undefined) return this.balanced(runId, from, hello);
+    const target = instance('to', to);
     const run = this.runs.authorize(runId, hello.token);
-    const name = channelName(from, to);
+    const name = channelName(from, target);
     const channel = run.channels.get(name);
     if (!channel || (channel.path === 'remote' && channel.peer === undefined)) {
       throw new RequestError(ErrorCodes.NOT_FOUND, `run "${runId}" has no channel ${name} with an end on this node`, { details: { run: runId, channel: name } });
     }
+    if (channel.balanced) {
+      throw new RequestError(ErrorCodes.INVALID, `channel ${name} is on a balance edge: open it with output("${target.step}") and the daemon picks the instance`, { details: { run: runId, channel: name } });
+    }
     return { run, channel };
+  }
+
+  private balanced(runId: string, from: InstanceRef, hello: Record<string, unknown>): Balanced {
+    const step = checkName('to step', (hello.to as { step?: unknown }).step);
+    const run = this.runs.authorize(runId, hello.token);
+    const edge = run.workflow.edges.find((e) => e.from === from.step && e.to === step);
+    if (!edge || edge.fanout !== 'balance') {
+      throw new RequestError(ErrorCodes.INVALID, `run "${runId}" has no balance edge ${from.step} → ${step}: name the consumer instance`, { details: { run: runId } });
+    }
+    if (run.manifest.steps[from.step]!.nodes[from.index] !== run.manifest.node) {
+      throw new RequestError(ErrorCodes.NOT_FOUND, `${from.step}[${from.index}] of run "${runId}" is not placed on this node`, { details: { run: runId } });
+    }
+    let claimed = this.claimed.get(run);
+    if (!claimed) this.claimed.set(run, (claimed = new Set()));
+    const producer = `${from.step}.${from.index}>${step}`;
+    if (claimed.has(producer)) {
+      throw new RequestError(ErrorCodes.INVALID, `${from.step}[${from.index}] has opened its stream to "${step}" in run "${runId}" already: one stream per producer instance and run`, { details: { run: runId } });
+    }
+    claimed.add(producer);
+    const key = hello.key;
+    if (key !== undefined && (typeof key !== 'string' || key.length === 0 || key.length > MAX_KEY_LENGTH)) {
+      throw new RequestError(ErrorCodes.INVALID, `an affinity key must be a string of 1-${MAX_KEY_LENGTH} characters`, { details: { run: runId } });
+    }
+    return { run, edge, from, key };
   }
 
   /**
@@ -327,7 +435,7 @@ export class Relay {
    * and feed the consumer from there once it comes. A persisted stream has its copy written
    * already: then the direct branch is dropped and the consumer is fed from the copy.
    */
-  private async deliver(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean): Promise<void> {
+  private async deliver(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean, extra: Record<string, unknown> = {}): Promise<void> {
     const { log, metrics, fallback } = this.options;
     const runId = run.id;
     const { name, to, from } = channel;
@@ -348,7 +456,7 @@ export class Relay {
       // (a persisted stream's direct branch has no producer connection of its own) would keep the process up
       this.consumers.add(conn);
       conn.input.once('close', () => this.consumers.delete(conn));
-      const writer = new ChannelWriter(conn, { hello: { run: runId, from, to, via: 'relay' } });
+      const writer = new ChannelWriter(conn, { hello: { run: runId, from, to, via: 'relay', ...extra } });
       source.on('data', (chunk: Buffer) => {
         channel.relayedBytes += chunk.length;
         metrics.relayBytes.inc(chunk.length);

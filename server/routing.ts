@@ -125,8 +125,11 @@ export class AffinityRing {
     }
   }
 
-  /** Where `key` would go now, without counting it. */
-  lookup(key: string): string | undefined {
+  /**
+   * Where `key` would go now, without counting it. `accept` skips instances that cannot take it
+   * now (saturated, ejected): the key goes on clockwise, as it does past a full instance.
+   */
+  lookup(key: string, accept: (id: string) => boolean = () => true): string | undefined {
     if (this.ring.length === 0) return undefined;
     const bound = Math.ceil((this.c * (this.total + 1)) / this.loads.size);
     const h = hash64(key);
@@ -139,16 +142,20 @@ export class AffinityRing {
     }
     for (let step = 0; step < this.ring.length; step++) {
       const { id } = this.ring[(lo + step) % this.ring.length]!;
-      if (this.loads.get(id)! + 1 <= bound) return id;
+      if (this.loads.get(id)! + 1 <= bound && accept(id)) return id;
     }
-    return undefined; // unreachable: some instance is always at or below the mean
+    return undefined; // with every instance accepted, unreachable: some instance is always at or below the mean
   }
 
-  /** Place `key` and count it on its instance. */
-  assign(key: string): string | undefined {
-    const id = this.lookup(key);
+  /**
+   * Place `key` and count it on its instance (`accept`: see `lookup`) until `release(token)`;
+   * `token` (default: the key) tells apart several streams with one key in flight at once.
+   */
+  assign(key: string, accept?: (id: string) => boolean, token = key): string | undefined {
+    if (this.placed.has(token)) this.release(token);
+    const id = this.lookup(key, accept);
     if (id === undefined) return undefined;
-    this.placed.set(key, id);
+    this.placed.set(token, id);
     this.loads.set(id, this.loads.get(id)! + 1);
     this.total++;
     return id;
@@ -210,7 +217,17 @@ export class OutlierDetector {
   }
 
   isEjected(id: string): boolean {
-    return (this.state.get(id)?.until ?? 0) > this.now();
+    return this.ejectedUntil(id) > this.now();
+  }
+
+  /** When its latest ejection ends (in the past when it is admitted), ms since the epoch; 0 if never ejected. */
+  ejectedUntil(id: string): number {
+    return this.state.get(id)?.until ?? 0;
+  }
+
+  /** How many times it was ejected. */
+  ejections(id: string): number {
+    return this.state.get(id)?.ejections ?? 0;
   }
 
   /** The instances to route to: those not ejected — or all of them, if ejection left none (panic). */

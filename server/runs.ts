@@ -62,6 +62,14 @@ export interface ChannelInfo {
   stored?: 'spill' | 'forced' | 'unreachable' | 'persist' | 'failover';
   state: 'prepared' | 'relaying' | 'done' | 'failed';
   relayedBytes: number;
+  /** the edge says `fanout: balance`: its producer's daemon picks one consumer instance per stream */
+  balanced: boolean;
+  /**
+   * On a balanced channel's producer node, once its producer opened its stream: true when this
+   * channel's consumer was picked (the stream is on it), false when another was (an empty stream
+   * tells this consumer so).
+   */
+  routed?: boolean;
 }
 
 export interface Run {
@@ -230,6 +238,7 @@ export class RunRegistry {
             ...(other !== this.options.node ? { peer: other } : {}),
             via: edge.via === 's3' ? 'store' : 'direct',
             persist: edge.persist === true,
+            balanced: edge.fanout === 'balance',
             state: 'prepared',
             relayedBytes: 0,
           });
@@ -246,12 +255,13 @@ export class RunRegistry {
       // what the client does with each channel: `relay`, a producer here streams to this daemon's
       // relay (which forwards, stores or tees); `fifo`, it tries the consumer's FIFO first; `unix`,
       // a consumer here listens on a socket its daemon feeds (the producer is elsewhere). A
-      // consumer here of a `relay` channel listens on its FIFO.
+      // consumer here of a `relay` channel listens on its FIFO. A balanced stream always goes
+      // through the daemon, which picks its consumer.
       channels: [...channels.values()].map((c) => ({
         from: c.from,
         to: c.to,
         name: c.name,
-        path: c.path === 'unix' ? ('unix' as const) : c.path === 'fifo' && c.via === 'direct' && !c.persist ? ('fifo' as const) : ('relay' as const),
+        path: c.path === 'unix' ? ('unix' as const) : c.path === 'fifo' && c.via === 'direct' && !c.persist && !c.balanced ? ('fifo' as const) : ('relay' as const),
       })),
     };
     const created: Run = { id, token, workflow, createdAt: restored?.createdAt ?? Date.now(), expiresAt: restored?.expiresAt ?? Date.now() + ttl * 1000, directory, manifest, channels };

@@ -10,7 +10,12 @@
  *   count: { replicas: 4 }     # replicas: integer 1..64, default 1
  *   merge: {}                  # `merge:` with no value means the same as `merge: {}`
  * edges:
- *   - { from: split, to: count, fanout: partition }   # fanout: broadcast (default) | partition
+ *   - { from: split, to: count, fanout: partition }   # fanout: broadcast (default) | partition | balance
+ *   - { from: split, to: count, fanout: balance, policy: affinity, key: producer }
+ *                 # balance: each stream goes to ONE instance, chosen by the producer's daemon;
+ *                 # policy: local-first (default) | always-local | least-loaded | affinity;
+ *                 # key (affinity only): run (default) | producer — what is hashed when the
+ *                 # producer names no key of its own
  *   - { from: count, to: merge }
  *   - { from: split, to: merge, via: s3, persist: true }  # via: direct (default) | s3
  * ```                                                      # persist: false (default) | true
@@ -37,8 +42,12 @@ export const MAX_EDGES = 1024;
 /** Most replicas of one step. */
 export const MAX_REPLICAS = 64;
 
-export type Fanout = 'broadcast' | 'partition';
+export type Fanout = 'broadcast' | 'partition' | 'balance';
 export type Via = 'direct' | 's3';
+/** How a `balance` edge picks the consumer instance of each stream (DESIGN.md, "Routing across replicas"). */
+export type Policy = 'local-first' | 'always-local' | 'least-loaded' | 'affinity';
+/** What `affinity` hashes when the producer gives no key: the run id, or the run id and the producer instance. */
+export type AffinityKey = 'run' | 'producer';
 
 export interface Step {
   /** How many instances of the step a run has (1..64). */
@@ -48,8 +57,15 @@ export interface Step {
 export interface Edge {
   readonly from: string;
   readonly to: string;
-  /** With several instances of `to`: every instance gets every byte, or records are routed by key. */
+  /**
+   * With several instances of `to`: every instance gets every byte (`broadcast`), records are
+   * routed by key (`partition`), or each stream goes to one instance the daemon picks (`balance`).
+   */
   readonly fanout: Fanout;
+  /** `balance` edges only: how the instance is picked. */
+  readonly policy?: Policy;
+  /** `balance` edges with `policy: affinity` only: what is hashed when the producer names no key. */
+  readonly key?: AffinityKey;
   /** `direct` lets Sluice choose the fastest path; `s3` forces the object store. */
   readonly via: Via;
   /** Also keep a durable copy in the store. */
@@ -67,11 +83,13 @@ export interface Workflow {
   readonly edges: Edge[];
 }
 
-const FANOUTS: readonly Fanout[] = ['broadcast', 'partition'];
+const FANOUTS: readonly Fanout[] = ['broadcast', 'partition', 'balance'];
+export const POLICIES: readonly Policy[] = ['local-first', 'always-local', 'least-loaded', 'affinity'];
+const AFFINITY_KEYS: readonly AffinityKey[] = ['run', 'producer'];
 const VIAS: readonly Via[] = ['direct', 's3'];
 const ROOT_KEYS = ['name', 'steps', 'edges'] as const;
 const STEP_KEYS = ['replicas'] as const;
-const EDGE_KEYS = ['from', 'to', 'fanout', 'via', 'persist'] as const;
+const EDGE_KEYS = ['from', 'to', 'fanout', 'via', 'persist', 'policy', 'key'] as const;
 
 /**
  * Parses a workflow file's text (JSON when its first non-blank character is `{`, YAML
@@ -210,7 +228,18 @@ export function validateWorkflow(input: unknown, sourceName?: string): Workflow 
       }
       persist = e['persist'] as boolean;
     }
-    edges.push(Object.freeze({ from, to, fanout, via, persist }));
+    if (e['policy'] !== undefined && fanout !== 'balance') {
+      fail(`${path}.policy`, `${what}: ${path}.policy applies to \`fanout: balance\` only (this edge is ${fanout}); remove it or set \`fanout: balance\``);
+    }
+    const policy = fanout === 'balance' ? choice<Policy>('policy', POLICIES, 'local-first') : undefined;
+    if (e['key'] !== undefined && policy !== 'affinity') {
+      fail(`${path}.key`, `${what}: ${path}.key applies to \`fanout: balance\` with \`policy: affinity\` only; remove it or set the policy to affinity`);
+    }
+    if (fanout === 'balance' && (via === 's3' || persist)) {
+      fail(`${path}.${via === 's3' ? 'via' : 'persist'}`, `${what}: ${path} balances streams across live instances, which \`${via === 's3' ? 'via: s3' : 'persist: true'}\` does not go with (the store is not an instance); use a broadcast or partition edge for stored data`);
+    }
+    const affinityKey = policy === 'affinity' ? choice<AffinityKey>('key', AFFINITY_KEYS, 'run') : undefined;
+    edges.push(Object.freeze({ from, to, fanout, via, persist, ...(policy ? { policy } : {}), ...(affinityKey ? { key: affinityKey } : {}) }));
   });
 
   const workflow: Workflow = { name, steps: Object.freeze(steps), edges: Object.freeze(edges) as Edge[] };

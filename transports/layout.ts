@@ -75,7 +75,15 @@ export interface RunManifest {
   /** the node that wrote this manifest */
   node: string;
   steps: Record<string, { replicas: number; nodes: string[] }>;
-  edges: Array<{ from: string; to: string; fanout: 'broadcast' | 'partition'; via: 'direct' | 's3'; persist: boolean }>;
+  edges: Array<{
+    from: string;
+    to: string;
+    fanout: 'broadcast' | 'partition' | 'balance';
+    via: 'direct' | 's3';
+    persist: boolean;
+    policy?: 'local-first' | 'always-local' | 'least-loaded' | 'affinity';
+    key?: 'run' | 'producer';
+  }>;
   /**
    * every channel with at least one end on this node: `fifo` when its consumer is here (the
    * daemon made its FIFOs), `unix` when its consumer is here and its producer on another node (the

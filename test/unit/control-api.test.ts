@@ -39,6 +39,7 @@ function wire(metrics: Metrics, workflows: Map<string, Workflow>): { cluster: Cl
     fallback,
     forward: (...args) => cluster.forward(...args),
     link: (...args) => cluster.link(...args),
+    balance: () => Promise.reject(new Error('no balance edges in these tests')),
   });
   return { cluster, relay, binder };
 }

@@ -206,7 +206,7 @@ describe('workflows that are refused', () => {
       'an unknown edge option (a typo) is named',
       wf([{ from: 'a', to: 'b', fanuot: 'partition' }]),
       'edges[0].fanuot',
-      ['edges[0] has an unknown key "fanuot"', 'did you mean "fanout"?', 'allowed keys: from, to, fanout, via, persist'],
+      ['edges[0] has an unknown key "fanuot"', 'did you mean "fanout"?', 'allowed keys: from, to, fanout, via, persist, policy, key'],
     ],
     ['an unrelated unknown key gets no suggestion', wf([{ from: 'a', to: 'b', colour: 'red' }]), 'edges[0].colour', [/unknown key "colour"; allowed keys/]],
     ['replicas of 0', { name: 'w', steps: { a: { replicas: 0 } } }, 'steps.a.replicas', ['step "a" has replicas 0', 'use a whole number from 1 to 64']],
@@ -224,7 +224,13 @@ describe('workflows that are refused', () => {
     ],
     ['a self-edge', wf([{ from: 'a', to: 'b' }, { from: 'b', to: 'b' }]), 'edges[1]', ['edges[1] goes from step "b" to itself', 'two different steps']],
     ['a duplicate edge', wf([{ from: 'a', to: 'b' }, { from: 'b', to: 'c' }, { from: 'a', to: 'b', via: 's3' }]), 'edges[2]', ['edges[2] repeats edges[0] (from "a" to "b")', 'keep one edge per pair']],
-    ['a bad fanout', wf([{ from: 'a', to: 'b', fanout: 'round-robin' }]), 'edges[0].fanout', ['edges[0].fanout is "round-robin"', 'use "broadcast" or "partition"']],
+    ['a bad fanout', wf([{ from: 'a', to: 'b', fanout: 'round-robin' }]), 'edges[0].fanout', ['edges[0].fanout is "round-robin"', 'use "broadcast" or "partition" or "balance"']],
+    ['a bad balance policy', wf([{ from: 'a', to: 'b', fanout: 'balance', policy: 'random' }]), 'edges[0].policy', ['edges[0].policy is "random"', 'use "local-first" or "always-local" or "least-loaded" or "affinity" (default "local-first")']],
+    ['a policy on a broadcast edge', wf([{ from: 'a', to: 'b', policy: 'affinity' }]), 'edges[0].policy', ['edges[0].policy applies to `fanout: balance` only (this edge is broadcast)']],
+    ['an affinity key without affinity', wf([{ from: 'a', to: 'b', fanout: 'balance', key: 'run' }]), 'edges[0].key', ['edges[0].key applies to `fanout: balance` with `policy: affinity` only']],
+    ['a bad affinity key', wf([{ from: 'a', to: 'b', fanout: 'balance', policy: 'affinity', key: 'user' }]), 'edges[0].key', ['edges[0].key is "user"', 'use "run" or "producer"']],
+    ['a balance edge through the store', wf([{ from: 'a', to: 'b', fanout: 'balance', via: 's3' }]), 'edges[0].via', ['balances streams across live instances', '`via: s3`']],
+    ['a persisted balance edge', wf([{ from: 'a', to: 'b', fanout: 'balance', persist: true }]), 'edges[0].persist', ['`persist: true` does not go with']],
     ['a bad via', wf([{ from: 'a', to: 'b', via: 'tcp' }]), 'edges[0].via', ['edges[0].via is "tcp"', 'use "direct" or "s3"']],
     ['persist as a string', wf([{ from: 'a', to: 'b', persist: 'yes' }]), 'edges[0].persist', ['edges[0].persist is "yes"', 'use true or false']],
     [
@@ -331,5 +337,24 @@ describe('workflows that are refused', () => {
     expect(err.code).toBe(ErrorCodes.NOT_FOUND);
     expect(err.message).toBe('workflow "wordcount" has no step "reduce"; its steps are split, count, merge');
     expect(refusal(() => predecessors(w, 'reduce')).code).toBe(ErrorCodes.NOT_FOUND);
+  });
+});
+
+describe('balance edges', () => {
+  it('default to local-first, and to the run id as the affinity key', () => {
+    const w = validateWorkflow(
+      wf([
+        { from: 'a', to: 'b', fanout: 'balance' },
+        { from: 'b', to: 'c', fanout: 'balance', policy: 'affinity' },
+        { from: 'a', to: 'c', fanout: 'balance', policy: 'affinity', key: 'producer' },
+      ]),
+    );
+    expect(w.edges).toEqual([
+      { from: 'a', to: 'b', fanout: 'balance', via: 'direct', persist: false, policy: 'local-first' },
+      { from: 'b', to: 'c', fanout: 'balance', via: 'direct', persist: false, policy: 'affinity', key: 'run' },
+      { from: 'a', to: 'c', fanout: 'balance', via: 'direct', persist: false, policy: 'affinity', key: 'producer' },
+    ]);
+    // other edges carry neither
+    expect(validateWorkflow(wf([{ from: 'a', to: 'b' }])).edges[0]).not.toHaveProperty('policy');
   });
 });
