@@ -24,6 +24,7 @@ import { killWorkers, setWorkerExecArgv, withWorkers, type StartWorker } from '.
 import { KNIX_EVENTS, WF_SIZES, workflowSection, type WfOptions, type WfResults } from './wfsection.js';
 import { PATTERNS, WF_PATHS } from './workflows.js';
 import { killS3Servers } from './s3.js';
+import { runtimeBase } from './proc.js';
 import { renderWorkflowMarkdown, writeReport } from './summary.js';
 
 const SAME_NODE = ['raw-unix', 'unix', 'raw-fifo', 'fifo', 'raw-tcp', 'memcpy'] as const;
@@ -201,10 +202,13 @@ const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.ur
 
 // ---- single runs ----
 
+/** Scratch space on the disk: the stores' data (directory store, s3rver). */
 let tmpDir = '';
+/** The nodes' runtime directory (tmpfs where there is one, see runtimeBase): daemons' directories and endpoints. */
+let runtimeDir = '';
 let endpointSeq = 0;
-/** A fresh socket or FIFO path in the bench's temporary directory (visible from every namespace). */
-const pathFor = (what: string): string => path.join(tmpDir, `${what}-${++endpointSeq}`);
+/** A fresh socket or FIFO path in the runtime directory (visible from every namespace). */
+const pathFor = (what: string): string => path.join(runtimeDir, `${what}-${++endpointSeq}`);
 
 /** Where a run's processes go and how they reach each other. */
 interface Topology {
@@ -544,7 +548,7 @@ async function crossNodeSection(options: Options, names: readonly CrossNodeName[
     if (names.includes('ws')) {
       progress('cross-node: starting a Sluice daemon on each node ...');
       try {
-        x.daemons = daemons = await Daemons.start(nodes, tmpDir);
+        x.daemons = daemons = await Daemons.start(nodes, runtimeDir);
       } catch (err) {
         x.daemons = { error: (err as Error).message };
         progress(`cross-node: the daemons did not start, so ws fails: ${(err as Error).message}`);
@@ -568,7 +572,7 @@ async function storeSection(options: Options, names: readonly StoreName[], sampl
     let daemon: StoreDaemon;
     try {
       progress(`[store] ${name}: starting a daemon with the ${name === 's3' ? 'S3 (s3rver)' : 'directory'} store ...`);
-      daemon = await StoreDaemon.start(name, tmpDir);
+      daemon = await StoreDaemon.start(name, tmpDir, name, runtimeDir);
     } catch (err) {
       progress(`[store] ${name}: FAILED to start: ${(err as Error).message}`);
       record(samples.throughput, name, failedThroughput(err));
@@ -610,6 +614,9 @@ async function main(): Promise<number> {
   setWorkerExecArgv(options.workerExecArgv);
   const started = new Date();
   tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-'));
+  const runtime = runtimeBase();
+  runtimeDir = fs.mkdtempSync(path.join(runtime.dir, 'sluice-bench-run-'));
+  if (!runtime.tmpfs) progress(`no writable tmpfs ($XDG_RUNTIME_DIR, /dev/shm): endpoints and daemon directories go to ${runtimeDir}, on disk; direct paths' disk bytes then include their directory updates (a few kB)`);
 
   const samples: Samples = { throughput: new Map(), latency: new Map() };
   const on = (section: Section): boolean => options.sections.includes(section);
@@ -642,7 +649,7 @@ async function main(): Promise<number> {
       latency: on('latency') ? options.wf.latency : undefined,
       knix: on('knix') ? options.wf.knix : undefined,
     };
-    wf = await workflowSection(wfOptions, tmpDir, pathFor, progress);
+    wf = await workflowSection(wfOptions, { tmpDir, runtimeDir }, pathFor, progress);
   }
 
   const measured = [...sameNodeNames, ...crossNodeNames, ...storeNames].filter((n) => !isCrossNode(n) || samples.throughput.has(n));
@@ -680,7 +687,7 @@ function cleanUp(): void {
   killDaemons();
   killWorkers();
   killS3Servers();
-  if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
+  for (const dir of [tmpDir, runtimeDir]) if (dir) fs.rmSync(dir, { recursive: true, force: true });
 }
 
 process.on('exit', cleanUp);

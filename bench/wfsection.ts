@@ -63,7 +63,8 @@ export interface WfResults {
   info: NonNullable<Report['workflows']>;
 }
 
-export async function workflowSection(o: WfOptions, tmpDir: string, pathFor: (what: string) => string, progress: (line: string) => void): Promise<WfResults> {
+export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runtimeDir: string }, pathFor: (what: string) => string, progress: (line: string) => void): Promise<WfResults> {
+  const { tmpDir, runtimeDir } = dirs;
   const needsDaemon = o.paths.some((p) => p === 'fifo' || p === 'relay' || p === 'file');
   const needsS3 = o.paths.includes('s3');
   let daemon: StoreDaemon | undefined;
@@ -72,7 +73,7 @@ export async function workflowSection(o: WfOptions, tmpDir: string, pathFor: (wh
   try {
     if (needsDaemon) {
       progress('[workflows] starting a Sluice daemon (embedded directory store) ...');
-      daemon = await StoreDaemon.start('file', tmpDir, 'workflows');
+      daemon = await StoreDaemon.start('file', tmpDir, 'workflows', runtimeDir);
       await registerWorkflows(daemon, o.patterns);
     }
     if (needsS3) {
@@ -119,7 +120,7 @@ export async function workflowSection(o: WfOptions, tmpDir: string, pathFor: (wh
       .filter((r) => r.path === 'raw-fifo' && r.pattern === 'chain5' && r.bytes === Math.max(...o.sizes))
       .map((r) => {
         const c = caseOf(r);
-        return { name: 'raw-chain5', MBps: c.MBps, MBps_runs: c.MBps_runs ?? [], bytes: r.bytes, e2e_ms: c.e2e_ms, ttfb_ms: c.ttfb_ms, verified: c.verified };
+        return { name: 'raw-chain5', MBps: c.MBps, MBps_runs: c.MBps_runs ?? [], bytes: r.bytes, e2e_ms: c.e2e_ms, ttfb_ms: c.ttfb_ms, verified: c.verified, ...(c.errors && { errors: c.errors }) };
       });
 
     if (o.latency) {
