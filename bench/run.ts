@@ -168,6 +168,8 @@ function parseOptions(argv: string[]): Options | undefined {
     reps: count('--wf-reps', values['wf-reps'], { quick: 1, full: 3, smoke: 1 }[mode]),
     largeReps: count('--wf-large-reps', values['wf-large-reps'], 1),
     patterns: list('--patterns', values.patterns, PATTERNS),
+    // quick: gather and shuffle stop at 32 MiB (their 1 GiB S3 rows alone took a minute); --patterns names them at every size
+    largePatterns: mode === 'quick' && values.patterns === undefined ? ['chain1', 'chain5', 'broadcast4'] : list('--patterns', values.patterns, PATTERNS),
     paths: list('--paths', values.paths, WF_PATHS),
     latency: mode === 'smoke' ? { warmup: 50, count: 300, s3Count: 10 } : { warmup: 200, count: 2000, s3Count: 40 },
     knix: mode === 'smoke' ? KNIX_EVENTS.smoke : KNIX_EVENTS.quick,
@@ -469,7 +471,12 @@ function buildReport(options: Options, started: Date, names: readonly Name[], sa
 
 // ---- main ----
 
-const progress = (line: string): void => void process.stderr.write(line + '\n');
+const benchStart = Date.now();
+/** A progress line on stderr, after the time since the bench started ([m:ss]). */
+const progress = (line: string): void => {
+  const s = Math.floor((Date.now() - benchStart) / 1000);
+  process.stderr.write(`[${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}] ${line}\n`);
+};
 const fmt = (x: number, digits = 0): string => x.toFixed(digits);
 const cpuNote = (cpu: ThroughputSample['cpu_ms']): string =>
   cpu ? `; cpu ms user+sys: consumer ${fmt(cpu.consumer.user)}+${fmt(cpu.consumer.system)}, producer ${fmt(cpu.producer.user)}+${fmt(cpu.producer.system)}` : '';

@@ -16,6 +16,8 @@ export interface WfOptions {
   reps: number;
   largeReps: number;
   patterns: PatternName[];
+  /** patterns also measured from LARGE_BYTES on (quick: the acceptance targets' patterns) */
+  largePatterns: PatternName[];
   paths: WfPath[];
   latency: { warmup: number; count: number; s3Count: number } | undefined;
   knix: Array<{ bytes: number; count: number; s3Count: number }> | undefined;
@@ -96,7 +98,7 @@ export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runt
     for (const bytes of o.sizes) {
       const reps = bytes >= LARGE_BYTES ? o.largeReps : o.reps;
       for (let rep = 1; rep <= reps; rep++) {
-        for (const pattern of o.patterns) {
+        for (const pattern of o.patterns.filter((p) => bytes < LARGE_BYTES || o.largePatterns.includes(p))) {
           for (const { path, proactive } of planPaths(o, pattern, bytes)) {
             const label = `[workflows ${size(bytes)} rep ${rep}/${reps}] ${pattern} ${path}${proactive ? '' : ' (on demand)'}`;
             const sample = await throughputCase(env, shapeOf(pattern), path, bytes, proactive).catch(
