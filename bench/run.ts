@@ -64,7 +64,8 @@ Writes bench/results/latest.{json,md}, a timestamped JSON copy, REPORT.md and SV
 
   --quick          default. transport: 1 GiB, QUICK_REPS repetitions, QUICK_ROUNDS latency rounds
                    of 5,000 + 1,000 warm-up records; store: 1 repetition; workflows: sizes
-                   1 MiB, 32 MiB, 1 GiB, 1 repetition (about 10 minutes on 2 cores)
+                   1 MiB, 32 MiB, 1 GiB (gather and shuffle up to 32 MiB unless --patterns names
+                   them), 1 repetition (about 10 minutes on 2 cores)
   --full           transport: 15 repetitions, 31 rounds; workflows: up to 16 GiB
                    (1 MiB, 32 MiB, 1 GiB, 4 GiB, 16 GiB), 3 repetitions below 512 MiB
   --smoke          fast self-check: 64 MiB, 1 repetition, 2 short latency rounds; workflows
