@@ -1,0 +1,52 @@
+/**
+ * A channel reader hands on at most one chunk per read from its medium. A read rarely ends on a
+ * frame boundary, so it often holds the tail of one DATA frame and the head of the next; handed on
+ * apart, a step that forwards what it reads writes two frames for it, and down a chain of such
+ * steps the stream splits finer at every hop (1 MiB through five FIFO hops arrived as 59 chunks
+ * instead of 16, each costing every process an event-loop turn). Real FIFOs and Unix sockets.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { finished } from 'node:stream/promises';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ChannelReader, ChannelWriter, fifoTransport, unixTransport, type Transport } from '../../transports/index.js';
+import { seededBytes, sha256 } from '../helpers/streams.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'sluice-chunks-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** 64 KiB writes: each frame is 12 bytes longer than a 64 KiB read, so reads straddle frames. */
+const WRITE = 64 * 1024;
+const TOTAL = 4 * 1024 * 1024;
+
+describe.each([
+  ['fifo', fifoTransport],
+  ['unix', unixTransport],
+] as Array<[string, Transport]>)('a channel reader over %s', (name, transport) => {
+  it('delivers every byte in no more chunks than the medium was read in', async () => {
+    const endpoint = join(dir, `${name}-endpoint`);
+    const listener = await transport.listen(endpoint);
+    // the writer sends its HELLO at once: a FIFO's accept waits for the producer's first bytes
+    const writer = new ChannelWriter(await transport.dial(endpoint));
+    const consumerConn = await listener.accept();
+    let reads = 0;
+    consumerConn.input.on('data', () => reads++);
+    const reader = new ChannelReader(consumerConn);
+    const chunks: Buffer[] = [];
+    reader.on('data', (c: Buffer) => chunks.push(c));
+
+    const data = seededBytes(TOTAL);
+    for (let at = 0; at < TOTAL; at += WRITE) {
+      if (!writer.write(data.subarray(at, at + WRITE))) await new Promise((resolve) => writer.once('drain', resolve));
+    }
+    writer.end();
+    await Promise.all([finished(writer), finished(reader)]);
+    await listener.close();
+
+    expect(sha256(Buffer.concat(chunks))).toBe(sha256(data));
+    // the HELLO and END frames arrive in reads of their own or with data: at most one chunk per read
+    expect(chunks.length).toBeLessThanOrEqual(reads);
+    expect(chunks.length).toBeGreaterThan(0);
+  });
+});
