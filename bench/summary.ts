@@ -61,11 +61,11 @@ export function renderWorkflowMarkdown(r: Report, command: string): string {
   out.push(`Made by \`${command}\` on ${r.machine.cpus} × ${r.machine.cpu_model}, node ${r.machine.node}, Linux ${r.machine.kernel}.`);
   if (w) {
     out.push(`S3: ${w.s3}. Workflow sizes ${w.sizes.map(size).join(', ')}; repetitions ${w.reps.join(', ')} (per size, every path back to back within a repetition, ratios paired per repetition).`);
-    out.push(`How: ${w.note}. Every step process is warm: before the clock starts it has moved 4 MiB through the same code in memory (S3 steps: one PUT and GET, keeping the connections).`);
+    out.push(`How: ${w.note}. Every step process is warm: before the clock starts it has moved 4 MiB through the same code in memory (S3 steps: one PUT and GET, keeping the connections), and its channels are open; the clock starts when the sources are told to go, the other steps already reading. Endpoints and the daemon's directory are on a tmpfs, as Sluice's runtime directory is; stores write to the disk.`);
   }
   out.push('');
   out.push('Paths: `fifo` = a Sluice run on this node\'s daemon, set up when the run is created (proactive), each channel a FIFO straight from producer to consumer; `relay` = the same through the daemon\'s relay; `unix` = Sluice\'s framed Unix-socket channels between the step processes (no daemon); `file` = the same workflow with every edge `via: s3` on the embedded directory store; `raw-fifo` = plain FIFOs, no framing: the raw limit of the topology (`raw-chain5` for the 5-hop chain); `s3` = store-and-forward as users do it today.', '');
-  out.push('`bytes` is the data set: a chain\'s or broadcast\'s object (a broadcast delivers it to each of 4 consumers); a gather\'s 4 inputs together; a shuffle\'s 4 outputs together (16 parts). MB/s = bytes / e2e; e2e = first write of a source → last verified byte at the last sink; ttfb = first write → first byte at the latest sink to get one. Every byte is verified at every step.', '');
+  out.push('`bytes` is the data set: a chain\'s or broadcast\'s object (a broadcast delivers it to each of 4 consumers); a gather\'s 4 inputs together; a shuffle\'s 4 outputs together (16 parts). MB/s = bytes / e2e; e2e = first write of a source → last verified byte at the last sink; ttfb = first write → first byte at the latest sink to get one (in a chain, the first chunk through every hop). Every byte is verified at every step.', '');
 
   out.push('## Acceptance (fifo, proactive)', '', ...acceptance(r), '');
   const rawChain = r.baselines.find((b) => b.name === 'raw-chain5');
@@ -100,7 +100,7 @@ export function renderWorkflowMarkdown(r: Report, command: string): string {
         num(c.MBps),
         num(speedupOf(r, c, 'raw-fifo')?.value, 2),
         c.verified ? disk(c.disk_bytes) : '–',
-        c.daemon_rss_mb ? `${c.daemon_rss_mb}${c.path === 's3' ? ' (s3rver)' : ''}` : '–',
+        c.verified && c.daemon_rss_mb ? `${c.daemon_rss_mb}${c.path === 's3' ? ' (s3rver)' : ''}` : '–',
         c.relayed_channels ?? '–',
         c.verified ? 'yes' : '**NO** (see "Not verified")',
       ]),
