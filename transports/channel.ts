@@ -301,6 +301,12 @@ export class ChannelWriter extends Writable {
     this.afterWrite(ok, callback);
   }
 
+  /**
+   * Writes queued while the medium was full. Small ones are copied into shared frames; large ones
+   * that follow each other share one frame too (one header, the buffers themselves behind it, up
+   * to the frame limit): a step forwarding 64 KiB reads would otherwise send 64 KiB frames, and
+   * nearly every 64 KiB read of the next FIFO would straddle two of them.
+   */
   override _writev(chunks: Array<{ chunk: Buffer }>, callback: (err?: Error | null) => void): void {
     if (this.verdict instanceof Error) return callback(this.verdict);
     const out = this.conn.output;
@@ -308,22 +314,41 @@ export class ChannelWriter extends Writable {
     let ok = true;
     let small: Buffer[] = [];
     let smallBytes = 0;
+    let large: Buffer[] = [];
+    let largeBytes = 0;
+    const sendSmall = (): void => {
+      if (small.length === 0) return;
+      ok = this.sendSmall(small, smallBytes);
+      small = [];
+      smallBytes = 0;
+    };
+    const sendLarge = (): void => {
+      if (large.length === 0) return;
+      out.write(encodeHeader(FrameType.DATA, this.channel, largeBytes));
+      for (const piece of large) ok = out.write(piece);
+      large = [];
+      largeBytes = 0;
+    };
     for (const { chunk } of chunks) {
       if (chunk.length === 0) continue;
       this.account(chunk);
       if (chunk.length < COPY_BELOW_BYTES) {
+        sendLarge();
         small.push(chunk);
         smallBytes += chunk.length;
-        if (smallBytes < COPY_BELOW_BYTES) continue;
+        if (smallBytes >= COPY_BELOW_BYTES) sendSmall();
+        continue;
       }
-      if (small.length > 0) {
-        ok = this.sendSmall(small, smallBytes);
-        small = [];
-        smallBytes = 0;
+      sendSmall();
+      if (largeBytes + chunk.length > this.maxFramePayload) sendLarge();
+      if (chunk.length > this.maxFramePayload) ok = this.sendLarge(chunk);
+      else {
+        large.push(chunk);
+        largeBytes += chunk.length;
       }
-      if (chunk.length >= COPY_BELOW_BYTES) ok = this.sendLarge(chunk);
     }
-    if (small.length > 0) ok = this.sendSmall(small, smallBytes);
+    sendSmall();
+    sendLarge();
     out.uncork();
     this.afterWrite(ok, callback);
   }

@@ -1,16 +1,18 @@
 /**
- * A channel reader hands on at most one chunk per read from its medium. A read rarely ends on a
+ * How a channel cuts a stream, over real FIFOs and Unix sockets. A channel writer puts large
+ * writes that queued while the medium was full into shared frames (one header per frame limit,
+ * not per write). A channel reader hands on at most one chunk per read from its medium. A read rarely ends on a
  * frame boundary, so it often holds the tail of one DATA frame and the head of the next; handed on
  * apart, a step that forwards what it reads writes two frames for it, and down a chain of such
  * steps the stream splits finer at every hop (1 MiB through five FIFO hops arrived as 59 chunks
- * instead of 16, each costing every process an event-loop turn). Real FIFOs and Unix sockets.
+ * instead of 16, each costing every process an event-loop turn).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { finished } from 'node:stream/promises';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ChannelReader, ChannelWriter, fifoTransport, unixTransport, type Transport } from '../../transports/index.js';
+import { ChannelReader, ChannelWriter, HEADER_BYTES, fifoTransport, unixTransport, type Transport } from '../../transports/index.js';
 import { seededBytes, sha256 } from '../helpers/streams.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'sluice-chunks-'));
@@ -48,5 +50,30 @@ describe.each([
     // the HELLO and END frames arrive in reads of their own or with data: at most one chunk per read
     expect(chunks.length).toBeLessThanOrEqual(reads);
     expect(chunks.length).toBeGreaterThan(0);
+  });
+
+  it('puts large writes queued behind a full medium into shared frames', async () => {
+    const endpoint = join(dir, `${name}-frames`);
+    const listener = await transport.listen(endpoint);
+    const writer = new ChannelWriter(await transport.dial(endpoint));
+    const consumerConn = await listener.accept();
+    let wireBytes = 0;
+    consumerConn.input.on('data', (c: Buffer) => (wireBytes += c.length));
+    const reader = new ChannelReader(consumerConn);
+    const chunks: Buffer[] = [];
+    reader.on('data', (c: Buffer) => chunks.push(c));
+
+    // every write at once: all but the first queue while the medium is full
+    const data = seededBytes(TOTAL);
+    for (let at = 0; at < TOTAL; at += WRITE) writer.write(data.subarray(at, at + WRITE));
+    writer.end();
+    await Promise.all([finished(writer), finished(reader)]);
+    await listener.close();
+
+    expect(sha256(Buffer.concat(chunks))).toBe(sha256(data));
+    // each frame costs a 12-byte header; HELLO and END are two more frames with small bodies
+    const overhead = wireBytes - TOTAL;
+    const writes = TOTAL / WRITE;
+    expect(overhead).toBeLessThan((writes / 4) * HEADER_BYTES + 256);
   });
 });
