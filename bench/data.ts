@@ -11,6 +11,8 @@ export const KiB = 1024;
 export const BLOCK_BYTES = 4 * MiB;
 export const WRITE_BYTES = 256 * KiB;
 export const RECORD_BYTES = 1 * KiB;
+/** The largest CloudEvent a step warms its JSON framing on before the clock starts (the code is the same at every size), bytes. */
+export const WARM_EVENT_BYTES = 64 * KiB;
 
 /**
  * A deterministic pseudo-random block (xorshift32), generated in each process so producer and

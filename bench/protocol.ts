@@ -84,7 +84,11 @@ export interface S3HopsJob {
   count: number;
 }
 
-/** What the orchestrator tells a step, in this order: open inputs, open outputs, go; `download` (s3) once its inputs are uploaded; `run` (on demand) the run to join. */
+/**
+ * What the orchestrator tells a step, in this order: open inputs, open outputs, then `go` to the
+ * sources (the other steps read as soon as their ends are open); `download` (s3) once its inputs
+ * are uploaded; `run` (on demand) the run to join.
+ */
 export type StepCommand = { type: 'inputs' } | { type: 'outputs' } | { type: 'go' } | { type: 'download' } | { type: 'run'; run: RunRef };
 
 export interface InputStat {
@@ -102,7 +106,9 @@ export interface StepResult {
   inputs: InputStat[];
   /** one-way delay of each measured record or event into this step, ns */
   delaysNs: number[];
-  /** what this process wrote to storage (write_bytes) */
+  /** events mode: the size of the events the step warmed its JSON framing on (at most WARM_EVENT_BYTES), bytes */
+  warmEventBytes: number;
+  /** what this process wrote to storage (write_bytes) while the data flowed */
   diskBytes: number;
   cpu: CpuMs;
 }

@@ -24,6 +24,7 @@ import { killWorkers, setWorkerExecArgv, withWorkers, type StartWorker } from '.
 import { KNIX_EVENTS, WF_SIZES, workflowSection, type WfOptions, type WfResults } from './wfsection.js';
 import { PATTERNS, WF_PATHS } from './workflows.js';
 import { killS3Servers } from './s3.js';
+import { runtimeBase } from './proc.js';
 import { renderWorkflowMarkdown, writeReport } from './summary.js';
 import { balanceSection, type BalanceResults } from './balance.js';
 
@@ -67,7 +68,8 @@ Writes bench/results/latest.{json,md}, a timestamped JSON copy, REPORT.md and SV
 
   --quick          default. transport: 1 GiB, QUICK_REPS repetitions, QUICK_ROUNDS latency rounds
                    of 5,000 + 1,000 warm-up records; store: 1 repetition; workflows: sizes
-                   1 MiB, 32 MiB, 1 GiB, 1 repetition (about 10 minutes on 2 cores)
+                   1 MiB, 32 MiB, 1 GiB (gather and shuffle up to 32 MiB unless --patterns names
+                   them), 1 repetition (about 10 minutes on 2 cores)
   --full           transport: 15 repetitions, 31 rounds; workflows: up to 16 GiB
                    (1 MiB, 32 MiB, 1 GiB, 4 GiB, 16 GiB), 3 repetitions below 512 MiB
   --smoke          fast self-check: 64 MiB, 1 repetition, 2 short latency rounds; workflows
@@ -171,6 +173,8 @@ function parseOptions(argv: string[]): Options | undefined {
     reps: count('--wf-reps', values['wf-reps'], { quick: 1, full: 3, smoke: 1 }[mode]),
     largeReps: count('--wf-large-reps', values['wf-large-reps'], 1),
     patterns: list('--patterns', values.patterns, PATTERNS),
+    // quick: gather and shuffle stop at 32 MiB (their 1 GiB S3 rows alone took a minute); --patterns names them at every size
+    largePatterns: mode === 'quick' && values.patterns === undefined ? ['chain1', 'chain5', 'broadcast4'] : list('--patterns', values.patterns, PATTERNS),
     paths: list('--paths', values.paths, WF_PATHS),
     latency: mode === 'smoke' ? { warmup: 50, count: 300, s3Count: 10 } : { warmup: 200, count: 2000, s3Count: 40 },
     knix: mode === 'smoke' ? KNIX_EVENTS.smoke : KNIX_EVENTS.quick,
@@ -205,10 +209,13 @@ const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.ur
 
 // ---- single runs ----
 
+/** Scratch space on the disk: the stores' data (directory store, s3rver). */
 let tmpDir = '';
+/** The nodes' runtime directory (tmpfs where there is one, see runtimeBase): daemons' directories and endpoints. */
+let runtimeDir = '';
 let endpointSeq = 0;
-/** A fresh socket or FIFO path in the bench's temporary directory (visible from every namespace). */
-const pathFor = (what: string): string => path.join(tmpDir, `${what}-${++endpointSeq}`);
+/** A fresh socket or FIFO path in the runtime directory (visible from every namespace). */
+const pathFor = (what: string): string => path.join(runtimeDir, `${what}-${++endpointSeq}`);
 
 /** Where a run's processes go and how they reach each other. */
 interface Topology {
@@ -469,7 +476,12 @@ function buildReport(options: Options, started: Date, names: readonly Name[], sa
 
 // ---- main ----
 
-const progress = (line: string): void => void process.stderr.write(line + '\n');
+const benchStart = Date.now();
+/** A progress line on stderr, after the time since the bench started ([m:ss]). */
+const progress = (line: string): void => {
+  const s = Math.floor((Date.now() - benchStart) / 1000);
+  process.stderr.write(`[${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}] ${line}\n`);
+};
 const fmt = (x: number, digits = 0): string => x.toFixed(digits);
 const cpuNote = (cpu: ThroughputSample['cpu_ms']): string =>
   cpu ? `; cpu ms user+sys: consumer ${fmt(cpu.consumer.user)}+${fmt(cpu.consumer.system)}, producer ${fmt(cpu.producer.user)}+${fmt(cpu.producer.system)}` : '';
@@ -548,7 +560,7 @@ async function crossNodeSection(options: Options, names: readonly CrossNodeName[
     if (names.includes('ws')) {
       progress('cross-node: starting a Sluice daemon on each node ...');
       try {
-        x.daemons = daemons = await Daemons.start(nodes, tmpDir);
+        x.daemons = daemons = await Daemons.start(nodes, runtimeDir);
       } catch (err) {
         x.daemons = { error: (err as Error).message };
         progress(`cross-node: the daemons did not start, so ws fails: ${(err as Error).message}`);
@@ -572,7 +584,7 @@ async function storeSection(options: Options, names: readonly StoreName[], sampl
     let daemon: StoreDaemon;
     try {
       progress(`[store] ${name}: starting a daemon with the ${name === 's3' ? 'S3 (s3rver)' : 'directory'} store ...`);
-      daemon = await StoreDaemon.start(name, tmpDir);
+      daemon = await StoreDaemon.start(name, tmpDir, name, runtimeDir);
     } catch (err) {
       progress(`[store] ${name}: FAILED to start: ${(err as Error).message}`);
       record(samples.throughput, name, failedThroughput(err));
@@ -614,6 +626,9 @@ async function main(): Promise<number> {
   setWorkerExecArgv(options.workerExecArgv);
   const started = new Date();
   tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-bench-'));
+  const runtime = runtimeBase();
+  runtimeDir = fs.mkdtempSync(path.join(runtime.dir, 'sluice-bench-run-'));
+  if (!runtime.tmpfs) progress(`no writable tmpfs ($XDG_RUNTIME_DIR, /dev/shm): endpoints and daemon directories go to ${runtimeDir}, on disk; direct paths' disk bytes then include their directory updates (a few kB)`);
 
   const samples: Samples = { throughput: new Map(), latency: new Map() };
   const on = (section: Section): boolean => options.sections.includes(section);
@@ -646,7 +661,7 @@ async function main(): Promise<number> {
       latency: on('latency') ? options.wf.latency : undefined,
       knix: on('knix') ? options.wf.knix : undefined,
     };
-    wf = await workflowSection(wfOptions, tmpDir, pathFor, progress);
+    wf = await workflowSection(wfOptions, { tmpDir, runtimeDir }, pathFor, progress);
   }
 
   const balance: BalanceResults | undefined = on('balance') ? await balanceSection({ smoke: options.mode === 'smoke' }, tmpDir, progress) : undefined;
@@ -690,7 +705,7 @@ function cleanUp(): void {
   killDaemons();
   killWorkers();
   killS3Servers();
-  if (tmpDir) fs.rmSync(tmpDir, { recursive: true, force: true });
+  for (const dir of [tmpDir, runtimeDir]) if (dir) fs.rmSync(dir, { recursive: true, force: true });
 }
 
 process.on('exit', cleanUp);

@@ -54,10 +54,13 @@ export class StoreDaemon {
     private readonly output: () => string,
   ) {}
 
-  /** A daemon whose store is `kind`; `name` (default: the kind) names its directories under `baseDir`. */
-  static async start(kind: StoreKind, baseDir: string, name: string = kind): Promise<StoreDaemon> {
+  /**
+   * A daemon whose store is `kind`; `name` (default: the kind) names its directories: the store's
+   * under `baseDir` (on disk), the daemon's own (runs, FIFOs, state) under `runtimeDir`.
+   */
+  static async start(kind: StoreKind, baseDir: string, name: string = kind, runtimeDir = baseDir): Promise<StoreDaemon> {
     const s3 = kind === 's3' ? await startEmbeddedS3({ bucket: 'sluice-bench' }) : undefined;
-    const dir = path.join(baseDir, `${name}-daemon`);
+    const dir = path.join(runtimeDir, `${name}-daemon`);
     const storeDir = path.join(baseDir, `${name}-store`);
     fs.mkdirSync(dir, { mode: 0o700 });
     const store = s3 ? s3.storeUrl(`${S3_PREFIX}/`) : `file://${storeDir}`;

@@ -16,6 +16,8 @@ export interface WfOptions {
   reps: number;
   largeReps: number;
   patterns: PatternName[];
+  /** patterns also measured from LARGE_BYTES on (quick: the acceptance targets' patterns) */
+  largePatterns: PatternName[];
   paths: WfPath[];
   latency: { warmup: number; count: number; s3Count: number } | undefined;
   knix: Array<{ bytes: number; count: number; s3Count: number }> | undefined;
@@ -63,7 +65,8 @@ export interface WfResults {
   info: NonNullable<Report['workflows']>;
 }
 
-export async function workflowSection(o: WfOptions, tmpDir: string, pathFor: (what: string) => string, progress: (line: string) => void): Promise<WfResults> {
+export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runtimeDir: string }, pathFor: (what: string) => string, progress: (line: string) => void): Promise<WfResults> {
+  const { tmpDir, runtimeDir } = dirs;
   const needsDaemon = o.paths.some((p) => p === 'fifo' || p === 'relay' || p === 'file');
   const needsS3 = o.paths.includes('s3');
   let daemon: StoreDaemon | undefined;
@@ -72,7 +75,7 @@ export async function workflowSection(o: WfOptions, tmpDir: string, pathFor: (wh
   try {
     if (needsDaemon) {
       progress('[workflows] starting a Sluice daemon (embedded directory store) ...');
-      daemon = await StoreDaemon.start('file', tmpDir, 'workflows');
+      daemon = await StoreDaemon.start('file', tmpDir, 'workflows', runtimeDir);
       await registerWorkflows(daemon, o.patterns);
     }
     if (needsS3) {
@@ -95,7 +98,7 @@ export async function workflowSection(o: WfOptions, tmpDir: string, pathFor: (wh
     for (const bytes of o.sizes) {
       const reps = bytes >= LARGE_BYTES ? o.largeReps : o.reps;
       for (let rep = 1; rep <= reps; rep++) {
-        for (const pattern of o.patterns) {
+        for (const pattern of o.patterns.filter((p) => bytes < LARGE_BYTES || o.largePatterns.includes(p))) {
           for (const { path, proactive } of planPaths(o, pattern, bytes)) {
             const label = `[workflows ${size(bytes)} rep ${rep}/${reps}] ${pattern} ${path}${proactive ? '' : ' (on demand)'}`;
             const sample = await throughputCase(env, shapeOf(pattern), path, bytes, proactive).catch(
@@ -119,7 +122,7 @@ export async function workflowSection(o: WfOptions, tmpDir: string, pathFor: (wh
       .filter((r) => r.path === 'raw-fifo' && r.pattern === 'chain5' && r.bytes === Math.max(...o.sizes))
       .map((r) => {
         const c = caseOf(r);
-        return { name: 'raw-chain5', MBps: c.MBps, MBps_runs: c.MBps_runs ?? [], bytes: r.bytes, e2e_ms: c.e2e_ms, ttfb_ms: c.ttfb_ms, verified: c.verified };
+        return { name: 'raw-chain5', MBps: c.MBps, MBps_runs: c.MBps_runs ?? [], bytes: r.bytes, e2e_ms: c.e2e_ms, ttfb_ms: c.ttfb_ms, verified: c.verified, ...(c.errors && { errors: c.errors }) };
       });
 
     if (o.latency) {

@@ -126,6 +126,8 @@ export interface CaseSample {
 export interface MessagesSample {
   /** one-way delay of every measured message over every hop, ns */
   delaysNs: number[];
+  /** the largest event any step warmed up on, bytes (0: records, or S3's single process) */
+  warmEventBytes?: number;
   verified: boolean;
   error?: string;
 }
@@ -142,8 +144,12 @@ interface CaseRun {
 
 let caseSeq = 0;
 
-/** A run that takes longer than this is stuck, not slow: 10 s plus 20 s per GiB per hop and per consumer (the store at 50 MB/s). */
-const timeoutFor = (c: CaseRun): number => 10_000 + (c.mode === 'bytes' ? (c.bytes / 2 ** 30) * 20_000 * (c.shape.hops + c.shape.fanout) : 600_000);
+/**
+ * A run that takes longer than this is stuck, not slow: 30 s (starting and warming the step
+ * processes, which on a busy machine took over 10 s for S3 steps loading the AWS SDK) plus 20 s
+ * per GiB per hop and per consumer (the store at 50 MB/s).
+ */
+const timeoutFor = (c: CaseRun): number => 30_000 + (c.mode === 'bytes' ? (c.bytes / 2 ** 30) * 20_000 * (c.shape.hops + c.shape.fanout) : 600_000);
 
 /** One run of a case: fresh processes, a fresh run (or objects), everything measured and verified. */
 async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, StepResult>; sample: Omit<CaseSample, 'e2e_ms' | 'ttfb_ms' | 'MBps' | 'delivered' | 'verified'>; expectedPerInput: number }> {
@@ -198,7 +204,8 @@ async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, S
         const order = c.path === 'relay' ? (['outputs', 'inputs'] as const) : (['inputs', 'outputs'] as const);
         for (const p of order) await phase(graph.steps, p);
         resetCounters();
-        for (const s of graph.steps) w(s).send({ type: 'go' });
+        // only the sources wait for it: the other steps read as soon as their channels are open
+        for (const s of sources) w(s).send({ type: 'go' });
       } else {
         // on demand: the source creates the run when it starts; every channel is set up after that
         if (sources.length !== 1) throw new Error('set-up on demand is measured on patterns with one source');
@@ -281,13 +288,14 @@ export async function messagesCase(env: WfEnv, path: WfPath, hops: number, mode:
     return withWorkers(600_000, async (start) => {
       const w = start({ role: 's3-hops', s3: env.s3!.target, prefix: `bench/hops-${++caseSeq}`, hops, mode, bytes, warmup, count }, `s3 ${mode}`);
       const m = (await w.message('s3-hops')) as Extract<WorkerMessage, { type: 's3-hops' }>;
-      return { delaysNs: m.delaysNs, verified: m.verified };
+      return { delaysNs: m.delaysNs, verified: m.verified, ...(!m.verified && { error: 'a message arrived changed after a PUT and GET' }) };
     });
   }
   const { results } = await runCase(env, { shape, path, bytes, proactive: true, mode, warmup, count });
   const delaysNs = [...results.values()].flatMap((r) => r.delaysNs);
   const verified = delaysNs.length === hops * count;
-  return { delaysNs, verified, ...(!verified && { error: `${delaysNs.length} delays of ${hops * count}` }) };
+  const warmEventBytes = Math.max(0, ...[...results.values()].map((r) => r.warmEventBytes));
+  return { delaysNs, warmEventBytes, verified, ...(!verified && { error: `${delaysNs.length} delays of ${hops * count}` }) };
 }
 
 /** p50 / p90 / p99 of delays (ns) through an HDR histogram (node:perf_hooks), µs. */

@@ -301,6 +301,12 @@ export class ChannelWriter extends Writable {
     this.afterWrite(ok, callback);
   }
 
+  /**
+   * Writes queued while the medium was full. Small ones are copied into shared frames; large ones
+   * that follow each other share one frame too (one header, the buffers themselves behind it, up
+   * to the frame limit): a step forwarding 64 KiB reads would otherwise send 64 KiB frames, and
+   * nearly every 64 KiB read of the next FIFO would straddle two of them.
+   */
   override _writev(chunks: Array<{ chunk: Buffer }>, callback: (err?: Error | null) => void): void {
     if (this.verdict instanceof Error) return callback(this.verdict);
     const out = this.conn.output;
@@ -308,22 +314,41 @@ export class ChannelWriter extends Writable {
     let ok = true;
     let small: Buffer[] = [];
     let smallBytes = 0;
+    let large: Buffer[] = [];
+    let largeBytes = 0;
+    const sendSmall = (): void => {
+      if (small.length === 0) return;
+      ok = this.sendSmall(small, smallBytes);
+      small = [];
+      smallBytes = 0;
+    };
+    const sendLarge = (): void => {
+      if (large.length === 0) return;
+      out.write(encodeHeader(FrameType.DATA, this.channel, largeBytes));
+      for (const piece of large) ok = out.write(piece);
+      large = [];
+      largeBytes = 0;
+    };
     for (const { chunk } of chunks) {
       if (chunk.length === 0) continue;
       this.account(chunk);
       if (chunk.length < COPY_BELOW_BYTES) {
+        sendLarge();
         small.push(chunk);
         smallBytes += chunk.length;
-        if (smallBytes < COPY_BELOW_BYTES) continue;
+        if (smallBytes >= COPY_BELOW_BYTES) sendSmall();
+        continue;
       }
-      if (small.length > 0) {
-        ok = this.sendSmall(small, smallBytes);
-        small = [];
-        smallBytes = 0;
+      sendSmall();
+      if (largeBytes + chunk.length > this.maxFramePayload) sendLarge();
+      if (chunk.length > this.maxFramePayload) ok = this.sendLarge(chunk);
+      else {
+        large.push(chunk);
+        largeBytes += chunk.length;
       }
-      if (chunk.length >= COPY_BELOW_BYTES) ok = this.sendLarge(chunk);
     }
-    if (small.length > 0) ok = this.sendSmall(small, smallBytes);
+    sendSmall();
+    sendLarge();
     out.uncork();
     this.afterWrite(ok, callback);
   }
@@ -372,6 +397,9 @@ export class ChannelReader extends Readable {
   private awaitingResume = false;
   /** payload bytes of the resumed connection that were received before, to drop */
   private skip = 0;
+  /** DATA pieces decoded from the current medium chunk, pushed together (see flush) */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
 
   constructor(conn: Connection, options: ChannelReaderOptions = {}) {
     super({ highWaterMark: options.highWaterMark ?? 64 * 1024 });
@@ -392,6 +420,7 @@ export class ChannelReader extends Readable {
       if (!current()) return;
       try {
         this.decoder.push(chunk, this.sink);
+        this.flush();
       } catch (err) {
         this.fail(err as Error);
       }
@@ -439,13 +468,13 @@ export class ChannelReader extends Readable {
       }
       this.length += bytes.length;
       this.checksum.update(bytes);
-      if (!this.push(bytes) && !this.inputPaused) {
-        this.inputPaused = true;
-        this.conn.input.pause();
-      }
+      this.pending.push(bytes);
+      this.pendingBytes += bytes.length;
     },
     control: (type, channel, fields) => {
       if (channel !== this.channel) throw new ProtocolError(`${frameTypeName(type)} for channel ${channel} on channel ${this.channel}`);
+      // the bytes before a control frame are delivered before what it does (END ends the stream)
+      this.flush();
       switch (type) {
         case FrameType.HELLO:
           if (fields.v !== WIRE_VERSION) throw new ProtocolError(`producer speaks channel protocol ${String(fields.v)}, this side ${WIRE_VERSION}`);
@@ -471,6 +500,28 @@ export class ChannelReader extends Readable {
       }
     },
   };
+
+  /**
+   * Hand on the payload decoded from one medium chunk as one chunk. A read from the medium rarely
+   * ends on a frame boundary, so it often holds the tail of one DATA frame and the head of the
+   * next: pushed apart, those pieces become two chunks, a step that forwards what it reads writes
+   * two frames, and each hop down a chain splits the stream finer (1 MiB through five FIFO hops
+   * arrived as 59 chunks instead of 16). Joining them copies at most one medium read.
+   */
+  private flush(): void {
+    if (this.pendingBytes === 0 || this.destroyed) {
+      this.pendingBytes = 0;
+      this.pending.length = 0;
+      return;
+    }
+    const bytes = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (!this.push(bytes) && !this.inputPaused) {
+      this.inputPaused = true;
+      this.conn.input.pause();
+    }
+  }
 
   /** A resumed connection's HELLO: it restarts at payload offset `resume`; drop what we have. */
   private resumeAt(fields: Record<string, unknown>): void {

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { Case, Report, Speedup } from '../../bench/report.js';
-import { acceptance, charts, renderWorkflowMarkdown } from '../../bench/summary.js';
+import { acceptance, charts, notVerified, renderWorkflowMarkdown } from '../../bench/summary.js';
 import { escapeXml, lineChart, ticks } from '../../bench/svg.js';
 
 const GiB = 2 ** 30;
@@ -67,5 +67,23 @@ describe('the comparison report', () => {
     expect(md).toContain('| chain 5 | fifo | 20.0 | 12.0 |');
     expect(md).toContain('![speed-up over S3 vs size](speedup-vs-size.svg)');
     expect(Object.keys(charts(report)).sort()).toEqual(['hop-latency-vs-size.svg', 'speedup-vs-size.svg', 'throughput-vs-raw.svg']);
+  });
+
+  it('keeps every row that did not verify, with its reason', () => {
+    const failed: Report = {
+      ...report,
+      cases: [
+        ...report.cases,
+        flowCase({ pattern: 'broadcast', hops: 1, fanout: 4, path: 'fifo', e2e_ms: 7000, MBps: 150 }),
+        flowCase({ pattern: 'broadcast', hops: 1, fanout: 4, path: 's3', e2e_ms: null, ttfb_ms: null, MBps: null, verified: false, errors: ['timed out after 110 s'] }),
+      ],
+      knix: [...report.knix!, { bytes: 40 * MiB, path: 'unix', events: 4, hop_ms: { p50: null, p90: null, p99: null }, verified: false, errors: ['case-9 unix s1 exited with SIGTERM'] }],
+    };
+    const md = renderWorkflowMarkdown(failed, 'x');
+    expect(md).toMatch(/\| broadcast 1→4 \| s3 \| 1 GiB \| – \| – \| – \| – \| – \| – \| – \| \*\*NO\*\*/);
+    expect(md).toContain('- broadcast 1→4 s3 1 GiB: timed out after 110 s');
+    expect(md).toContain('- KNIX-style, 40 MiB events on unix: case-9 unix s1 exited with SIGTERM');
+    expect(acceptance(failed).join('\n')).toMatch(/1 GiB, broadcast 1→4 \| – \| not measured \| ≥ 5 \| \*\*not verified\*\* \(s3/);
+    expect(notVerified(report)).toEqual([]);
   });
 });
