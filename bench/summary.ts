@@ -116,7 +116,7 @@ export function renderWorkflowMarkdown(r: Report, command: string): string {
       const p = cases.find((x) => x.proactive && x.path === c.path && patternName(x) === patternName(c) && x.bytes === c.bytes);
       out.push(row([patternName(c), size(c.bytes), num(p?.ttfb_ms, 2), num(c.ttfb_ms, 2), num(p?.e2e_ms, 1), num(c.e2e_ms, 1)]));
     }
-    out.push('', 'On demand, the source creates the run when it starts (the daemon makes the run directory, its FIFOs and manifest), then every step joins it and opens its channels; proactively all of that happened before. The client has no late binding yet, so "on demand" is the run created at the moment the producer starts.', '');
+    out.push('', 'On demand, the source creates the run when it starts (the daemon makes the run directory, its FIFOs and manifest), then every step joins it and opens its channels; proactively all of that happened before. "On demand" is the run created at the moment the producer starts (late binding would let the steps connect even earlier; they start after it here).', '');
   }
 
   const lat = r.cases.filter((c) => c.pattern === 'chain' && c.hop_us);
