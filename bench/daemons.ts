@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { DAEMON_NODE_FLAGS } from '../server/node-flags.js';
 import type { PeerStatus } from '../server/peers.js';
 import type { NetnsNode } from '../test/helpers/netns.js';
 import { WS_STEPS, type RunRef } from './protocol.js';
@@ -67,7 +68,7 @@ export interface Daemon {
 export function spawnDaemon(name: string, node: NetnsNode, dir: string, peer: { name: string; node: NetnsNode }, secretFile: string, extra: { args?: string[]; cpu?: number } = {}): Daemon {
   fs.mkdirSync(dir, { mode: 0o700 });
   const args = ['daemon', '--node', name, '--dir', dir, '--listen', `${node.address}:${PORT}`, '--peers', `${peer.name}=ws://${peer.node.address}:${PORT}`, '--secret-file', secretFile, ...(extra.args ?? [])];
-  const command = [process.execPath, CLI, ...args];
+  const command = [process.execPath, ...DAEMON_NODE_FLAGS, CLI, ...args];
   if (extra.cpu !== undefined) command.unshift('taskset', '-c', String(extra.cpu));
   const child = node.spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   return { name, node, dir, child, output: watchDaemon(child) };

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { DAEMON_NODE_FLAGS } from '../server/node-flags.js';
 import { control } from '../client/control.js';
 import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../test/fixtures/s3-server.js';
 import { stopDaemonProcess, watchDaemon } from './daemons.js';
@@ -66,7 +67,7 @@ export class StoreDaemon {
     const store = s3 ? s3.storeUrl(`${S3_PREFIX}/`) : `file://${storeDir}`;
     // s3rver keeps an object (and its metadata beside it) at <directory>/<bucket>/<key>
     const runsDir = s3 ? path.join(s3.directory, s3.bucket, S3_PREFIX) : storeDir;
-    const child = spawn(process.execPath, [CLI, 'daemon', '--node', `bench-${kind}`, '--dir', dir, '--store', store], {
+    const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, CLI, 'daemon', '--node', `bench-${kind}`, '--dir', dir, '--store', store], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...S3RVER_CREDENTIALS },
     });

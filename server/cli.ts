@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --single-threaded-gc
 /**
  * `sluice`: the command line, and the composition root. Only this file (and config files)
  * read the environment.

@@ -18,6 +18,7 @@ import { openStore } from '../transports/store-s3.js';
 import { PeerLinks } from './peers.js';
 import { Relay } from './relay.js';
 import { RunRegistry } from './runs.js';
+import { DAEMON_NODE_FLAGS, hasDaemonNodeFlags } from './node-flags.js';
 import type { Workflow } from './workflow.js';
 
 /** The end of the grace period kept for writing to the store the streams whose consumer has not come (at most half of it), ms. */
@@ -210,6 +211,9 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   }
   ready = true;
   log.info({ dir: config.dir, socket: socketPath, tcp: tcpAddress, config: config.toJSON() }, 'sluice daemon ready');
+  if (!hasDaemonNodeFlags()) {
+    log.warn({ want: DAEMON_NODE_FLAGS, have: process.execArgv }, 'node runs without the daemon\'s options: start it as `sluice daemon`, or `node --single-threaded-gc .../cli.js daemon` (without, its GC can take half its CPU under load)');
+  }
 
   let closing: Promise<void> | undefined;
   return {

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { finished, pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { DAEMON_NODE_FLAGS } from './node-flags.js';
 import { connect } from '../client/index.js';
 import { control } from '../client/control.js';
 import { ChannelReader, ChannelWriter, fifoTransport, unixTransport, type Transport } from '../transports/index.js';
@@ -153,7 +154,7 @@ export async function demoFunction(role: string, total: number): Promise<void> {
 async function workflowDemo(mib: number): Promise<void> {
   const total = mib * 1024 * 1024;
   const dir = mkdtempSync(join(tmpdir(), 'sluice-demo-'));
-  const daemon = spawn(process.execPath, [self, 'daemon', '--dir', dir, '--node', 'demo', '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const daemon = spawn(process.execPath, [...DAEMON_NODE_FLAGS, self, 'daemon', '--dir', dir, '--node', 'demo', '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
   try {
     for (let i = 0; ; i++) {
       const ready = await control<{ ready: boolean }>(dir, 'GET', '/readyz').then((r) => r.body.ready, () => false);

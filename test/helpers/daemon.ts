@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { DAEMON_NODE_FLAGS } from '../../server/node-flags.js';
 import { control } from '../../client/control.js';
 
 export const cli = fileURLToPath(new URL('../../dist/server/cli.js', import.meta.url));
@@ -36,7 +37,7 @@ export async function startDaemonProcess(extraArgs: string[] = [], options: Daem
   const start = options.spawn ?? spawn;
   let output = '';
   const launch = async (): Promise<ChildProcess> => {
-    const child = start(process.execPath, [cli, 'daemon', '--dir', dir, '--node', options.node ?? 'node-a', '--log-level', 'info', ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
+    const child = start(process.execPath, [...DAEMON_NODE_FLAGS, cli, 'daemon', '--dir', dir, '--node', options.node ?? 'node-a', '--log-level', 'info', ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
     child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
     child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
     const deadline = Date.now() + 15_000;
