@@ -12,6 +12,7 @@ import { control } from '../client/control.js';
 import { defaultRuntimeDir, isErrorCode } from '../transports/index.js';
 import { demo, demoConsumer, demoFunction, demoPaths } from './demo.js';
 import { configHelp, loadConfig } from './config.js';
+import type { ReplicaStatus } from './balance.js';
 import type { PeerStatus } from './peers.js';
 import { startDaemon } from './daemon.js';
 import { runTokenFor } from './k8s-discovery.js';
@@ -76,19 +77,8 @@ interface ChannelView {
   routed?: boolean;
 }
 
-interface ReplicaView {
-  replica: string;
-  streams: number;
-  saturated: boolean;
-  ejected: boolean;
-  ejectedForMs: number;
-  ejections: number;
-  routed: number;
-  failed: number;
-}
-
 /** One replica of a balance edge in `status`: its load and health as this node sees them. */
-function replicaLine(r: ReplicaView): string {
+function replicaLine(r: ReplicaStatus): string {
   const health = r.ejected ? `EJECTED for ${Math.ceil(r.ejectedForMs / 1000)}s` : r.saturated ? 'saturated' : 'ok';
   return `replica ${r.replica.padEnd(32)} ${String(r.streams).padStart(4)} stream(s) in flight  ${health.padEnd(16)} routed ${r.routed}  failed ${r.failed}  ejections ${r.ejections}`;
 }
@@ -264,7 +254,7 @@ async function statusCommand(args: string[]): Promise<number> {
     workflows: number;
     relays: number;
     peers: PeerStatus[];
-    replicas: ReplicaView[];
+    replicas: ReplicaStatus[];
     balanced: { local: number; remote: number; localShare: number | null };
     runs: Array<{ run: string; workflow: string; channels: ChannelView[] }>;
   }>(

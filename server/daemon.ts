@@ -212,7 +212,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
   ready = true;
   log.info({ dir: config.dir, socket: socketPath, tcp: tcpAddress, config: config.toJSON() }, 'sluice daemon ready');
   if (!hasDaemonNodeFlags()) {
-    log.warn({ want: DAEMON_NODE_FLAGS, have: process.execArgv }, 'node runs without the daemon\'s options: start it as `sluice daemon`, or `node --single-threaded-gc .../cli.js daemon` (without, its GC can take half its CPU under load)');
+    log.warn({ want: DAEMON_NODE_FLAGS, have: process.execArgv }, `node runs without the daemon's options: start it as \`sluice daemon\`, or \`node ${DAEMON_NODE_FLAGS.join(' ')} .../cli.js daemon\` (without them, its GC can take half its CPU under load)`);
   }
 
   let closing: Promise<void> | undefined;
