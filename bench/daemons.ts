@@ -126,10 +126,8 @@ export class Daemons {
     const daemons = new Daemons([first, second]);
     try {
       await Promise.all([waitPeered(first, second.name), waitPeered(second, first.name)]);
-      const workflowFile = path.join(baseDir, `${WORKFLOW}.yaml`);
       const { producer, consumer } = WS_STEPS;
-      fs.writeFileSync(workflowFile, `name: ${WORKFLOW}\nsteps:\n  ${producer}: {}\n  ${consumer}: {}\nedges:\n  - { from: ${producer}, to: ${consumer} }\n`);
-      await sluice(first, ['workflow', 'apply', workflowFile]);
+      await daemons.applyWorkflow({ name: WORKFLOW, steps: { [producer]: {}, [consumer]: {} }, edges: [{ from: producer, to: consumer }] }, baseDir);
     } catch (err) {
       await daemons.stop();
       throw err;
@@ -137,18 +135,33 @@ export class Daemons {
     return daemons;
   }
 
+  /** Register `workflow` (the JSON form, written to a file in `scratchDir`) on n0, as `sluice workflow apply` does. */
+  async applyWorkflow(workflow: { name: string; steps: Record<string, object>; edges: object[] }, scratchDir: string): Promise<void> {
+    const file = path.join(scratchDir, `${workflow.name}.json`);
+    fs.writeFileSync(file, JSON.stringify(workflow));
+    await sluice(this.daemons[0], ['workflow', 'apply', file]);
+  }
+
   /** The Sluice directory on node `i`: what a function there connects with. */
   dir(i: 0 | 1): string {
     return this.daemons[i].dir;
   }
 
-  /** A fresh run with the producer on n0 and the consumer on n1; resolves once n1 knows it. */
-  async createRun(): Promise<RunRef> {
+  /** The daemon processes' pids (for /proc: memory, disk bytes). */
+  pids(): number[] {
+    return this.daemons.map((d) => d.child.pid!);
+  }
+
+  /**
+   * A fresh run of `workflow` (default: the producer on n0 and the consumer on n1), each step on
+   * the node `place` gives it; resolves once n1 knows it.
+   */
+  async createRun(workflow = WORKFLOW, place: Record<string, 0 | 1> = { [WS_STEPS.producer]: 0, [WS_STEPS.consumer]: 1 }): Promise<RunRef> {
     const [first, second] = this.daemons;
-    const { producer, consumer } = WS_STEPS;
-    const out = await sluice(first, ['run', 'create', WORKFLOW, '--place', `${producer}=${first.name}`, '--place', `${consumer}=${second.name}`, '--json']);
+    const placement = Object.entries(place).flatMap(([step, i]) => ['--place', `${step}=${this.daemons[i].name}`]);
+    const out = await sluice(first, ['run', 'create', workflow, ...placement, '--json']);
     const { run, token } = JSON.parse(out) as { run: string; token: string };
-    // n0's daemon shares the run with n1's; the consumer can only connect once n1 has it
+    // n0's daemon shares the run with n1's; a function there can only connect once n1 has it
     const deadline = Date.now() + RUN_SHARED_TIMEOUT_MS;
     for (;;) {
       try {
@@ -159,6 +172,12 @@ export class Daemons {
       }
       await sleep(20);
     }
+  }
+
+  /** Each channel of run `id` as node `i`'s daemon saw it. */
+  async channels(id: string, i: 0 | 1): Promise<Array<{ name: string; state: string; relayedBytes: number; path?: string }>> {
+    const { channels } = JSON.parse(await sluice(this.daemons[i], ['run', 'show', id, '--json'])) as { channels: Array<{ name: string; state: string; relayedBytes: number; path?: string }> };
+    return channels;
   }
 
   async deleteRun(id: string): Promise<void> {

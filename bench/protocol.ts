@@ -35,9 +35,12 @@ export type Job =
  * opening its output before the consumer listens: through the daemon's relay), `file` (the same
  * workflow with every edge `via: s3`, the daemon's embedded directory store), `unix` (Sluice's
  * framed Unix-socket transport between the step processes, no daemon), `raw-fifo` (plain FIFOs,
- * no framing: the raw limit), `s3` (store-and-forward through S3, as users do today).
+ * no framing: the raw limit), `s3` (store-and-forward through S3, as users do today), `ws` (a
+ * Sluice run across two nodes — network namespaces, a daemon on each, peered — with every edge
+ * between steps on different nodes: producer → its daemon → the peer link → the consumer's daemon
+ * → consumer).
  */
-export type WfPath = 'fifo' | 'relay' | 'file' | 'unix' | 'raw-fifo' | 's3';
+export type WfPath = 'fifo' | 'relay' | 'file' | 'unix' | 'raw-fifo' | 's3' | 'ws';
 export const DAEMON_PATHS: readonly WfPath[] = ['fifo', 'relay', 'file'];
 
 /**

@@ -126,7 +126,8 @@ export interface Report {
   speedups?: Speedup[];
   knix?: KnixRow[];
   /** how the workflow section ran: repetitions per size, the S3 service */
-  workflows?: { sizes: number[]; reps: number[]; s3: string; note: string };
+  /** `cross_node`: how the `ws` path's two nodes were made, or why it was not measured */
+  workflows?: { sizes: number[]; reps: number[]; s3: string; note: string; cross_node?: string };
 }
 
 export interface Ratio {

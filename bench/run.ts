@@ -18,7 +18,7 @@ import { createCluster, namespacesAvailable, type Cluster, type NetnsNode } from
 import { GiB, KiB, MiB, RECORD_BYTES } from './data.js';
 import { Daemons, killDaemons } from './daemons.js';
 import { StoreDaemon } from './stores.js';
-import type { ConsumerResult, CpuMs, LatencyResult, MemcpyResult, ProducerResult, RunRef, Subject } from './protocol.js';
+import type { ConsumerResult, CpuMs, LatencyResult, MemcpyResult, ProducerResult, RunRef, Subject, WfPath } from './protocol.js';
 import { computeRatios, median, renderMarkdown, size, type Baseline, type Case, type Percentiles, type Report } from './report.js';
 import { killWorkers, setWorkerExecArgv, withWorkers, type StartWorker } from './workers.js';
 import { KNIX_EVENTS, WF_SIZES, workflowSection, type WfOptions, type WfResults } from './wfsection.js';
@@ -79,11 +79,13 @@ Writes bench/results/latest.{json,md}, a timestamped JSON copy, REPORT.md and SV
   --rounds N       transport latency rounds (overrides the mode's)
   --only LIST      transport subjects, a subset of: ${SAME_NODE.join(', ')},
                    cross-node: ${CROSS_NODE.join(', ')}, and stores: ${STORES.join(', ')}
-  --no-cross-node  leave out the cross-node subjects
+  --no-cross-node  leave out the cross-node subjects (and the workflows' ws path)
   --sizes LIST     workflow sizes, e.g. 1MiB,32MiB,1GiB (units B, KiB, MiB, GiB)
   --patterns LIST  workflow patterns, a subset of: ${PATTERNS.join(', ')} (default: all)
   --paths LIST     workflow paths, a subset of: ${WF_PATHS.join(', ')} (default: all;
-                   relay and file run on chains only, file on chain5 up to 256 MiB)
+                   relay and file run on chains only, file on chain5 up to 256 MiB; ws runs the
+                   steps on two network-namespace nodes, skipped with the reason where those
+                   cannot be made)
   --wf-reps N      workflow repetitions below 512 MiB (quick 1, full 3, smoke 1)
   --wf-large-reps N  workflow repetitions from 512 MiB on (default 1)
   --no-on-demand   leave out the proactive: false rows (fifo chains, run created when the source starts)
@@ -166,6 +168,11 @@ function parseOptions(argv: string[]): Options | undefined {
     if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got ${given}`);
     return n;
   };
+  const wfPaths = (given: string | undefined, noCrossNode: boolean): WfPath[] => {
+    const paths = list('--paths', given, WF_PATHS);
+    if (noCrossNode && given !== undefined && paths.includes('ws')) throw new Error('--no-cross-node leaves out ws, which --paths asks for');
+    return noCrossNode ? paths.filter((p) => p !== 'ws') : paths;
+  };
   const sizes = values.sizes === undefined ? [...WF_SIZES[mode]] : values.sizes.split(',').map((x) => parseSize(x.trim()));
   if (values['s3-endpoint'] !== undefined && !/^https?:\/\/[^/]+/.test(values['s3-endpoint'])) throw new Error(`--s3-endpoint must be an http(s) URL, got ${values['s3-endpoint']}`);
   const wf: WfOptions = {
@@ -175,7 +182,9 @@ function parseOptions(argv: string[]): Options | undefined {
     patterns: list('--patterns', values.patterns, PATTERNS),
     // quick: gather and shuffle stop at 32 MiB (their 1 GiB S3 rows alone took a minute); --patterns names them at every size
     largePatterns: mode === 'quick' && values.patterns === undefined ? ['chain1', 'chain5', 'broadcast4'] : list('--patterns', values.patterns, PATTERNS),
-    paths: list('--paths', values.paths, WF_PATHS),
+    // quick: ws at 1 GiB on the single hop only (its 5-hop and broadcast rows there take half a minute each)
+    wsLargePatterns: mode === 'quick' && values.patterns === undefined ? ['chain1'] : list('--patterns', values.patterns, PATTERNS),
+    paths: wfPaths(values.paths, Boolean(values['no-cross-node'])),
     latency: mode === 'smoke' ? { warmup: 50, count: 300, s3Count: 10 } : { warmup: 200, count: 2000, s3Count: 40 },
     knix: mode === 'smoke' ? KNIX_EVENTS.smoke : KNIX_EVENTS.quick,
     s3Bucket: values['s3-bucket'] ?? 'sluice-bench',

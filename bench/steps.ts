@@ -8,6 +8,7 @@
 import { once } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -83,10 +84,26 @@ async function openInputs(job: StepJob, sl: Sluice | undefined): Promise<Readabl
     return served.map((s) => lazyReadable(s.stream));
   }
   const inputs = job.inputs.map((from) => sl!.input(from));
-  // the client opens each FIFO's read end asynchronously, after input() returns: a producer that
-  // came before would go to the relay instead of direct
-  await fifosOpen(runDirectory(job.dir!, sl!.run, job.run?.token ?? runToken!), inputs.length);
+  const runDir = runDirectory(job.dir!, sl!.run, job.run?.token ?? runToken!);
+  // the client opens each input's end asynchronously, after input() returns: a producer that came
+  // before would go to the relay instead of direct (fifo), or its stream would wait in the
+  // consumer's daemon until the consumer listened (ws)
+  if (job.path === 'ws') await socketsListening(runDir, sl!, job);
+  else await fifosOpen(runDir, inputs.length);
   return inputs;
+}
+
+/** Until each input's Unix socket exists in the run directory (a cross-node channel's consumer end), for at most 2 s. */
+async function socketsListening(runDir: string, sl: Sluice, job: StepJob): Promise<void> {
+  const ends = sl.manifest.channels.filter((c) => c.to.step === job.step && c.to.index === 0 && job.inputs.includes(c.from.step)).map((c) => `${runDir}/${c.name}`);
+  const listening = (file: string): boolean => {
+    try {
+      return fs.statSync(file).isSocket();
+    } catch {
+      return false;
+    }
+  };
+  for (const deadline = Date.now() + 2_000; Date.now() < deadline && !ends.every(listening); ) await sleep(1);
 }
 
 /** A Readable for a stream that exists only once a producer has come. */
@@ -177,7 +194,7 @@ export async function runStep(job: StepJob): Promise<void> {
   // the framing's code warms on small events: it is the same code at every size, and 50 rounds of
   // 40 MiB documents cost each process ~40 s of CPU (six at once: minutes before the first event)
   const warmEventBytes = job.mode === 'events' ? Math.min(job.bytes, WARM_EVENT_BYTES) : 0;
-  await warmUp(block, job.mode === 'events' ? eventFraming(block, warmEventBytes) : framing);
+  await warmUp(block, job.mode === 'events' ? eventFraming(block, warmEventBytes) : framing, job.path);
   if (job.path === 's3') return s3Step(job, block, cpuStart);
   const source = job.inputs.length === 0;
   const onDemand = job.run === undefined && !isTransport(job.path);
@@ -242,20 +259,38 @@ export async function runStep(job: StepJob): Promise<void> {
  */
 const WARM_BYTES = 4 * 1024 * 1024;
 
-async function warmUp(block: Buffer, framing: Framing | undefined): Promise<void> {
-  const memory = new MemoryTransport();
-  const listener = await memory.listen('warm');
-  const [conn, accepted] = await Promise.all([memory.dial('warm'), listener.accept()]);
-  const writer = new ChannelWriter(conn);
-  const reader = new ChannelReader(accepted);
+async function warmUp(block: Buffer, framing: Framing | undefined, path: WfPath): Promise<void> {
+  const medium = warmMedium(path);
+  const endpoint = `${os.tmpdir()}/sluice-bench-warm-${process.pid}`;
+  let reader: Readable;
+  let out: Writable;
+  let close: () => Promise<void>;
+  let memoryListener: { close(): Promise<void> } | undefined;
+  if (medium) {
+    const served = await serve(medium, endpoint, undefined);
+    const dialed = await dial(medium, endpoint, undefined);
+    [reader, out, close] = [await served.stream, dialed.out, () => dialed.close()];
+  } else {
+    const memory = new MemoryTransport();
+    const listener = await memory.listen('warm');
+    memoryListener = listener;
+    const [conn, accepted] = await Promise.all([memory.dial('warm'), listener.accept()]);
+    const writer = new ChannelWriter(conn);
+    [reader, out, close] = [new ChannelReader(accepted), writer, async () => void (writer.end(), await finished(writer))];
+  }
   const sink = new PassThrough({ highWaterMark: 1024 * 1024 });
   sink.resume();
   const received = consume(reader, block, (chunk) => writeAll([sink], chunk));
-  await pumpAll([writer], block, WARM_BYTES);
-  writer.end();
-  await Promise.all([finished(writer), received]);
+  await pumpAll([out], block, WARM_BYTES);
+  await Promise.all([close(), received]);
   if (framing) for (let i = 0; i < 50; i++) framing.read(framing.restamp(framing.make(i)));
-  await listener.close();
+  await memoryListener?.close();
+  if (medium === 'raw-fifo') fs.rmSync(endpoint, { force: true });
+}
+
+/** The medium a step warms over: the one its channels use (a cross-node step's: the Unix sockets to its daemon; object-store steps: in memory). */
+function warmMedium(path: WfPath): 'fifo' | 'unix' | 'raw-fifo' | undefined {
+  return path === 'unix' || path === 'raw-fifo' ? path : path === 'ws' ? 'unix' : path === 's3' ? undefined : 'fifo';
 }
 
 // ---- the object store: upload the whole output, the next step downloads once it is complete ----

@@ -3,12 +3,14 @@
  * to back within a repetition, so S3 / Sluice and Sluice / raw ratios are paired in time; then
  * the 1 KiB per-hop latency through a 5-hop chain, and the KNIX-style CloudEvents run.
  */
+import path from 'node:path';
+import { namespacesAvailable } from '../test/helpers/netns.js';
 import { GiB, KiB, MiB, RECORD_BYTES } from './data.js';
 import type { WfPath } from './protocol.js';
 import { S3Server, ensureBucket, type S3Target } from './s3.js';
 import { median, size, type Baseline, type Case, type KnixRow, type Report, type Speedup } from './report.js';
 import { StoreDaemon } from './stores.js';
-import { messagesCase, percentilesUs, registerWorkflows, shapeOf, throughputCase, type CaseSample, type PatternName, type WfEnv } from './workflows.js';
+import { messagesCase, percentilesUs, registerWorkflows, startCrossNode, shapeOf, throughputCase, type CaseSample, type PatternName, type WfEnv, type WfNodes } from './workflows.js';
 
 export interface WfOptions {
   sizes: number[];
@@ -18,6 +20,8 @@ export interface WfOptions {
   patterns: PatternName[];
   /** patterns also measured from LARGE_BYTES on (quick: the acceptance targets' patterns) */
   largePatterns: PatternName[];
+  /** of those, the patterns the cross-node path (`ws`) measures from LARGE_BYTES on (quick: chain1) */
+  wsLargePatterns: PatternName[];
   paths: WfPath[];
   latency: { warmup: number; count: number; s3Count: number } | undefined;
   knix: Array<{ bytes: number; count: number; s3Count: number }> | undefined;
@@ -30,7 +34,7 @@ export interface WfOptions {
 /** From this size on, a case runs `largeReps` times (the store paths take a minute a GiB). */
 export const LARGE_BYTES = 512 * MiB;
 /** Paths measured on every pattern; the others (relay, file, on-demand set-up) on chains only. */
-const EVERY_PATTERN: readonly WfPath[] = ['raw-fifo', 'fifo', 'unix', 's3'];
+const EVERY_PATTERN: readonly WfPath[] = ['raw-fifo', 'fifo', 'unix', 'ws', 's3'];
 /** The directory store writes every byte to disk and reads it back, and a relay copies every byte through the daemon: measured up to this size (time; --full's RSS run names them). */
 const THROUGH_DAEMON_MAX = 256 * MiB;
 
@@ -51,6 +55,7 @@ function planPaths(o: WfOptions, pattern: PatternName, bytes: number): Array<{ p
   for (const path of o.paths) {
     if (!chain && !EVERY_PATTERN.includes(path)) continue;
     if ((path === 'file' || path === 'relay') && bytes > THROUGH_DAEMON_MAX) continue;
+    if (path === 'ws' && bytes >= LARGE_BYTES && !o.wsLargePatterns.includes(pattern)) continue;
     out.push({ path, proactive: true });
     if (path === 'fifo' && chain && o.onDemand && (pattern === 'chain1' || bytes < LARGE_BYTES)) out.push({ path, proactive: false });
   }
@@ -72,7 +77,24 @@ export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runt
   let daemon: StoreDaemon | undefined;
   let server: S3Server | undefined;
   let target: S3Target | undefined;
+  let nodes: WfNodes | undefined;
+  /** why the cross-node path was not measured, if it was asked for and was not */
+  let crossNodeSkipped: string | undefined;
   try {
+    if (o.paths.includes('ws')) {
+      const available = await namespacesAvailable();
+      if (!available.ok) {
+        crossNodeSkipped = available.why;
+        progress(`[workflows] ws: skipped: ${available.why}`);
+      } else {
+        progress('[workflows] ws: two nodes (network namespaces) and a Sluice daemon on each ...');
+        nodes = await startCrossNode(path.join(runtimeDir, 'workflows-nodes'), o.patterns).catch((err: Error) => {
+          crossNodeSkipped = `the nodes or their daemons did not start: ${err.message}`;
+          progress(`[workflows] ws: FAILED: ${crossNodeSkipped}`);
+          return undefined;
+        });
+      }
+    }
     if (needsDaemon) {
       progress('[workflows] starting a Sluice daemon (embedded directory store) ...');
       daemon = await StoreDaemon.start('file', tmpDir, 'workflows', runtimeDir);
@@ -88,7 +110,8 @@ export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runt
         target = server.target;
       }
     }
-    const env: WfEnv = { tmpDir, pathFor, ...(daemon && { daemon }), ...(target && { s3: { target, ...(server && { server }) } }) };
+    const env: WfEnv = { tmpDir, pathFor, ...(daemon && { daemon }), ...(nodes && { nodes }), ...(target && { s3: { target, ...(server && { server }) } }) };
+    const measurable = (p: WfPath): boolean => p !== 'ws' || nodes !== undefined;
     const rows: Row[] = [];
     const rowOf = (pattern: PatternName, path: WfPath, bytes: number, proactive: boolean): Row => {
       let row = rows.find((r) => r.pattern === pattern && r.path === path && r.bytes === bytes && r.proactive === proactive);
@@ -99,7 +122,7 @@ export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runt
       const reps = bytes >= LARGE_BYTES ? o.largeReps : o.reps;
       for (let rep = 1; rep <= reps; rep++) {
         for (const pattern of o.patterns.filter((p) => bytes < LARGE_BYTES || o.largePatterns.includes(p))) {
-          for (const { path, proactive } of planPaths(o, pattern, bytes)) {
+          for (const { path, proactive } of planPaths(o, pattern, bytes).filter((x) => measurable(x.path))) {
             const label = `[workflows ${size(bytes)} rep ${rep}/${reps}] ${pattern} ${path}${proactive ? '' : ' (on demand)'}`;
             const sample = await throughputCase(env, shapeOf(pattern), path, bytes, proactive).catch(
               (err: Error): CaseSample => ({ e2e_ms: 0, ttfb_ms: 0, MBps: 0, delivered: 0, disk_bytes: null, daemon_rss_mb: null, relayed: 0, channels: 0, verified: false, error: err.message }),
@@ -128,7 +151,7 @@ export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runt
     if (o.latency) {
       const { warmup, count, s3Count } = o.latency;
       for (const path of o.paths) {
-        if (path === 'file') continue;
+        if (path === 'file' || !measurable(path)) continue;
         const n = path === 's3' ? s3Count : count;
         progress(`[workflows latency] chain5 ${path}: ${n} records of 1 KiB, one at a time ...`);
         const m = await messagesCase(env, path, 5, 'latency', RECORD_BYTES, path === 's3' ? 3 : warmup, n).catch((err: Error) => ({ delaysNs: [], verified: false, error: err.message }));
@@ -138,7 +161,7 @@ export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runt
         cases.push({
           ...shape,
           path,
-          placement: 'same-node',
+          placement: path === 'ws' ? 'cross-node' : 'same-node',
           bytes: RECORD_BYTES,
           records: n,
           e2e_ms: null,
@@ -177,9 +200,15 @@ export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runt
         reps: sizesRun.map((b) => (b >= LARGE_BYTES ? o.largeReps : o.reps)),
         s3: o.s3Endpoint ? `${o.s3Endpoint} (bucket ${o.s3Bucket})` : 's3rver in its own process on loopback, storing on this machine\'s disk',
         note: 'every step a process; direct paths stream through all hops at once; S3: each step uploads its whole output (multipart, 8 MiB parts, 4 in flight), the next starts downloading once the upload is complete (ranged GETs, 8 MiB, 4 in flight, in order) and streams its download into its own upload',
+        ...(o.paths.includes('ws') && {
+          cross_node: crossNodeSkipped
+            ? `ws not measured: ${crossNodeSkipped}`
+            : 'ws: two nodes as network namespaces joined by veth links and a bridge, a Sluice daemon on each, peered; a chain alternates its steps between the nodes, the other patterns put producers on n0 and consumers on n1, so every edge crosses the peer link',
+        }),
       },
     };
   } finally {
+    await nodes?.stop().catch((err: Error) => progress(`[workflows] ws: ${err.message}`));
     await daemon?.stop();
     await server?.stop();
   }
@@ -194,7 +223,7 @@ function caseOf(r: Row): Case {
   return {
     ...shape,
     path: r.path,
-    placement: 'same-node',
+    placement: r.path === 'ws' ? 'cross-node' : 'same-node',
     bytes: r.bytes,
     e2e_ms: r1(med((s) => s.e2e_ms), 2),
     ttfb_ms: r1(med((s) => s.ttfb_ms), 3),
@@ -229,7 +258,8 @@ function speedupsOf(rows: Row[]): Speedup[] {
       out.push({ ...shape, bytes: r.bytes, path: r.path, over, proactive: r.proactive, value: value === null ? null : Number(value.toFixed(2)), runs });
     };
     if (r.path !== 's3') push('s3', pair(same('s3'), (mine, s3) => s3.e2e_ms / mine.e2e_ms));
-    if (r.path !== 'raw-fifo' && r.path !== 's3') push('raw-fifo', pair(same('raw-fifo'), (mine, raw) => mine.MBps / raw.MBps));
+    // raw-fifo is the same-node limit: no measure of a cross-node path
+    if (r.path !== 'raw-fifo' && r.path !== 's3' && r.path !== 'ws') push('raw-fifo', pair(same('raw-fifo'), (mine, raw) => mine.MBps / raw.MBps));
   }
   return out;
 }

@@ -7,6 +7,10 @@
 import { createHistogram } from 'node:perf_hooks';
 import type { InputStat, RunRef, StepJob, StepResult, WfPath, WorkerMessage } from './protocol.js';
 import { DAEMON_PATHS } from './protocol.js';
+import fs from 'node:fs';
+import { createCluster, type NetnsNode } from '../test/helpers/netns.js';
+import { Daemons } from './daemons.js';
+import { peakRssMb, resetPeakRss, writeBytes } from './proc.js';
 import { deleteObject, s3Client, type S3Server, type S3Target } from './s3.js';
 import type { StoreDaemon } from './stores.js';
 import { withWorkers, type Worker } from './workers.js';
@@ -14,7 +18,7 @@ import { withWorkers, type Worker } from './workers.js';
 export type Pattern = 'chain' | 'broadcast' | 'gather' | 'shuffle';
 export const PATTERNS = ['chain1', 'chain5', 'broadcast4', 'gather4', 'shuffle4'] as const;
 export type PatternName = (typeof PATTERNS)[number];
-export const WF_PATHS: readonly WfPath[] = ['raw-fifo', 'fifo', 'relay', 'unix', 'file', 's3'];
+export const WF_PATHS: readonly WfPath[] = ['raw-fifo', 'fifo', 'relay', 'unix', 'file', 'ws', 's3'];
 
 export interface Shape {
   pattern: Pattern;
@@ -82,31 +86,72 @@ function graphOf(shape: Shape): { steps: StepNode[]; perSource: (bytes: number) 
   }
 }
 
+/**
+ * The node a step runs on in the cross-node (`ws`) cases, so that every edge crosses: a chain
+ * alternates n0, n1, n0, ...; the other patterns put their producers on n0, consumers on n1.
+ */
+function nodeOf(shape: Shape, step: StepNode, index: number): 0 | 1 {
+  if (shape.pattern === 'chain') return (index % 2) as 0 | 1;
+  return step.inputs.length === 0 ? 0 : 1;
+}
+
 const workflowName = (shape: Shape, via: 'direct' | 's3'): string => `bench-${shape.pattern}${shape.pattern === 'chain' ? shape.hops : shape.fanout}${via === 's3' ? '-via-s3' : ''}`;
 
-/** What a case runs against: the node's daemon, the S3 service, a scratch directory. */
+/** Two nodes (network namespaces) with a Sluice daemon on each, peered: the `ws` path's. */
+export interface WfNodes {
+  nodes: readonly [NetnsNode, NetnsNode];
+  daemons: Daemons;
+  /** stop the daemons, remove the namespaces */
+  stop(): Promise<void>;
+}
+
+/**
+ * Make the two nodes (subnet 10.213.`subnet`.0/24), start a daemon on each (directories and
+ * workflow files under `baseDir`, which must not exist), register the patterns' workflows.
+ */
+export async function startCrossNode(baseDir: string, patterns: readonly PatternName[], subnet = 0): Promise<WfNodes> {
+  const cluster = await createCluster(2, { subnet });
+  const nodes = [cluster.nodes[0]!, cluster.nodes[1]!] as const;
+  let daemons: Daemons | undefined;
+  const stop = async (): Promise<void> => {
+    await daemons?.stop();
+    await cluster.destroy();
+  };
+  try {
+    fs.mkdirSync(baseDir, { mode: 0o700 });
+    daemons = await Daemons.start(nodes, baseDir);
+    for (const name of patterns) await daemons.applyWorkflow(workflowOf(shapeOf(name), 'direct'), baseDir);
+  } catch (err) {
+    await stop().catch(() => undefined);
+    throw err;
+  }
+  return { nodes, daemons, stop };
+}
+
+/** What a case runs against: the node's daemon, the two nodes, the S3 service, a scratch directory. */
 export interface WfEnv {
   tmpDir: string;
   daemon?: StoreDaemon;
+  nodes?: WfNodes;
   s3?: { target: S3Target; server?: S3Server };
   /** a fresh path in the scratch directory */
   pathFor(what: string): string;
 }
 
+function workflowOf(shape: Shape, via: 'direct' | 's3'): { name: string; steps: Record<string, object>; edges: object[] } {
+  const { steps } = graphOf(shape);
+  return {
+    name: workflowName(shape, via),
+    steps: Object.fromEntries(steps.map((s) => [s.name, {}])),
+    edges: steps.flatMap((s) => s.outputs.map((to) => ({ from: s.name, to, via }))),
+  };
+}
+
 /** Register every pattern's workflow on the daemon: direct edges, and the same with `via: s3`. */
 export async function registerWorkflows(daemon: StoreDaemon, names: readonly PatternName[]): Promise<void> {
-  for (const name of names) {
-    const shape = shapeOf(name);
-    const { steps } = graphOf(shape);
-    for (const via of ['direct', 's3'] as const) {
-      await daemon.applyWorkflow({
-        name: workflowName(shape, via),
-        steps: Object.fromEntries(steps.map((s) => [s.name, {}])),
-        edges: steps.flatMap((s) => s.outputs.map((to) => ({ from: s.name, to, via }))),
-      });
-    }
-  }
+  for (const name of names) for (const via of ['direct', 's3'] as const) await daemon.applyWorkflow(workflowOf(shapeOf(name), via));
 }
+
 
 export interface CaseSample {
   e2e_ms: number;
@@ -156,11 +201,22 @@ async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, S
   const graph = graphOf(c.shape);
   const tag = `case-${++caseSeq}`;
   const daemonPath = DAEMON_PATHS.includes(c.path);
+  const crossNode = c.path === 'ws' ? env.nodes : undefined;
   const daemon = env.daemon;
   if (daemonPath && !daemon) throw new Error('no Sluice daemon is running');
+  if (c.path === 'ws' && !crossNode) throw new Error('no cross-node daemons (network namespaces) are running');
   if (c.path === 's3' && !env.s3) throw new Error('no S3 service');
   const workflow = workflowName(c.shape, c.path === 'file' ? 's3' : 'direct');
-  let run: RunRef | undefined = daemonPath && c.proactive ? await daemon!.createRun(workflow) : undefined;
+  const nodeIndex = new Map(graph.steps.map((s, i) => [s.name, nodeOf(c.shape, s, i)]));
+  let run: RunRef | undefined = crossNode
+    ? await crossNode.daemons.createRun(workflow, Object.fromEntries(nodeIndex))
+    : daemonPath && c.proactive
+      ? await daemon!.createRun(workflow)
+      : undefined;
+  const runsOnDaemons = daemonPath || crossNode !== undefined;
+  // the daemons whose memory and disk writes a case counts
+  const daemonPids = crossNode ? crossNode.daemons.pids() : daemonPath ? [daemon!.pid] : [];
+  const daemonWrites = (): number => daemonPids.reduce((sum, pid) => sum + writeBytes(pid), 0);
   const edgeIds = new Map<string, string>();
   const edgeId = (from: string, to: string): string => {
     const key = `${from}-${to}`;
@@ -174,11 +230,12 @@ async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, S
     path: c.path,
     mode: c.mode,
     step: s.name,
-    inputs: daemonPath ? s.inputs : s.inputs.map((from) => edgeId(from, s.name)),
-    outputs: daemonPath ? s.outputs : s.outputs.map((to) => edgeId(s.name, to)),
+    inputs: runsOnDaemons ? s.inputs : s.inputs.map((from) => edgeId(from, s.name)),
+    outputs: runsOnDaemons ? s.outputs : s.outputs.map((to) => edgeId(s.name, to)),
     bytes: c.mode === 'bytes' ? graph.perSource(c.bytes) : c.bytes,
     split: graph.split,
     ...(daemonPath && { dir: daemon!.dir, workflow, ...(run && { run }) }),
+    ...(crossNode && { dir: crossNode.daemons.dir(nodeIndex.get(s.name)!), workflow, run }),
     ...(c.path === 's3' && { s3: env.s3!.target }),
     ...(c.mode !== 'bytes' && { pongPath, warmup: c.warmup, count: c.count }),
   });
@@ -187,20 +244,20 @@ async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, S
   const expectedPerInput = graph.split ? graph.perSource(c.bytes) / c.shape.fanout : graph.perSource(c.bytes);
   try {
     return await withWorkers(timeoutFor(c), async (start) => {
-      const workers = new Map<string, Worker>(graph.steps.map((s) => [s.name, start(jobOf(s), `${tag} ${c.path} ${s.name}`)]));
+      const workers = new Map<string, Worker>(graph.steps.map((s) => [s.name, start(jobOf(s), `${tag} ${c.path} ${s.name}`, crossNode?.nodes[nodeIndex.get(s.name)!])]));
       const w = (s: StepNode): Worker => workers.get(s.name)!;
       const phase = async (steps: StepNode[], cmd: 'inputs' | 'outputs'): Promise<void> => {
         for (const s of steps) w(s).send({ type: cmd });
         await Promise.all(steps.map((s) => w(s).message(cmd === 'inputs' ? 'ready' : 'opened')));
       };
-      const counters = { daemon: daemon?.writeBytes() ?? 0, s3: env.s3?.server?.writeBytes() ?? 0 };
+      const counters = { daemon: daemonWrites(), s3: env.s3?.server?.writeBytes() ?? 0 };
       const resetCounters = (): void => {
-        daemon?.resetPeakRss();
+        for (const pid of daemonPids) resetPeakRss(pid);
         env.s3?.server?.resetPeakRss();
-        counters.daemon = daemon?.writeBytes() ?? 0;
+        counters.daemon = daemonWrites();
         counters.s3 = env.s3?.server?.writeBytes() ?? 0;
       };
-      if (run || !daemonPath) {
+      if (run || !runsOnDaemons) {
         const order = c.path === 'relay' ? (['outputs', 'inputs'] as const) : (['inputs', 'outputs'] as const);
         for (const p of order) await phase(graph.steps, p);
         resetCounters();
@@ -233,20 +290,28 @@ async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, S
       }
       const results = new Map<string, StepResult>();
       await Promise.all(graph.steps.map(async (s) => results.set(s.name, (await w(s).message('result')) as StepResult)));
-      const disk = (daemon && daemonPath ? daemon.writeBytes() - counters.daemon : 0) + (c.path === 's3' && env.s3?.server ? env.s3.server.writeBytes() - counters.s3 : 0) + [...results.values()].reduce((sum, r) => sum + r.diskBytes, 0);
+      const disk = daemonWrites() - counters.daemon + (c.path === 's3' && env.s3?.server ? env.s3.server.writeBytes() - counters.s3 : 0) + [...results.values()].reduce((sum, r) => sum + r.diskBytes, 0);
       const remoteS3 = c.path === 's3' && !env.s3?.server;
-      const rss = daemonPath ? daemon!.peakRssMb() : c.path === 's3' && env.s3?.server ? env.s3.server.peakRssMb() : null;
+      const rss = daemonPids.length > 0 ? Math.max(...daemonPids.map(peakRssMb)) : c.path === 's3' && env.s3?.server ? env.s3.server.peakRssMb() : null;
       let relayed = 0;
       let channels = 0;
       if (daemonPath && run) {
         const chans = await daemon!.channels(run.id);
         channels = chans.length;
         relayed = chans.filter((ch) => ch.relayedBytes > 0 || ch.stored !== undefined || ch.state !== 'prepared').length;
+      } else if (crossNode && run) {
+        // a cross-node channel is relayed by the producer's daemon, over the peer link
+        const [near, far] = await Promise.all([crossNode.daemons.channels(run.id, 0), crossNode.daemons.channels(run.id, 1)]);
+        const carried = new Map<string, number>();
+        for (const ch of [...near, ...far]) carried.set(ch.name, (carried.get(ch.name) ?? 0) + ch.relayedBytes);
+        channels = carried.size;
+        relayed = [...carried.values()].filter((bytes) => bytes > 0).length;
       }
       return { results, sample: { disk_bytes: remoteS3 ? null : disk, daemon_rss_mb: rss, relayed, channels }, expectedPerInput };
     });
   } finally {
     if (daemonPath && run) await daemon!.deleteRun(run.id).catch(() => undefined);
+    if (crossNode && run) await crossNode.daemons.deleteRun(run.id).catch(() => undefined);
     if (c.path === 's3') await deleteKeys(env, graph.steps.flatMap((s) => s.outputs.map((to) => edgeId(s.name, to))));
   }
 }
@@ -276,6 +341,7 @@ export async function throughputCase(env: WfEnv, shape: Shape, path: WfPath, byt
   if (bad.length > 0) out.error = `${bad.length} input(s) did not verify: received ${bad.map((s) => s.received).join(', ')} of ${expectedPerInput}` + (bad[0]!.mismatchAt === undefined ? '' : `, first mismatch at byte ${bad[0]!.mismatchAt}`);
   if (path === 'fifo' && sample.relayed > 0) out.error = `${sample.relayed} of ${sample.channels} channels went through the daemon's relay, not direct`;
   if (path === 'relay' && sample.relayed < sample.channels) out.error = `only ${sample.relayed} of ${sample.channels} channels went through the relay`;
+  if (path === 'ws' && sample.relayed < sample.channels) out.error = `only ${sample.relayed} of ${sample.channels} channels went across the peer link`;
   return out;
 }
 
