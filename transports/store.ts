@@ -26,7 +26,17 @@
  *
  * A reader streams: it reads segment k as soon as it exists, while the writer fills k+1, and it
  * reports end-of-stream only when the manifest exists and the bytes it read match its length and
- * XXH3-64 checksum. A writer that fails leaves `aborted.json`, so a reader fails with the
+ * XXH3-64 checksum. It learns that an object exists in one of two ways:
+ * - **in the writer's process** (writer and reader given the same `ObjectStore` object: one
+ *   daemon that both stores and feeds a stream), the writer announces every object it has stored
+ *   under the stream's prefix (segment, manifest, aborted and resume markers) once its put
+ *   completed, and a waiting reader looks again at once instead of sleeping out its back-off. A
+ *   notice that arrives while the reader is still looking makes it look again rather than sleep,
+ *   so none is lost; a reader listens only while it waits, and stops for good when destroyed.
+ * - **from anywhere else** (another daemon on a shared S3 bucket, another store object), only by
+ *   polling: `minPollMs`, doubling up to `maxPollMs`.
+ * Notices only shorten waits: what a reader accepts is decided by what it reads, exactly as when
+ * it polls. A writer that fails leaves `aborted.json`, so a reader fails with the
  * writer's code instead of waiting; a missing segment below the manifest's count is corruption.
  * Each segment's header lets a reader check it on its own: some S3-compatible servers (s3rver)
  * let a GET see an object that is still being written, so a segment that does not match its
@@ -157,6 +167,41 @@ export interface StoredStreamWriterOptions {
 
 export const DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024;
 
+/**
+ * In-process notices of stored objects, per store object and stream prefix: the listeners of
+ * readers waiting in this process. An entry exists only while someone listens.
+ */
+const listeners = new WeakMap<ObjectStore, Map<string, Set<() => void>>>();
+
+/** Tell the readers of `prefix` waiting in this process that an object was stored under it. */
+function announce(store: ObjectStore, prefix: string): void {
+  const waiting = listeners.get(store)?.get(prefix);
+  if (waiting) for (const listener of [...waiting]) listener();
+}
+
+/** Call `listener` whenever this process stores an object under `prefix`; answers how to stop. */
+function listen(store: ObjectStore, prefix: string, listener: () => void): () => void {
+  let byPrefix = listeners.get(store);
+  if (!byPrefix) listeners.set(store, (byPrefix = new Map()));
+  let waiting = byPrefix.get(prefix);
+  if (!waiting) byPrefix.set(prefix, (waiting = new Set()));
+  waiting.add(listener);
+  const set = waiting;
+  const map = byPrefix;
+  return () => {
+    set.delete(listener);
+    if (set.size === 0 && map.get(prefix) === set) map.delete(prefix);
+    if (map.size === 0 && listeners.get(store) === map) listeners.delete(store);
+  };
+}
+
+/** How many readers of streams in `store` are waiting in this process for a notice (for tests: nothing is left behind). */
+export function storeListeners(store: ObjectStore): number {
+  let n = 0;
+  for (const set of listeners.get(store)?.values() ?? []) n += set.size;
+  return n;
+}
+
 /** A segment object: [payload length: u64 BE][XXH3-64 of the payload: 8 bytes][payload]. */
 const SEGMENT_HEADER_BYTES = 16;
 
@@ -213,7 +258,7 @@ export class StoredStreamWriter extends Writable {
   override _construct(callback: (error?: Error | null) => void): void {
     const { resumed } = this.options;
     if (!resumed) return callback();
-    this.store.put(this.prefix + RESUME_OBJECT, Buffer.from(JSON.stringify({ start: resumed.start }))).then(() => callback(), callback);
+    this.put(RESUME_OBJECT, Buffer.from(JSON.stringify({ start: resumed.start }))).then(() => callback(), callback);
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -247,7 +292,7 @@ export class StoredStreamWriter extends Writable {
           const { length, checksum } = resumed.trailer();
           Object.assign(manifest, { start: resumed.start, trailer: { length, checksum } });
         }
-        return this.store.put(this.prefix + MANIFEST_OBJECT, Buffer.from(JSON.stringify(manifest)));
+        return this.put(MANIFEST_OBJECT, Buffer.from(JSON.stringify(manifest)));
       })
       .then(() => callback(), callback);
   }
@@ -258,7 +303,7 @@ export class StoredStreamWriter extends Writable {
     const code = (error as { code?: unknown }).code;
     const record = { code: isErrorCode(code) ? code : ErrorCodes.PRODUCER_ABORTED, message: error.message };
     // best effort: a store that is gone cannot take the marker either, and readers then wait for the run's end
-    this.store.put(this.prefix + ABORTED_OBJECT, Buffer.from(JSON.stringify(record))).then(
+    this.put(ABORTED_OBJECT, Buffer.from(JSON.stringify(record))).then(
       () => callback(error),
       () => callback(error),
     );
@@ -268,8 +313,8 @@ export class StoredStreamWriter extends Writable {
   private async upload(full: Buffer[]): Promise<void> {
     for (const object of full) {
       if (this.failure) throw this.failure;
-      const key = segmentKey(this.prefix, this.segments++);
-      const done = this.store.put(key, sealSegment(object)).then(
+      const name = segmentKey('', this.segments++);
+      const done = this.put(name, sealSegment(object)).then(
         () => this.options.onSegment?.(object.length - SEGMENT_HEADER_BYTES),
         (err: unknown) => {
           this.failure ??= err as Error;
@@ -280,12 +325,21 @@ export class StoredStreamWriter extends Writable {
     }
     if (this.failure) throw this.failure;
   }
+
+  /** Store the stream's object `name`, then tell this process's readers of the stream. */
+  private async put(name: string, body: Buffer): Promise<void> {
+    await this.store.put(this.prefix + name, body);
+    announce(this.store, this.prefix);
+  }
 }
 
 export interface StoredStreamReaderOptions {
   /** Stop waiting (SLUICE_ABORTED) when this fires: the run was deleted. */
   signal?: AbortSignal;
-  /** First wait between polls for a segment not written yet, ms; doubles up to `maxPollMs`. Default 10. */
+  /**
+   * First wait between polls for an object not written yet, ms; doubles up to `maxPollMs`. Default
+   * 10. A writer in this process on the same store object cuts every wait short (see above).
+   */
   minPollMs?: number;
   /** Longest wait between polls, ms. Default 500. */
   maxPollMs?: number;
@@ -307,6 +361,8 @@ export class StoredStreamReader extends Readable {
   private reading = false;
   /** segment 0 as `origin()` found it, so that it is not downloaded twice */
   private first: Buffer | undefined;
+  /** ends every wait once the reader is destroyed */
+  private readonly stopped = new AbortController();
 
   constructor(
     private readonly store: ObjectStore,
@@ -315,6 +371,11 @@ export class StoredStreamReader extends Readable {
   ) {
     super({ highWaterMark: 1 });
     checkKey(prefix, 'prefix');
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.stopped.abort();
+    callback(error);
   }
 
   override _read(): void {
@@ -366,22 +427,52 @@ export class StoredStreamReader extends Readable {
     }).then((found) => found ?? undefined);
   }
 
-  /** Try `attempt` until it answers, backing off between polls; the writer's abandonment and the signal end the wait. */
+  /**
+   * Try `attempt` until it answers, backing off between polls, and looking again at once when the
+   * writer in this process stores an object of the stream; the writer's abandonment, the signal
+   * and the reader's destruction end the wait.
+   */
   private async poll<T>(attempt: () => Promise<T | undefined>): Promise<T> {
     const { signal } = this.options;
+    const stopped = this.stopped.signal;
     let delay = this.options.minPollMs ?? 10;
-    for (;;) {
-      if (signal?.aborted) throw new ConnectError(ErrorCodes.ABORTED, 'reading the stored stream was aborted', { cause: signal.reason });
-      const found = await attempt();
-      if (found !== undefined) return found;
-      const aborted = await this.store.get(this.prefix + ABORTED_OBJECT);
-      if (aborted) throw abortedStream(aborted, this.prefix);
-      try {
-        await sleep(delay, undefined, signal ? { signal } : undefined);
-      } catch {
-        continue; // the signal: reported at the top of the loop
+    let notices = 0;
+    let wake: (() => void) | undefined;
+    const stopListening = listen(this.store, this.prefix, () => {
+      notices++;
+      wake?.();
+    });
+    try {
+      for (;;) {
+        if (signal?.aborted) throw new ConnectError(ErrorCodes.ABORTED, 'reading the stored stream was aborted', { cause: signal.reason });
+        if (stopped.aborted) throw new ConnectError(ErrorCodes.ABORTED, 'the stored stream reader was destroyed while it waited');
+        const seen = notices;
+        const found = await attempt();
+        if (found !== undefined) return found;
+        const aborted = await this.store.get(this.prefix + ABORTED_OBJECT);
+        if (aborted) throw abortedStream(aborted, this.prefix);
+        // stored while we looked: looking again now, not after the back-off, loses no notice
+        if (notices !== seen) continue;
+        const noticed = await new Promise<boolean>((resolve) => {
+          const end = (byNotice: boolean): void => {
+            clearTimeout(timer);
+            signal?.removeEventListener('abort', interrupt);
+            stopped.removeEventListener('abort', interrupt);
+            wake = undefined;
+            resolve(byNotice);
+          };
+          const interrupt = (): void => end(false);
+          // a signal that fired while we looked fires no event any more
+          if (signal?.aborted || stopped.aborted) return resolve(false);
+          const timer = setTimeout(interrupt, delay);
+          signal?.addEventListener('abort', interrupt, { once: true });
+          stopped.addEventListener('abort', interrupt, { once: true });
+          wake = () => end(true);
+        });
+        if (!noticed) delay = Math.min(delay * 2, this.options.maxPollMs ?? 500);
       }
-      delay = Math.min(delay * 2, this.options.maxPollMs ?? 500);
+    } finally {
+      stopListening();
     }
   }
 
