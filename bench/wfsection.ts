@@ -199,7 +199,7 @@ export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runt
         sizes: sizesRun,
         reps: sizesRun.map((b) => (b >= LARGE_BYTES ? o.largeReps : o.reps)),
         s3: o.s3Endpoint ? `${o.s3Endpoint} (bucket ${o.s3Bucket})` : 's3rver in its own process on loopback, storing on this machine\'s disk',
-        note: 'every step a process; direct paths stream through all hops at once; S3: each step uploads its whole output (multipart, 8 MiB parts, 4 in flight), the next starts downloading once the upload is complete (ranged GETs, 8 MiB, 4 in flight, in order) and streams its download into its own upload',
+        note: 'every step a process; direct paths stream through all hops at once; S3: each step uploads its whole output (multipart, 8 MiB parts, 4 in flight; a broadcast\'s producer one object that its 4 consumers all download), the next starts downloading once the upload is complete (ranged GETs, 8 MiB, 4 in flight, in order) and streams its download into its own upload',
         ...(o.paths.includes('ws') && {
           cross_node: crossNodeSkipped
             ? `ws not measured: ${crossNodeSkipped}`

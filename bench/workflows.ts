@@ -218,11 +218,15 @@ async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, S
   const daemonPids = crossNode ? crossNode.daemons.pids() : daemonPath ? [daemon!.pid] : [];
   const daemonWrites = (): number => daemonPids.reduce((sum, pid) => sum + writeBytes(pid), 0);
   const edgeIds = new Map<string, string>();
+  // S3 at its best: a producer whose successors all get the same bytes (a broadcast) uploads one
+  // object, which each of them downloads; only a split output (a shuffle's) is one object per edge
+  const sharedObject = c.path === 's3' && !graph.split;
   const edgeId = (from: string, to: string): string => {
-    const key = `${from}-${to}`;
+    const key = sharedObject ? from : `${from}-${to}`;
     if (!edgeIds.has(key)) edgeIds.set(key, c.path === 's3' ? `bench/${tag}/${key}` : env.pathFor(`${tag}-${key}`));
     return edgeIds.get(key)!;
   };
+  const outputsOf = (s: StepNode): string[] => [...new Set(s.outputs.map((to) => edgeId(s.name, to)))];
   const pongPath = env.pathFor(`${tag}-pong`);
   const jobOf = (s: StepNode): StepJob => ({
     role: 'step',
@@ -231,7 +235,7 @@ async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, S
     mode: c.mode,
     step: s.name,
     inputs: runsOnDaemons ? s.inputs : s.inputs.map((from) => edgeId(from, s.name)),
-    outputs: runsOnDaemons ? s.outputs : s.outputs.map((to) => edgeId(s.name, to)),
+    outputs: runsOnDaemons ? s.outputs : outputsOf(s),
     bytes: c.mode === 'bytes' ? graph.perSource(c.bytes) : c.bytes,
     split: graph.split,
     ...(daemonPath && { dir: daemon!.dir, workflow, ...(run && { run }) }),
@@ -312,7 +316,7 @@ async function runCase(env: WfEnv, c: CaseRun): Promise<{ results: Map<string, S
   } finally {
     if (daemonPath && run) await daemon!.deleteRun(run.id).catch(() => undefined);
     if (crossNode && run) await crossNode.daemons.deleteRun(run.id).catch(() => undefined);
-    if (c.path === 's3') await deleteKeys(env, graph.steps.flatMap((s) => s.outputs.map((to) => edgeId(s.name, to))));
+    if (c.path === 's3') await deleteKeys(env, graph.steps.flatMap(outputsOf));
   }
 }
 
