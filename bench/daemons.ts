@@ -1,6 +1,8 @@
 /**
- * Two Sluice daemons for the cross-node `ws` subject, one in each node's network namespace,
- * peered with each other over the veth, driven through the `sluice` CLI as a user would.
+ * Two Sluice daemons for the cross-node `ws` subject and the workflows' `ws` path, one in each
+ * node's network namespace, peered with each other over the veth: started and given workflows
+ * through the `sluice` CLI as a user would, runs created and read through the control API the
+ * CLI calls (its Unix socket reaches into the namespace).
  */
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -9,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { control } from '../client/control.js';
 import { DAEMON_NODE_FLAGS } from '../server/node-flags.js';
 import type { PeerStatus } from '../server/peers.js';
 import type { NetnsNode } from '../test/helpers/netns.js';
@@ -135,7 +138,7 @@ export class Daemons {
     return daemons;
   }
 
-  /** Register `workflow` (the JSON form, written to a file in `scratchDir`) on n0, as `sluice workflow apply` does. */
+  /** Register `workflow` (the JSON form, written to a file in `scratchDir`) on n0 with `sluice workflow apply`. */
   async applyWorkflow(workflow: { name: string; steps: Record<string, object>; edges: object[] }, scratchDir: string): Promise<void> {
     const file = path.join(scratchDir, `${workflow.name}.json`);
     fs.writeFileSync(file, JSON.stringify(workflow));
@@ -154,34 +157,35 @@ export class Daemons {
 
   /**
    * A fresh run of `workflow` (default: the producer on n0 and the consumer on n1), each step on
-   * the node `place` gives it; resolves once n1 knows it.
+   * the node `place` gives it, created through n0's control API (what `sluice run create --place`
+   * calls: the CLI's own start-up would be most of a small case's set-up); resolves once n1 knows it.
    */
   async createRun(workflow = WORKFLOW, place: Record<string, 0 | 1> = { [WS_STEPS.producer]: 0, [WS_STEPS.consumer]: 1 }): Promise<RunRef> {
     const [first, second] = this.daemons;
-    const placement = Object.entries(place).flatMap(([step, i]) => ['--place', `${step}=${this.daemons[i].name}`]);
-    const out = await sluice(first, ['run', 'create', workflow, ...placement, '--json']);
-    const { run, token } = JSON.parse(out) as { run: string; token: string };
+    const placement = Object.fromEntries(Object.entries(place).map(([step, i]) => [step, this.daemons[i].name]));
+    const { body } = await control<{ run: string; token: string }>(first.dir, 'POST', '/v1/runs', { workflow, placement });
+    const { run, token } = body;
     // n0's daemon shares the run with n1's; a function there can only connect once n1 has it
     const deadline = Date.now() + RUN_SHARED_TIMEOUT_MS;
     for (;;) {
       try {
-        await sluice(second, ['run', 'show', run, '--json']);
+        await control(second.dir, 'GET', `/v1/runs/${encodeURIComponent(run)}`);
         return { id: run, token };
       } catch (err) {
         if (Date.now() > deadline) throw new Error(`run ${run}, created on ${first.name}, unknown on ${second.name} after ${RUN_SHARED_TIMEOUT_MS / 1000} s: ${(err as Error).message}`);
       }
-      await sleep(20);
+      await sleep(5);
     }
   }
 
   /** Each channel of run `id` as node `i`'s daemon saw it. */
   async channels(id: string, i: 0 | 1): Promise<Array<{ name: string; state: string; relayedBytes: number; path?: string }>> {
-    const { channels } = JSON.parse(await sluice(this.daemons[i], ['run', 'show', id, '--json'])) as { channels: Array<{ name: string; state: string; relayedBytes: number; path?: string }> };
-    return channels;
+    const { body } = await control<{ channels: Array<{ name: string; state: string; relayedBytes: number; path?: string }> }>(this.daemons[i].dir, 'GET', `/v1/runs/${encodeURIComponent(id)}`);
+    return body.channels;
   }
 
   async deleteRun(id: string): Promise<void> {
-    await sluice(this.daemons[0], ['run', 'delete', id]);
+    await control(this.daemons[0].dir, 'DELETE', `/v1/runs/${encodeURIComponent(id)}`);
   }
 
   /** SIGTERM both (SIGKILL after STOP_TIMEOUT_MS) and wait for them to exit. */
