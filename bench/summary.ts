@@ -28,8 +28,8 @@ const num = (x: number | null | undefined, digits = 0): string => (x == null ? '
 const row = (cells: string[]): string => `| ${cells.join(' | ')} |`;
 const patternName = (c: { pattern: string; hops: number; fanout: number }): string =>
   c.pattern === 'chain' ? `chain ${c.hops}` : c.pattern === 'broadcast' ? `broadcast 1→${c.fanout}` : c.pattern === 'gather' ? `gather ${c.fanout}→1` : `shuffle ${c.fanout}→${c.fanout}`;
-/** The workflow throughput cases, failed ones included (a row that did not verify is shown as such, never left out). */
-const flowCases = (r: Report): Case[] => r.cases.filter((c) => c.pattern !== 'transport' && c.records === undefined);
+/** The workflow throughput cases, failed ones included (a row that did not verify is shown as such, never left out); not the transport's or the balance section's, which have tables of their own. */
+const flowCases = (r: Report): Case[] => r.cases.filter((c) => c.pattern !== 'transport' && c.pattern !== 'balance' && c.records === undefined);
 /** Why a row is not verified: its errors, or the plain fact. */
 const reasonOf = (x: { errors?: string[] }): string => (x.errors && x.errors.length > 0 ? [...new Set(x.errors.map((e) => e.split('\n')[0]!))].join('; ') : 'not every byte arrived intact (no error was reported)');
 const disk = (b: number | null | undefined): string => (b == null ? 'n/a' : b === 0 ? '0' : b < 1e6 ? `${(b / 1e3).toFixed(0)} kB` : `${(b / 1e6).toFixed(0)} MB`);

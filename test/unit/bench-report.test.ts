@@ -69,6 +69,17 @@ describe('the comparison report', () => {
     expect(Object.keys(charts(report)).sort()).toEqual(['hop-latency-vs-size.svg', 'speedup-vs-size.svg', 'throughput-vs-raw.svg']);
   });
 
+  it('leaves the balance section\'s rows to their own table: no size column or pattern row of theirs in the workflow tables', () => {
+    const withBalance: Report = {
+      ...report,
+      cases: [...report.cases, flowCase({ pattern: 'balance', hops: 1, fanout: 2, path: 'relay', bytes: 64 * MiB, e2e_ms: 700, MBps: null, policy: 'local-first', load: 'none' } as Partial<Case>)],
+    };
+    const md = renderWorkflowMarkdown(withBalance, 'x');
+    expect(md).toContain('| pattern | path | 1 MiB | 1 GiB |');
+    expect(md).not.toContain('64 MiB');
+    expect(md).not.toMatch(/shuffle 2→2/);
+  });
+
   it('keeps every row that did not verify, with its reason', () => {
     const failed: Report = {
       ...report,
