@@ -107,6 +107,12 @@ async function daemonCommand(args: string[]): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  // everything is closed, so the process ends by itself; a handle left open by mistake (a request,
+  // a timer) must still not keep a stopped daemon up, holding its pod in Terminating
+  setTimeout(() => {
+    daemon.log.warn('handles still open 2 s after the daemon stopped: exiting anyway');
+    process.exit(process.exitCode ?? 0);
+  }, 2_000).unref();
   return 0;
 }
 

@@ -68,9 +68,9 @@ export class KubeClient {
     this.url = new URL(options.api);
   }
 
-  /** GET `path` (with its query) and parse the JSON answer. */
-  async get<T>(path: string): Promise<T> {
-    const res = await this.request(path, REQUEST_TIMEOUT_MS);
+  /** GET `path` (with its query) and parse the JSON answer; `signal` abandons it. */
+  async get<T>(path: string, signal?: AbortSignal): Promise<T> {
+    const res = await this.request(path, REQUEST_TIMEOUT_MS, signal);
     const chunks: Buffer[] = [];
     let size = 0;
     for await (const chunk of res as AsyncIterable<Buffer>) {
@@ -90,9 +90,10 @@ export class KubeClient {
 
   /**
    * GET `path` and return the response once its status is 200; any other status is thrown, as
-   * a `KubeStatusError` carrying it. `idleMs` cuts a response that goes silent.
+   * a `KubeStatusError` carrying it. `idleMs` cuts a response that goes silent; `signal` cuts the
+   * request, or the response being read.
    */
-  async request(path: string, idleMs: number): Promise<http.IncomingMessage> {
+  async request(path: string, idleMs: number, signal?: AbortSignal): Promise<http.IncomingMessage> {
     const token = await this.token();
     const ca = await (this.ca ??= readFile(join(this.options.credentials, 'ca.crt'), 'utf8').catch(() => undefined));
     const secure = this.url.protocol === 'https:';
@@ -102,6 +103,7 @@ export class KubeClient {
         method: 'GET',
         headers: { accept: 'application/json', authorization: `Bearer ${token}`, 'user-agent': 'sluice' },
         ...(secure && ca ? { ca } : {}),
+        ...(signal ? { signal } : {}),
       };
       const req = (secure ? https : http).request(target, options, (res) => {
         if (res.statusCode === 200) {
@@ -235,7 +237,8 @@ export class Informer<T extends KubeObject> {
   }
 
   private async list(): Promise<void> {
-    const answer = await this.options.client.get<{ metadata?: { resourceVersion?: string }; items?: T[] }>(this.query({}));
+    // stop() cuts a list in flight too: a request left running would keep a stopped daemon's process alive
+    const answer = await this.options.client.get<{ metadata?: { resourceVersion?: string }; items?: T[] }>(this.query({}), this.stopping.signal);
     if (!Array.isArray(answer.items) || typeof answer.metadata?.resourceVersion !== 'string') {
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `the Kubernetes API answered the list ${this.options.path} without items or resourceVersion`);
     }
@@ -261,6 +264,7 @@ export class Informer<T extends KubeObject> {
     const res = await this.options.client.request(
       this.query({ watch: '1', allowWatchBookmarks: 'true', resourceVersion: this.resourceVersion!, timeoutSeconds: String(WATCH_TIMEOUT_SECONDS) }),
       WATCH_IDLE_MS,
+      this.stopping.signal,
     );
     this.current = res;
     try {

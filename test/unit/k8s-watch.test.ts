@@ -151,6 +151,24 @@ describe('the Kubernetes watch client', () => {
     await until('the list', () => inf.cache.size === 1, 15_000);
   });
 
+  it('stopped while its first list is in flight, it leaves no request open and starts no watch (a stopping daemon would not exit)', async () => {
+    api.apply('Pod', pod('early'));
+    const w = watchPods();
+    w.stop();
+    await sleep(300);
+    expect(api.openWatches).toBe(0);
+    expect(watches()).toHaveLength(0);
+  });
+
+  it('stopped while it watches, it closes the watch', async () => {
+    const w = watchPods();
+    await until('the watch', () => api.openWatches === 1);
+    w.stop();
+    await until('the watch closed', () => api.openWatches === 0);
+    await sleep(100);
+    expect(watches()).toHaveLength(1);
+  });
+
   it('resyncs: lists again every resyncMs and replays the cache as MODIFIED', async () => {
     api.apply('Pod', pod('a'));
     const inf = watchPods(1_000);
