@@ -253,9 +253,10 @@ export async function runStep(job: StepJob): Promise<void> {
 
 /**
  * A warm function: before the clock starts, move WARM_BYTES through the same code in this
- * process (framing, checksum, streams, the verifier, the messages' framing) over an in-memory
- * channel, so the run does not time V8 compiling it. The object store's steps also warm their
- * client with a PUT and a GET (and keep those connections).
+ * process (framing, checksum, streams, the verifier, the messages' framing) over the medium the
+ * step's channels use (`warmMedium`), so the run does not time V8 compiling it — warming in
+ * memory left the pipe and socket code cold. The object store's steps warm in memory, and warm
+ * their client with a PUT and a GET (keeping those connections).
  */
 const WARM_BYTES = 4 * 1024 * 1024;
 
