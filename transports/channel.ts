@@ -221,8 +221,8 @@ export class ChannelWriter extends Writable {
         const code = isErrorCode(fields.code) && fields.code !== ErrorCodes.PRODUCER_ABORTED ? fields.code : ErrorCodes.CONSUMER_GONE;
         const error =
           code === ErrorCodes.PROTOCOL
-            ? new ProtocolError(`consumer refused the stream: ${String(fields.message)}`)
-            : new StreamError(code, `consumer ended the stream: ${String(fields.message)}`, { details: { consumerCode: fields.code } });
+            ? new ProtocolError(`refused on the consumer's side (the consumer, or a daemon delivering to it): ${String(fields.message)}`)
+            : new StreamError(code, `ended on the consumer's side (the consumer, or a daemon delivering to it): ${String(fields.message)}`, { details: { consumerCode: fields.code } });
         return this.fail(error);
       }
       throw new ProtocolError(`unexpected ${frameTypeName(type)} frame from the consumer`);

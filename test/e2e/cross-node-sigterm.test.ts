@@ -7,66 +7,34 @@
  * complete; the daemon always exits within its grace period.
  */
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
-import { runFunction, startDaemonProcess, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
-import { createCluster, namespacesAvailable, type Cluster } from '../helpers/netns.js';
+import { runFunction, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { namespacesAvailable } from '../helpers/netns.js';
+import { linksUp, startSharedStoreNodes, type SharedStoreNodes } from '../helpers/shared-store-nodes.js';
 
 const availability = await namespacesAvailable();
 const skipReason = availability.ok ? '' : ` (skipped: ${availability.why})`;
 const MiB = 1024 * 1024;
-const PORT = 7700;
 /** the grace period: long enough for a stream of a few MiB, far too short for a slow consumer's 64 MiB */
 const GRACE_MS = 4_000;
 /** how long the test waits for a daemon's exit after SIGTERM: its grace period, and the time to close */
 const EXIT_WAIT_MS = GRACE_MS + 5_000;
 
-let cluster: Cluster;
+let nodes: SharedStoreNodes | undefined;
 let daemons: DaemonProcess[] = [];
-let shared: string;
 let serial = 0;
 
 beforeAll(async () => {
   if (!availability.ok) return;
-  cluster = await createCluster(3, { subnet: 45 });
-  shared = mkdtempSync(join(tmpdir(), 'sluice-sigterm-store-'));
-  const secretFile = join(shared, 'secret');
-  writeFileSync(secretFile, 'cross-node-sigterm-secret-0123456789', { mode: 0o600 });
-  const peers = cluster.nodes.map((n) => `n${n.index}=ws://${n.address}:${PORT}`).join(',');
-  daemons = await Promise.all(
-    cluster.nodes.map((n) =>
-      startDaemonProcess(
-        [
-          ...['--listen', `${n.address}:${PORT}`, '--peers', peers, '--secret-file', secretFile, '--peer-heartbeat', '200ms', '--segment-size', '256KiB', '--grace', `${GRACE_MS}ms`],
-          // n0 and n1 share one store; n2 keeps its own
-          ...(n.index < 2 ? ['--store', `file://${join(shared, 'store')}`] : []),
-        ],
-        { node: `n${n.index}`, spawn: (cmd, args, opts) => n.spawn(cmd, args, opts) },
-      ),
-    ),
-  );
-  for (const d of daemons) await linksUp(d, 2);
+  nodes = await startSharedStoreNodes(45, ['--grace', `${GRACE_MS}ms`]);
+  ({ daemons } = nodes);
 }, 60_000);
 
 afterAll(async () => {
-  await Promise.all(daemons.map((d) => d.stop()));
-  await cluster?.destroy();
-  if (shared) rmSync(shared, { recursive: true, force: true });
+  await nodes?.stop();
 });
-
-async function linksUp(d: DaemonProcess, count: number): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    const { body } = await control<{ peers: Array<{ state: string }> }>(d.dir, 'GET', '/v1/status');
-    if (body.peers.filter((p) => p.state === 'up').length >= count) return;
-    if (Date.now() > deadline) throw new Error(`links not up: ${JSON.stringify(body.peers)}`);
-    await sleep(50);
-  }
-}
 
 async function runOf(placement: Record<string, string>): Promise<{ run: string; token: string }> {
   const name = `st-${++serial}`;

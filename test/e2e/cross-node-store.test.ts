@@ -6,66 +6,38 @@
  * the link lost, while a stream flows — the producer's node resumes it through the store and the
  * consumer reads the complete, verified stream.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
-import { runFunction, startDaemonProcess, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
-import { createCluster, namespacesAvailable, type Cluster } from '../helpers/netns.js';
+import { runFunction, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { namespacesAvailable, type Cluster } from '../helpers/netns.js';
+import { linksUp, startSharedStoreNodes, type SharedStoreNodes } from '../helpers/shared-store-nodes.js';
 
 const availability = await namespacesAvailable();
 const skipReason = availability.ok ? '' : ` (skipped: ${availability.why})`;
 const MiB = 1024 * 1024;
-const PORT = 7700;
 
-let cluster: Cluster;
+let nodes: SharedStoreNodes | undefined;
 let daemons: DaemonProcess[] = [];
+let cluster: Cluster;
 let shared: string;
 let serial = 0;
 
 beforeAll(async () => {
   if (!availability.ok) return;
-  cluster = await createCluster(3, { subnet: 43 });
-  shared = mkdtempSync(join(tmpdir(), 'sluice-shared-store-'));
-  const secretFile = join(shared, 'secret');
-  writeFileSync(secretFile, 'cross-node-store-secret-0123456789', { mode: 0o600 });
-  const peers = cluster.nodes.map((n) => `n${n.index}=ws://${n.address}:${PORT}`).join(',');
-  daemons = await Promise.all(
-    cluster.nodes.map((n) =>
-      startDaemonProcess(
-        [
-          ...['--listen', `${n.address}:${PORT}`, '--peers', peers, '--secret-file', secretFile, '--peer-heartbeat', '200ms', '--segment-size', '256KiB'],
-          // n0 and n1 share one store (a directory all namespaces see); n2 keeps its own
-          ...(n.index < 2 ? ['--store', `file://${join(shared, 'store')}`] : []),
-        ],
-        { node: `n${n.index}`, spawn: (cmd, args, opts) => n.spawn(cmd, args, opts) },
-      ),
-    ),
-  );
-  for (const d of daemons) await linksUp(d, 2);
+  nodes = await startSharedStoreNodes(43);
+  ({ daemons, cluster, shared } = nodes);
 }, 60_000);
 
 afterAll(async () => {
-  await Promise.all(daemons.map((d) => d.stop()));
-  await cluster?.destroy();
-  if (shared) rmSync(shared, { recursive: true, force: true });
+  await nodes?.stop();
 });
 
 async function peerState(d: DaemonProcess, peer: string): Promise<string | undefined> {
   const { body } = await control<{ peers: Array<{ node: string; state: string }> }>(d.dir, 'GET', '/v1/status');
   return body.peers.find((p) => p.node === peer)?.state;
-}
-
-async function linksUp(d: DaemonProcess, count: number): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    const { body } = await control<{ peers: Array<{ state: string }> }>(d.dir, 'GET', '/v1/status');
-    if (body.peers.filter((p) => p.state === 'up').length >= count) return;
-    if (Date.now() > deadline) throw new Error(`links not up: ${JSON.stringify(body.peers)}`);
-    await sleep(50);
-  }
 }
 
 async function runOf(edge: Record<string, unknown>, placement: Record<string, string>, at = daemons[0]!): Promise<{ run: string; token: string }> {
