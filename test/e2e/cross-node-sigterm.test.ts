@@ -42,6 +42,19 @@ async function runOf(placement: Record<string, string>): Promise<{ run: string; 
   return (await control<{ run: string; token: string }>(daemons[0]!.dir, 'POST', '/v1/runs', { workflow: name, placement })).body;
 }
 
+/**
+ * A stream from p on n0 to c on node `consumerNode`: the consumer sleeping `pauseMs` per chunk
+ * (its pace), the producer writing `bytes` seeded by `seed`; resolves once 4 MiB have passed n0's
+ * relay, so the stream is flowing when the test acts.
+ */
+async function streamFlowing(consumerNode: 1 | 2, bytes: number, pauseMs: string, seed: string): Promise<{ producer: ReturnType<typeof runFunction>; consumer: ReturnType<typeof runFunction> }> {
+  const run = await runOf({ p: 'n0', c: `n${consumerNode}` });
+  const consumer = runFunction(daemons[consumerNode]!.dir, run, 'c', ['sink', '-', pauseMs]);
+  const producer = runFunction(daemons[0]!.dir, run, 'p', ['source', String(bytes), seed]);
+  await relayed(daemons[0]!, run.run, 4 * MiB);
+  return { producer, consumer };
+}
+
 /** Wait until the run's channel on `d` has passed `bytes`. */
 async function relayed(d: DaemonProcess, run: string, bytes: number): Promise<void> {
   const deadline = Date.now() + 20_000;
@@ -89,11 +102,8 @@ describe.skipIf(!availability.ok)(`SIGTERM during a cross-node stream${skipReaso
     ['producer', 0],
     ['consumer', 1],
   ])("to the %s's node, with time enough: the stream completes, byte-exact, and the daemon exits", async (_which, node) => {
-    const run = await runOf({ p: 'n0', c: 'n1' });
     // about 40 MB/s: flowing when the signal comes, done well within the grace period
-    const consumer = runFunction(daemons[1]!.dir, run, 'c', ['sink', '-', '25']);
-    const producer = runFunction(daemons[0]!.dir, run, 'p', ['source', String(24 * MiB), '41']);
-    await relayed(daemons[0]!, run.run, 4 * MiB);
+    const { producer, consumer } = await streamFlowing(1, 24 * MiB, '25', '41');
     expect(await terminate(daemons[node]!)).toBe(0);
     expect(daemons[node]!.logs()).not.toMatch(/grace period over/);
     const produced = ok(await within(producer.done, 30_000, 'the producer'));
@@ -103,11 +113,8 @@ describe.skipIf(!availability.ok)(`SIGTERM during a cross-node stream${skipReaso
   }, 90_000);
 
   it("to the consumer's node, with a stream longer than the grace period: it continues through the shared store and completes, byte-exact, once the daemon is back", async () => {
-    const run = await runOf({ p: 'n0', c: 'n1' });
     // about 10 MB/s: far from done when the grace period ends
-    const consumer = runFunction(daemons[1]!.dir, run, 'c', ['sink', '-', '100']);
-    const producer = runFunction(daemons[0]!.dir, run, 'p', ['source', String(64 * MiB), '42']);
-    await relayed(daemons[0]!, run.run, 4 * MiB);
+    const { producer, consumer } = await streamFlowing(1, 64 * MiB, '100', '42');
     expect(await terminate(daemons[1]!)).toBe(0);
     expect(daemons[1]!.logs()).toMatch(/grace period over: cutting streams in flight/);
     await daemons[1]!.restart();
@@ -117,10 +124,7 @@ describe.skipIf(!availability.ok)(`SIGTERM during a cross-node stream${skipReaso
   }, 180_000);
 
   it("to the producer's node, with a stream longer than the grace period: the producer's connection goes with its daemon, so both ends get a typed error, never a short stream that looks complete", async () => {
-    const run = await runOf({ p: 'n0', c: 'n1' });
-    const consumer = runFunction(daemons[1]!.dir, run, 'c', ['sink', '-', '100']);
-    const producer = runFunction(daemons[0]!.dir, run, 'p', ['source', String(64 * MiB), '43']);
-    await relayed(daemons[0]!, run.run, 4 * MiB);
+    const { producer, consumer } = await streamFlowing(1, 64 * MiB, '100', '43');
     expect(await terminate(daemons[0]!)).toBe(0);
     expect(daemons[0]!.logs()).toMatch(/grace period over: cutting streams in flight/);
     await daemons[0]!.restart();
@@ -137,10 +141,7 @@ describe.skipIf(!availability.ok)(`SIGTERM during a cross-node stream${skipReaso
     ['producer', 0],
     ['consumer', 2],
   ])("to the %s's node, with a stream longer than the grace period and no shared store: a typed error at both ends", async (_which, node) => {
-    const run = await runOf({ p: 'n0', c: 'n2' });
-    const consumer = runFunction(daemons[2]!.dir, run, 'c', ['sink', '-', '100']);
-    const producer = runFunction(daemons[0]!.dir, run, 'p', ['source', String(64 * MiB), '44']);
-    await relayed(daemons[0]!, run.run, 4 * MiB);
+    const { producer, consumer } = await streamFlowing(2, 64 * MiB, '100', '44');
     expect(await terminate(daemons[node]!)).toBe(0);
     expect(daemons[node]!.logs()).toMatch(/grace period over: cutting streams in flight/);
     await daemons[node]!.restart();
