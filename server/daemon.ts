@@ -4,7 +4,7 @@
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket } from '../transports/index.js';
+import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket, type ObjectStore } from '../transports/index.js';
 import { buildApi, type ApiServer } from './api.js';
 import { Binder } from './binding.js';
 import type { DaemonConfig } from './config.js';
@@ -45,7 +45,19 @@ export interface Daemon {
   close(graceMs?: number): Promise<void>;
 }
 
-export async function startDaemon(config: DaemonConfig, options: { version: string; log?: Logger }): Promise<Daemon> {
+export interface StartOptions {
+  version: string;
+  /** Default: pino at the config's log level. */
+  log?: Logger;
+  /**
+   * Test-only: the object store to use instead of the one `config.store` names (tests that run
+   * daemons in their own process wrap a real store to fault or observe it at an exact step).
+   * The CLI never sets it. Default: `openStore(config.store)`.
+   */
+  store?: ObjectStore;
+}
+
+export async function startDaemon(config: DaemonConfig, options: StartOptions): Promise<Daemon> {
   const log = options.log ?? pino({ level: config.logLevel, base: { node: config.node } });
   await fs.mkdir(config.dir, { recursive: true, mode: 0o755 });
   const runs = new RunRegistry({ dir: config.dir, node: config.node, runTtlSeconds: config.runTtlSeconds, maxRuns: config.maxRuns, log });
@@ -94,7 +106,7 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
     () => peers?.status() ?? [],
     () => ({ replicas: balancer.status(), shares: balancer.shares }),
   );
-  const fallback = new Fallback({ store: openStore(config.store), segmentBytes: config.segmentBytes, log, metrics });
+  const fallback = new Fallback({ store: options.store ?? openStore(config.store), segmentBytes: config.segmentBytes, log, metrics });
   await fallback.start();
   await runs.start();
   // runs a previous daemon left here: streams it stored reach their consumers, without delaying readiness
