@@ -82,6 +82,9 @@ export function createMetrics(sources: MetricsSources) {
   const registry = new Registry();
   // the conventional process_* and nodejs_* names, unprefixed, as every Node exporter has them
   collectDefaultMetrics({ register: registry });
+  // gauges named *_total, which Prometheus reads as counters (promtool's lint refuses them); each
+  // is the sum of the same gauge by type (nodejs_active_handles{type}, ...), which stays
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
   const replicaLabels = (r: ReplicaFigures) => ({ workflow: r.workflow, step: r.step, instance: String(r.index), node: r.node });
   const streamDuration = new Histogram({
     name: 'sluice_stream_duration_seconds',
