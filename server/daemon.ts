@@ -101,11 +101,12 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
       }
     },
   });
-  const metrics = createMetrics(
-    () => runs.size,
-    () => peers?.status() ?? [],
-    () => ({ replicas: balancer.status(), shares: balancer.shares }),
-  );
+  const metrics = createMetrics({
+    runs,
+    peers: () => peers?.status() ?? [],
+    replicas: () => ({ replicas: balancer.status(), shares: balancer.shares }),
+    version: options.version,
+  });
   const fallback = new Fallback({ store: options.store ?? openStore(config.store), segmentBytes: config.segmentBytes, log, metrics });
   await fallback.start();
   await runs.start();
@@ -214,10 +215,6 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
         runs,
         workflows,
         createRun: (request) => cluster.createRun(request),
-        onCreated: (run) => {
-          metrics.runsCreated.inc();
-          metrics.preparedChannels.inc({ path: 'fifo' }, run.manifest.channels.length);
-        },
       })),
     );
   }

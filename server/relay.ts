@@ -401,8 +401,11 @@ export class Relay {
 
   private async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean, extra: Record<string, unknown> = {}): Promise<void> {
     if (channel.path !== 'remote') return this.deliver(source, held, run, channel, persisted, extra);
+    const observed = this.options.metrics.streamStarted('remote');
     const writer = new ChannelWriter(await this.options.link(run, channel), { hello: { run: run.id, from: channel.from, to: channel.to, via: 'relay', ...extra } });
+    source.on('data', (chunk: Buffer) => observed.bytes(chunk.length));
     await pipeline(source, writer);
+    observed.done();
   }
 
   /**
@@ -463,6 +466,7 @@ export class Relay {
     const { name, to, from } = channel;
     channel.state = 'relaying';
     metrics.relayChannels.inc();
+    const observed = metrics.streamStarted(channel.path === 'unix' ? 'unix' : 'fifo');
     const log2 = log.child({ run: runId, channel: name });
     log2.debug('relaying: waiting for the consumer to attach');
     try {
@@ -482,9 +486,11 @@ export class Relay {
       source.on('data', (chunk: Buffer) => {
         channel.relayedBytes += chunk.length;
         metrics.relayBytes.inc(chunk.length);
+        observed.bytes(chunk.length);
       });
       await pipeline(source, writer);
       channel.state = 'done';
+      observed.done();
       log2.info({ bytes: channel.relayedBytes }, 'relayed stream delivered and verified');
     } catch (err) {
       channel.state = 'failed';

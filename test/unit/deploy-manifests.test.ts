@@ -104,6 +104,7 @@ describe('deploy/kubernetes', () => {
     expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 10001 });
     expect(c.securityContext).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
     expect(ds.spec.template.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '7700', 'prometheus.io/path': '/metrics' });
+    expect(ds.spec.template.metadata.annotations['prometheus.io/scheme']).toBeUndefined(); // http, the default
     expect(ds.spec.updateStrategy.type).toBe('RollingUpdate');
     expect(pod.volumes.find((v: Any) => v.name === 'runtime').hostPath).toEqual({ path: '/run/sluice', type: 'DirectoryOrCreate' });
     expect(c.image).toBe('ghcr.io/sluice-dev/sluice:0.1.0'); // images: applied
@@ -125,10 +126,12 @@ describe('deploy/kubernetes', () => {
     expect(() => loadConfig({ argv: [], env: { SLUICE_SECRET: secret } })).toThrow(/use at least 16 random bytes/);
   });
 
-  it('the TLS overlay mounts per-pod certificates naming the pod IP, and the probes speak HTTPS', () => {
+  it('the TLS overlay mounts per-pod certificates naming the pod IP, and the probes and Prometheus speak HTTPS', () => {
     const ds = find(overlay('tls'), 'DaemonSet');
     const c = container(ds);
     expect(c.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'peer', scheme: 'HTTPS' });
+    // Prometheus scrapes /metrics over HTTPS too (the port serves nothing else)
+    expect(ds.spec.template.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '7700', 'prometheus.io/scheme': 'https' });
     expect(Object.keys(envOf(c))).toEqual(expect.arrayContaining(['SLUICE_NODE', 'SLUICE_SECRET', 'SLUICE_TLS_CERT', 'SLUICE_TLS_KEY', 'SLUICE_TLS_CA']));
     expect(ds.spec.template.spec.volumes.find((v: Any) => v.name === 'tls').csi.volumeAttributes['csi.cert-manager.io/ip-sans']).toBe('${POD_IP}');
     expect(c.volumeMounts.map((m: Any) => m.mountPath)).toEqual(expect.arrayContaining(['/run/sluice', '/etc/sluice-tls']));
