@@ -46,7 +46,9 @@ export interface Daemon {
 }
 
 export async function startDaemon(config: DaemonConfig, options: { version: string; log?: Logger }): Promise<Daemon> {
-  const log = options.log ?? pino({ level: config.logLevel, base: { node: config.node } });
+  const log =
+    options.log ??
+    pino({ level: config.logLevel, base: { node: config.node }, ...(config.logFormat === 'json-levels' ? { formatters: { level: (label: string) => ({ level: label }) } } : {}) });
   await fs.mkdir(config.dir, { recursive: true, mode: 0o755 });
   const runs = new RunRegistry({ dir: config.dir, node: config.node, runTtlSeconds: config.runTtlSeconds, maxRuns: config.maxRuns, log });
   if (Object.keys(config.peers).length > 0 && !config.secret) {
