@@ -10,9 +10,10 @@
  * | `step`     | `SLUICE_STEP`     | required                                         |
  * | `token`    | `SLUICE_TOKEN`    | required                                         |
  * | `instance` | `SLUICE_INSTANCE` | 0                                                |
- * | `resumeTimeoutMs` | `SLUICE_RESUME_TIMEOUT_MS` | 60000: how long an input from another node waits for its stream to resume after its node's daemon or link was lost |
+ * | `resumeTimeoutMs` | `SLUICE_RESUME_TIMEOUT_MS` | 60000 (ms; the variable also takes `90s`, `2m`: the durations of `sluice daemon`), at most 1d: how long an input from another node waits for its stream to resume after its node's daemon or link was lost |
  */
 import { ErrorCodes, RequestError, defaultRuntimeDir } from '../transports/index.js';
+import { DAY, durationUsage, parseDuration } from '../transports/units.js';
 import { connect as connectWith, type ConnectOptions, type Sluice } from './sluice.js';
 
 export { Input, Output, Sluice, type ConnectOptions, type OutputOptions, type Source } from './sluice.js';
@@ -29,10 +30,15 @@ export async function connect(options: ConnectOptions = {}): Promise<Sluice> {
     return value;
   };
   const instanceText = env.SLUICE_INSTANCE;
-  const resumeText = env.SLUICE_RESUME_TIMEOUT_MS;
-  const resumeTimeoutMs = options.resumeTimeoutMs ?? (resumeText ? Number(resumeText) : undefined);
-  if (resumeTimeoutMs !== undefined && !(Number.isInteger(resumeTimeoutMs) && resumeTimeoutMs >= 0)) {
-    throw new RequestError(ErrorCodes.INVALID, `connect(): resumeTimeoutMs (SLUICE_RESUME_TIMEOUT_MS) must be a whole number of milliseconds, got ${JSON.stringify(options.resumeTimeoutMs ?? resumeText)}`);
+  const resumeGiven = options.resumeTimeoutMs ?? (env.SLUICE_RESUME_TIMEOUT_MS || undefined);
+  let resumeTimeoutMs: number | undefined;
+  if (resumeGiven !== undefined) {
+    try {
+      resumeTimeoutMs = parseDuration(resumeGiven, 'ms', 0, DAY, durationUsage('ms', '90s'));
+    } catch (err) {
+      const name = options.resumeTimeoutMs !== undefined ? 'resumeTimeoutMs' : 'SLUICE_RESUME_TIMEOUT_MS';
+      throw new RequestError(ErrorCodes.INVALID, `connect(): ${name} ${JSON.stringify(resumeGiven)}: ${(err as Error).message}`, { cause: err });
+    }
   }
   return connectWith({
     dir: options.dir ?? env.SLUICE_DIR ?? defaultRuntimeDir(env, process.getuid?.() ?? 0),

@@ -26,12 +26,16 @@ import { inspect } from 'node:util';
 import { ErrorCodes, RequestError } from '../transports/errors.js';
 import { DAEMON_SOCKET, NAME_PATTERN, RELAY_SOCKET, defaultRuntimeDir } from '../transports/layout.js';
 import { MAX_UNIX_PATH_BYTES } from '../transports/unix.js';
+import { DAY, GiB, HOUR, KiB, MINUTE, MiB, SECOND, parseDuration as parseDurationValue, parseSize as parseSizeValue } from '../transports/units.js';
 import type { StoreLocation } from '../transports/store.js';
 import { didYouMean, parseJsonOrYaml } from './workflow.js';
 import { MAX_HELD, MAX_UNVERIFIED } from './binding.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
+/** json: pino's own lines ("level":30); json-levels: the same with the level's name ("level":"info"). */
+export const LOG_FORMATS = ['json', 'json-levels'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
 
 /** Largest config file accepted, in bytes. */
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
@@ -39,13 +43,6 @@ export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
 export const MIN_SECRET_BYTES = 16;
 const MAX_SECRET_BYTES = 4096;
 
-const KiB = 1024;
-const MiB = 1024 * KiB;
-const GiB = 1024 * MiB;
-const SECOND = 1000;
-const MINUTE = 60 * SECOND;
-const HOUR = 60 * MINUTE;
-const DAY = 24 * HOUR;
 
 /** A TCP address to listen on. `host` is bare (no brackets around an IPv6 address). */
 export interface ListenAddress {
@@ -87,6 +84,8 @@ export interface ConfigValues {
   /** CA certificates (PEM) that `wss://` peers' certificates must chain to; Node's default CAs when absent. */
   readonly tlsCa: PemFile | undefined;
   readonly logLevel: LogLevel;
+  /** how log lines write their level: pino's number (json) or its name (json-levels) */
+  readonly logFormat: LogFormat;
   /** bytes */
   readonly relayBufferBytes: number;
   /** bytes */
@@ -156,6 +155,7 @@ export interface ConfigDescription {
   tlsKey: string | null;
   tlsCa: string | null;
   logLevel: LogLevel;
+  logFormat: LogFormat;
   relayBufferBytes: number;
   segmentBytes: number;
   attachTimeoutMs: number;
@@ -327,6 +327,18 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     unit: undefined,
     range: LOG_LEVELS.join(', '),
     description: 'The least severe level logged.',
+  },
+  {
+    key: 'logFormat',
+    flag: '--log-format',
+    arg: 'FORMAT',
+    env: 'SLUICE_LOG_FORMAT',
+    fileKey: 'logFormat',
+    default: 'json',
+    unit: undefined,
+    range: LOG_FORMATS.join(', '),
+    description:
+      'How log lines (JSON, one per line, on standard output) write their level: json as pino does, a number ("level":30 for info; 10 trace, 20 debug, 40 warn, 50 error, 60 fatal); json-levels by its name ("level":"info"), for log collectors that do not map pino\'s numbers.',
   },
   {
     key: 'relayBufferBytes',
@@ -617,6 +629,7 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     tlsKey: () => undefined,
     tlsCa: () => undefined,
     logLevel: () => 'info',
+    logFormat: () => 'json',
     relayBufferBytes: () => 8 * MiB,
     segmentBytes: () => 8 * MiB,
     attachTimeoutMs: () => 30 * SECOND,
@@ -673,6 +686,7 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
     tlsKey: config.tlsKey?.path ?? null,
     tlsCa: config.tlsCa?.path ?? null,
     logLevel: config.logLevel,
+    logFormat: config.logFormat,
     relayBufferBytes: config.relayBufferBytes,
     segmentBytes: config.segmentBytes,
     attachTimeoutMs: config.attachTimeoutMs,
@@ -813,6 +827,12 @@ const parsers: Parsers = {
     if ((LOG_LEVELS as readonly string[]).includes(s)) return s as LogLevel;
     const hint = didYouMean(s, LOG_LEVELS);
     throw new Problem(`not a log level${hint ? ` (did you mean "${hint}"?)` : ''}; use one of ${LOG_LEVELS.join(', ')}`);
+  },
+  logFormat: (v) => {
+    const s = text(v, `one of ${LOG_FORMATS.join(', ')}`);
+    if ((LOG_FORMATS as readonly string[]).includes(s)) return s as LogFormat;
+    const hint = didYouMean(s, LOG_FORMATS);
+    throw new Problem(`not a log format${hint ? ` (did you mean "${hint}"?)` : ''}; use one of ${LOG_FORMATS.join(', ')}`);
   },
   relayBufferBytes: (v) => parseSize(v, 64 * KiB, GiB),
   segmentBytes: (v) => parseSize(v, 64 * KiB, GiB),
@@ -1235,48 +1255,22 @@ function checkBucket(bucket: string): string | undefined {
   return undefined;
 }
 
-const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kib: KiB, mib: MiB, gib: GiB };
-
+/** The shared parsers (transports/units.ts), their complaint made a Problem of this option. */
 function parseSize(v: unknown, min: number, max: number): number {
-  const usage = `use bytes or a number with KiB, MiB or GiB (e.g. ${formatBytes(8 * MiB)})`;
-  let bytes: number;
-  if (typeof v === 'number') {
-    if (!Number.isSafeInteger(v)) throw new Problem(`not a whole number of bytes; ${usage}`);
-    bytes = v;
-  } else if (typeof v === 'string') {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(v);
-    const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
-    if (!m || unit === undefined) throw new Problem(`not a size; ${usage}`);
-    if (unit === 1 && m[1]!.includes('.')) throw new Problem(`not a whole number of bytes; ${usage}`);
-    bytes = Math.floor(Number(m[1]) * unit);
-  } else {
-    throw new Problem(`not a size; ${usage}`);
-  }
-  if (bytes < min || bytes > max) throw new Problem(`is out of range; use ${formatBytes(min)} to ${formatBytes(max)}`);
-  return bytes;
+  return asProblem(() => parseSizeValue(v, min, max));
 }
 
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: SECOND, m: MINUTE, h: HOUR, d: DAY };
-
-/** Parses a duration into `base` units (ms or s); min and max are in milliseconds. */
 function parseDuration(v: unknown, base: 'ms' | 's', min: number, max: number, usage: string): number {
-  const baseMs = DURATION_UNITS[base]!;
-  let ms: number;
-  if (typeof v === 'number') {
-    if (!Number.isFinite(v) || v < 0) throw new Problem(`not a duration; use ${usage}`);
-    ms = v * baseMs;
-  } else if (typeof v === 'string') {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(v);
-    const unit = m ? (m[2] === '' ? baseMs : DURATION_UNITS[m[2]!.toLowerCase()]) : undefined;
-    if (!m || unit === undefined) throw new Problem(`not a duration; use ${usage}`);
-    ms = Number(m[1]) * unit;
-  } else {
-    throw new Problem(`not a duration; use ${usage}`);
+  return asProblem(() => parseDurationValue(v, base, min, max, usage));
+}
+
+function asProblem<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof RequestError && err.code === ErrorCodes.INVALID) throw new Problem(err.message);
+    throw err;
   }
-  if (ms < min || ms > max) throw new Problem(`is out of range; use ${formatDuration(min)} to ${formatDuration(max)}`);
-  const value = ms / baseMs;
-  if (!Number.isInteger(value)) throw new Problem(`is not a whole number of ${base === 'ms' ? 'milliseconds' : 'seconds'}; use ${usage}`);
-  return value;
 }
 
 function parseCount(v: unknown, min: number, max: number): number {
@@ -1286,29 +1280,6 @@ function parseCount(v: unknown, min: number, max: number): number {
   else throw new Problem(`not a whole number; use a number from ${min} to ${max}`);
   if (!Number.isInteger(n) || n < min || n > max) throw new Problem(`is out of range; use a whole number from ${min} to ${max}`);
   return n;
-}
-
-function formatBytes(n: number): string {
-  for (const [unit, size] of [
-    ['GiB', GiB],
-    ['MiB', MiB],
-    ['KiB', KiB],
-  ] as const) {
-    if (n >= size && n % size === 0) return `${n / size}${unit}`;
-  }
-  return `${n} bytes`;
-}
-
-function formatDuration(ms: number): string {
-  for (const [unit, size] of [
-    ['d', DAY],
-    ['h', HOUR],
-    ['m', MINUTE],
-    ['s', SECOND],
-  ] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
 }
 
 /** The host name made a valid node name: "Node_1.Example.COM" → "node_1-example-com". */

@@ -47,7 +47,7 @@ export interface Daemon {
 
 export interface StartOptions {
   version: string;
-  /** Default: pino at the config's log level. */
+  /** Default: pino at the config's log level and format. */
   log?: Logger;
   /**
    * Test-only: the object store to use instead of the one `config.store` names (tests that run
@@ -58,7 +58,9 @@ export interface StartOptions {
 }
 
 export async function startDaemon(config: DaemonConfig, options: StartOptions): Promise<Daemon> {
-  const log = options.log ?? pino({ level: config.logLevel, base: { node: config.node } });
+  const log =
+    options.log ??
+    pino({ level: config.logLevel, base: { node: config.node }, ...(config.logFormat === 'json-levels' ? { formatters: { level: (label: string) => ({ level: label }) } } : {}) });
   await fs.mkdir(config.dir, { recursive: true, mode: 0o755 });
   const runs = new RunRegistry({ dir: config.dir, node: config.node, runTtlSeconds: config.runTtlSeconds, maxRuns: config.maxRuns, log });
   if (Object.keys(config.peers).length > 0 && !config.secret) {

@@ -11,12 +11,12 @@ import { cli, runFunction, startDaemonProcess, waitForChannelState } from '../he
 const MiB = 1024 * 1024;
 
 describe('the daemon process', () => {
-  it('refuses a bad option at start with a message naming it, exit status 1', async () => {
+  it('refuses a bad option at start with a message naming it, exit status 2 (bad usage)', async () => {
     const child = spawn(process.execPath, [cli, 'daemon', '--relay-buffer', '8MB', '--dir', '/tmp/sluice-never'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     const [code] = await once(child, 'exit');
-    expect(code).toBe(1);
+    expect(code).toBe(2);
     expect(stderr).toMatch(/SLUICE_CONFIG: .*--relay-buffer/);
   });
 

@@ -52,6 +52,7 @@ describe('defaults', () => {
       tlsKey: undefined,
       tlsCa: undefined,
       logLevel: 'info',
+      logFormat: 'json',
       relayBufferBytes: 8 * 1024 * 1024,
       segmentBytes: 8 * 1024 * 1024,
       attachTimeoutMs: 30_000,
@@ -380,6 +381,7 @@ describe('every validation error names the option as the user wrote it', () => {
     peers: 'x=http://x',
     store: 'ftp://x',
     logLevel: 'loud',
+    logFormat: 'yaml',
     relayBufferBytes: '8MB',
     segmentBytes: '1KiB',
     attachTimeoutMs: 'soon',
@@ -465,7 +467,7 @@ describe('config files', () => {
   });
 
   it.each([
-    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, tlsCert, tlsKey, tlsCa, logLevel, relayBufferBytes, segmentBytes, attachTimeoutMs, peerWindowBytes, peerHeartbeatMs, runTtlSeconds, maxRuns, maxBodyBytes'],
+    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, tlsCert, tlsKey, tlsCa, logLevel, logFormat, relayBufferBytes, segmentBytes, attachTimeoutMs, peerWindowBytes, peerHeartbeatMs, runTtlSeconds, maxRuns, maxBodyBytes'],
     ['log-level: debug\n', 'unknown key "log-level" (did you mean "logLevel"?)'],
     ['SLUICE_NODE: n\n', 'unknown key "SLUICE_NODE" (did you mean "node"?)'],
     ['colour: blue\n', 'unknown key "colour"; allowed keys: node,'],
