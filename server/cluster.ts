@@ -38,6 +38,8 @@ import {
   mediumError,
   type Connection,
   type ErrorCode,
+  type Grant,
+  type MemoryBudget,
 } from '../transports/index.js';
 import type { Fallback } from './fallback.js';
 import type { Metrics } from './metrics.js';
@@ -61,6 +63,8 @@ export interface ClusterOptions {
   fallback: Fallback;
   /** the buffer of a stream this node verifies on its way to the store, bytes */
   relayBufferBytes: number;
+  /** the daemon-wide memory budget: replay tails and the buffers of streams verified here come from it */
+  budget: MemoryBudget;
   /**
    * Payload bytes of each outgoing cross-node stream kept to resume it from, should its link be
    * lost mid-stream: more than the link's window plus the socket buffers on the way.
@@ -329,6 +333,16 @@ export class Cluster {
       this.sendAbort(producer, err as Error);
       throw err;
     }
+    let grant: Grant;
+    try {
+      // the replay tail is memory: the producer waits for it like any buffer
+      grant = await this.options.budget.take(this.options.replayBytes, this.options.replayBytes, AbortSignal.timeout(this.options.attachTimeoutMs));
+    } catch (err) {
+      channel.state = 'failed';
+      link.destroy();
+      this.sendAbort(producer, err as Error);
+      throw err;
+    }
     channel.state = 'relaying';
     metrics.relayChannels.inc();
     const observed = metrics.streamStarted('remote');
@@ -371,7 +385,7 @@ export class Cluster {
       const lost = linkError !== null && (isLinkFailure(linkError) || peers?.isUp(channel.peer!) === false);
       if (lost && !answered && tap.resumable && this.sharesStore(channel.peer!)) {
         log2.warn({ err, at: tap.offset }, 'peer link lost mid-stream: the rest of the stream goes through the object store');
-        return this.failOver(run, channel, producer, tap);
+        return await this.failOver(run, channel, producer, tap);
       }
       const down = channel.peer !== undefined && peers?.isUp(channel.peer) === false;
       const reason = new ConnectError(ErrorCodes.UNAVAILABLE, down ? `the peer link to node "${channel.peer}" failed mid-stream` : `the stream to node "${channel.peer}" broke: ${(err as Error).message}`, {
@@ -390,6 +404,7 @@ export class Cluster {
       throw reason;
     } finally {
       metrics.relayChannels.dec();
+      grant.release();
     }
   }
 
@@ -527,7 +542,7 @@ export class Cluster {
         this.tellStored(channel.peer!, run.id, channel.name);
         return fallback.write(run, channel, reader, 'unreachable');
       },
-      { highWaterMark: relayBufferBytes, log, metrics },
+      { highWaterMark: relayBufferBytes, budget: this.options.budget, budgetWaitMs: this.options.attachTimeoutMs, log, metrics },
     );
   }
 
@@ -543,7 +558,7 @@ export class Cluster {
         reader.resume(); // the producer's node writes the copy this consumer will read
         await finished(reader);
       },
-      { highWaterMark: relayBufferBytes, log, metrics },
+      { highWaterMark: relayBufferBytes, budget: this.options.budget, budgetWaitMs: this.options.attachTimeoutMs, log, metrics },
     );
   }
 

@@ -94,6 +94,8 @@ export interface ConfigValues {
   readonly attachTimeoutMs: number;
   /** bytes */
   readonly peerWindowBytes: number;
+  /** bytes */
+  readonly memoryBudgetBytes: number;
   /** milliseconds */
   readonly peerHeartbeatMs: number;
   /** seconds */
@@ -160,6 +162,7 @@ export interface ConfigDescription {
   segmentBytes: number;
   attachTimeoutMs: number;
   peerWindowBytes: number;
+  memoryBudgetBytes: number;
   peerHeartbeatMs: number;
   runTtlSeconds: number;
   maxRuns: number;
@@ -384,6 +387,18 @@ export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
     unit: SIZE_UNIT,
     range: '64KiB..64MiB',
     description: 'Credit window of each cross-node channel on a peer link: the most bytes in flight per channel and the most the receiving daemon buffers for it. A stalled consumer holds back only its own channel.',
+  },
+  {
+    key: 'memoryBudgetBytes',
+    flag: '--memory-budget',
+    arg: 'BYTES',
+    env: 'SLUICE_MEMORY_BUDGET',
+    fileKey: 'memoryBudgetBytes',
+    default: '256MiB',
+    unit: SIZE_UNIT,
+    range: '16MiB..64GiB',
+    description:
+      "What the buffers of all streams on this daemon hold together at most: relay buffers, cross-node streams' replay tails, peer channels' receive windows. Streams take full buffers while the budget lasts, then smaller ones; a stream that cannot get 64 KiB waits (its producer held back) up to the attach timeout, then fails SLUICE_UNAVAILABLE naming this option. Leave room in the container's memory limit for the daemon itself (about 80 MiB) and the store's segments.",
   },
   {
     key: 'peerHeartbeatMs',
@@ -634,6 +649,7 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     segmentBytes: () => 8 * MiB,
     attachTimeoutMs: () => 30 * SECOND,
     peerWindowBytes: () => 2 * MiB,
+    memoryBudgetBytes: () => 256 * MiB,
     peerHeartbeatMs: () => 2 * SECOND,
     runTtlSeconds: () => 86_400,
     maxRuns: () => 1000,
@@ -691,6 +707,7 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
     segmentBytes: config.segmentBytes,
     attachTimeoutMs: config.attachTimeoutMs,
     peerWindowBytes: config.peerWindowBytes,
+    memoryBudgetBytes: config.memoryBudgetBytes,
     peerHeartbeatMs: config.peerHeartbeatMs,
     runTtlSeconds: config.runTtlSeconds,
     maxRuns: config.maxRuns,
@@ -838,6 +855,7 @@ const parsers: Parsers = {
   segmentBytes: (v) => parseSize(v, 64 * KiB, GiB),
   attachTimeoutMs: (v) => parseDuration(v, 'ms', 100, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
   peerWindowBytes: (v) => parseSize(v, 64 * KiB, 64 * MiB),
+  memoryBudgetBytes: (v) => parseSize(v, 16 * MiB, 64 * GiB),
   peerHeartbeatMs: (v) => parseDuration(v, 'ms', 50, MINUTE, 'milliseconds or a number with ms, s, m or h (e.g. 2s)'),
   runTtlSeconds: (v) => parseDuration(v, 's', 10 * SECOND, 30 * DAY, 'seconds or a number with s, m, h or d (e.g. 24h)') ,
   maxRuns: (v) => parseCount(v, 1, 100_000),

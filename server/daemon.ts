@@ -4,7 +4,7 @@
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket, type ObjectStore } from '../transports/index.js';
+import { ConnectError, DAEMON_SOCKET, ErrorCodes, MemoryBudget, RequestError, removeStaleSocket, type ObjectStore } from '../transports/index.js';
 import { buildApi, type ApiServer } from './api.js';
 import { Binder } from './binding.js';
 import type { DaemonConfig } from './config.js';
@@ -69,6 +69,8 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
   /** set on close: from then on no new run, channel or relayed stream is admitted */
   let draining = false;
   const stopping = (): ConnectError => new ConnectError(ErrorCodes.UNAVAILABLE, `node ${config.node} is stopping: it admits no new runs or channels`);
+  // what the buffers of every stream on this daemon hold together: relay, replay tails, peer windows
+  const budget = new MemoryBudget(config.memoryBudgetBytes);
   // peer links when there is a secret: dialled to the listed peers, served on the TCP port
   const peers = config.secret
     ? new PeerLinks({
@@ -77,6 +79,7 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
         secret: config.secret,
         ca: config.tlsCa,
         windowBytes: config.peerWindowBytes,
+        budget,
         heartbeatMs: config.peerHeartbeatMs,
         log,
         onRequest: (from, request) => {
@@ -108,6 +111,7 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
     peers: () => peers?.status() ?? [],
     replicas: () => ({ replicas: balancer.status(), shares: balancer.shares }),
     version: options.version,
+    budget,
   });
   const fallback = new Fallback({ store: options.store ?? openStore(config.store), segmentBytes: config.segmentBytes, log, metrics });
   await fallback.start();
@@ -137,6 +141,7 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
   const workflows = new Map<string, Workflow>();
   const cluster: Cluster = new Cluster({
     node: config.node,
+    budget,
     runs,
     peers,
     attachTimeoutMs: config.attachTimeoutMs,
@@ -151,6 +156,7 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
   });
   const relay = new Relay(runs, {
     dir: config.dir,
+    budget,
     relayBufferBytes: config.relayBufferBytes,
     attachTimeoutMs: config.attachTimeoutMs,
     log,

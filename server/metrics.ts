@@ -73,6 +73,8 @@ export interface MetricsSources {
   replicas?: () => { replicas: ReplicaFigures[]; shares: ShareFigures };
   /** the daemon's version, for `sluice_build_info` */
   version?: string;
+  /** the daemon-wide memory budget (`--memory-budget`) */
+  budget?: { readonly limit: number; readonly used: number; readonly peak: number; readonly queued: number };
 }
 
 export function createMetrics(sources: MetricsSources) {
@@ -156,6 +158,27 @@ export function createMetrics(sources: MetricsSources) {
         this.reset();
         this.inc({ reason: 'deleted' }, runs.removed.deleted);
         this.inc({ reason: 'expired' }, runs.removed.expired);
+      },
+    }),
+    memoryBudget: new Gauge({
+      name: 'sluice_memory_budget_bytes',
+      help: 'The memory budget of stream buffers (--memory-budget): by what, the limit, the bytes granted now, and the most granted at once since start',
+      labelNames: ['what'],
+      registers: [registry],
+      collect() {
+        const budget = sources.budget;
+        if (!budget) return;
+        this.set({ what: 'limit' }, budget.limit);
+        this.set({ what: 'used' }, budget.used);
+        this.set({ what: 'peak' }, budget.peak);
+      },
+    }),
+    memoryBudgetWaiting: new Gauge({
+      name: 'sluice_memory_budget_waiting_streams',
+      help: 'Streams waiting for a grant of the memory budget now (their producers held back)',
+      registers: [registry],
+      collect() {
+        this.set(sources.budget?.queued ?? 0);
       },
     }),
     runs: new Gauge({

@@ -45,6 +45,7 @@ import {
   isErrorCode,
   type Connection,
   type Listener,
+  type MemoryBudget,
   type SluiceError,
 } from '../transports/index.js';
 import type { PemFile } from './config.js';
@@ -72,6 +73,8 @@ export interface PeerLinksOptions {
   ca?: PemFile | undefined;
   /** credit window per connection, bytes */
   windowBytes: number;
+  /** the daemon-wide memory budget the connections' receive windows are granted from */
+  budget?: MemoryBudget;
   /** ping interval, ms */
   heartbeatMs: number;
   log: Logger;
@@ -474,7 +477,7 @@ export class PeerLinks {
       void replaced.closed.then(() => this.retired.delete(replaced));
       replaced.retire(new ConnectError(ErrorCodes.UNAVAILABLE, 'replaced by the link the other node dialled'));
     }
-    const mux = new Mux(conn, role, { windowBytes: this.options.windowBytes });
+    const mux = new Mux(conn, role, { windowBytes: this.options.windowBytes, ...(this.options.budget ? { budget: this.options.budget } : {}) });
     mux.serve((endpoint) => {
       if (endpoint === CONTROL_ENDPOINT) return (c) => void this.serveRequest(node, c);
       return this.options.onChannel(node, endpoint);

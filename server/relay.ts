@@ -43,6 +43,8 @@ import {
   type FrameSink,
   type InstanceRef,
   type Listener,
+  type Grant,
+  type MemoryBudget,
 } from '../transports/index.js';
 import type { Lease } from './balance.js';
 import type { Fallback } from './fallback.js';
@@ -69,7 +71,22 @@ export interface RelayOptions {
   fallback: Fallback;
   /** Picks the consumer instance of a stream on a balance edge (`Balancer.pick`). */
   balance: (run: Run, edge: Edge, from: InstanceRef, key: string | undefined) => Promise<Lease>;
+  /**
+   * The daemon-wide memory budget: each stream verified here buffers at most its grant (up to
+   * `relayBufferBytes`, less when the budget is short; one that cannot get `MIN_RELAY_GRANT`
+   * waits, its producer held back, up to `attachTimeoutMs`).
+   */
+  budget: MemoryBudget;
 }
+
+/** The smallest relay buffer a stream takes from the memory budget, bytes. */
+export const MIN_RELAY_GRANT = 64 * 1024;
+/**
+ * What a producer's connection costs the daemon besides its buffer, bytes, charged to the memory
+ * budget from the moment it is read: the medium's reads (64 KiB each), the HELLO's bytes kept
+ * to be passed on, the socket's own queue.
+ */
+const CONNECTION_COST = 192 * 1024;
 
 /** A producer's stream on a balance edge, before its consumer instance is picked. */
 interface Balanced {
@@ -83,8 +100,14 @@ interface Balanced {
 const MAX_KEY_LENGTH = 256;
 
 export interface TerminateOptions {
-  /** the reader's buffer, bytes */
+  /** the reader's buffer it would like, bytes: taken from `budget`, less when the budget is short */
   highWaterMark: number;
+  /** the daemon-wide memory budget the reader's buffer is granted from */
+  budget: MemoryBudget;
+  /** how long a stream waits for `MIN_RELAY_GRANT` bytes of the budget, ms; then SLUICE_UNAVAILABLE to its producer */
+  budgetWaitMs: number;
+  /** the reader's buffer granted already (the relay's ingress takes it before it reads a byte): no second grant */
+  granted?: number;
   log: Logger;
   metrics: Metrics;
 }
@@ -92,13 +115,31 @@ export interface TerminateOptions {
 /**
  * Terminate a producer's stream here (verify it) and hand the verified bytes to `route`; the
  * producer is acknowledged once `route` resolves, or aborted with the code it rejects with.
+ * Its buffer is a grant from the memory budget, given back when the reader closes; while no
+ * grant can be had the producer is not read (back-pressure), and after `budgetWaitMs` it is
+ * refused with SLUICE_UNAVAILABLE.
  */
-export function terminate(conn: Connection, route: (reader: ChannelReader) => Promise<void>, options: TerminateOptions): ChannelReader {
-  const { log, metrics } = options;
+export function terminate(conn: Connection, route: (reader: ChannelReader) => Promise<void>, options: TerminateOptions): void {
+  const { budget, log, metrics } = options;
+  if (options.granted !== undefined) return void verify(conn, route, options.granted, log, metrics);
+  budget.take(options.highWaterMark, MIN_RELAY_GRANT, AbortSignal.timeout(options.budgetWaitMs)).then(
+    (grant) => {
+      if (conn.input.destroyed) return grant.release();
+      verify(conn, route, grant.bytes, log, metrics).once('close', grant.release);
+    },
+    (err: unknown) => {
+      metrics.errors.inc({ code: errorCode(err) });
+      log.warn({ err }, 'stream refused: the memory budget is held by other streams');
+      refuseConnection(conn, err as Error, ErrorCodes.UNAVAILABLE);
+    },
+  );
+}
+
+function verify(conn: Connection, route: (reader: ChannelReader) => Promise<void>, highWaterMark: number, log: Logger, metrics: Metrics): ChannelReader {
   let settle!: { resolve: () => void; reject: (err: unknown) => void };
   const delivered = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
   delivered.catch(() => undefined);
-  const reader = new ChannelReader(conn, { highWaterMark: options.highWaterMark, acknowledge: () => delivered });
+  const reader = new ChannelReader(conn, { highWaterMark, acknowledge: () => delivered });
   reader.on('error', () => undefined); // reported where the pipeline fails
   reader.once('hello', (hello: Record<string, unknown>) => {
     route(reader).then(settle.resolve, (err: unknown) => {
@@ -172,6 +213,7 @@ export function peekHello(input: Readable, timeoutMs: number): Promise<{ hello: 
     input.on('data', onData);
     input.on('end', onEnd);
     input.on('error', onError);
+    input.resume(); // it may have been accepted paused
   });
 }
 
@@ -217,6 +259,8 @@ export class Relay {
   private readonly draining = new AbortController();
   /** consumers' connections being delivered into */
   private readonly consumers = new Set<Connection>();
+  /** each admitted connection's share of the memory budget, given back when it closes */
+  private readonly grants = new WeakMap<Connection, Grant>();
   /** per run, the producers that opened their stream on a balance edge (`from.i>to`): one each */
   private readonly claimed = new WeakMap<Run, Set<string>>();
 
@@ -230,8 +274,9 @@ export class Relay {
   }
 
   async start(): Promise<void> {
-    // any local process may connect: what it may do is decided by the token in its HELLO
-    this.listener = await unixTransport.listen(join(this.options.dir, RELAY_SOCKET), { mode: 0o666 });
+    // any local process may connect: what it may do is decided by the token in its HELLO; its
+    // bytes stay in the kernel until it has a grant of the memory budget
+    this.listener = await unixTransport.listen(join(this.options.dir, RELAY_SOCKET), { mode: 0o666, paused: true });
     void acceptEach(this.listener, (conn) => this.admit(conn));
   }
 
@@ -271,20 +316,41 @@ export class Relay {
   }
 
   private admit(conn: Connection): void {
+    const { log, metrics, budget, relayBufferBytes, attachTimeoutMs } = this.options;
     if (this.active.size >= (this.options.maxRelays ?? 4096)) {
-      this.options.log.warn({ active: this.active.size }, 'relay connection refused: too many at once');
+      log.warn({ active: this.active.size }, 'relay connection refused: too many at once');
       return conn.destroy();
     }
-    this.serve(conn);
-  }
-
-  private serve(conn: Connection): void {
-    const { log, metrics } = this.options;
     this.active.add(conn);
     conn.input.once('close', () => this.active.delete(conn));
     // the producer may vanish at any moment: a medium error ends this connection, never the daemon
     conn.input.on('error', (err) => log.debug({ err }, 'relay connection: medium error'));
     conn.output.on('error', (err) => log.debug({ err }, 'relay connection: medium error'));
+    // nothing is read before the connection has its share of the memory budget: a producer that
+    // must wait for it is held back by its socket, and the daemon holds none of its bytes
+    budget.take(relayBufferBytes + CONNECTION_COST, MIN_RELAY_GRANT + CONNECTION_COST, AbortSignal.timeout(attachTimeoutMs)).then(
+      (grant) => {
+        if (conn.input.destroyed) return grant.release();
+        conn.input.once('close', grant.release);
+        try {
+          this.grants.set(conn, grant);
+          this.serve(conn);
+        } catch (err) {
+          // a connection's handler failing ends that connection, never the daemon
+          log.error({ err }, 'relay connection: unexpected failure');
+          conn.destroy();
+        }
+      },
+      (err: unknown) => {
+        metrics.errors.inc({ code: errorCode(err) });
+        log.warn({ err }, 'relay connection refused: the memory budget is held by other streams');
+        refuseConnection(conn, err as Error, ErrorCodes.UNAVAILABLE);
+      },
+    );
+  }
+
+  private serve(conn: Connection): void {
+    const { log, metrics } = this.options;
     const failed = (err: unknown, run: unknown): void => {
       metrics.errors.inc({ code: errorCode(err) });
       log.warn({ err, run }, 'relay failed');
@@ -318,7 +384,9 @@ export class Relay {
   /** Carry a producer's stream to its channel's consumer; `lease`, if balanced, learns how it ended. */
   private pass(conn: Connection, bytes: Buffer, run: Run, channel: ChannelInfo, lease: Lease | undefined, failed: (err: unknown, run: unknown) => void): void {
     if (channel.path === 'remote' && channel.via === 'direct' && !channel.persist) {
-      // the consumer is on another node: pass the stream through, bytes untouched
+      // the consumer is on another node: pass the stream through, bytes untouched; its replay
+      // tail (granted on its own) is its buffer, not the relay's
+      this.grants.get(conn)?.shrink(CONNECTION_COST);
       this.options.forward(run, channel, conn, bytes).then(
         () => lease?.end(),
         (err: unknown) => {
@@ -387,7 +455,9 @@ export class Relay {
 
   /** Terminate the producer's stream here and hand it to `route`, acknowledging once `route` resolves. */
   private relayHere(conn: Connection, route: (reader: ChannelReader) => Promise<void>): void {
-    terminate(conn, route, { highWaterMark: this.options.relayBufferBytes, log: this.options.log, metrics: this.options.metrics });
+    const { budget, relayBufferBytes, attachTimeoutMs, log, metrics } = this.options;
+    const granted = Math.max(MIN_RELAY_GRANT, (this.grants.get(conn)?.bytes ?? 0) - CONNECTION_COST);
+    terminate(conn, route, { highWaterMark: relayBufferBytes, granted, budget, budgetWaitMs: attachTimeoutMs, log, metrics });
   }
 
   /** Where a verified stream goes: the store only (`via: s3`), the store and its consumer (`persist`), or its consumer. */
@@ -505,6 +575,8 @@ export class Relay {
     const { attachTimeoutMs, relayBufferBytes } = this.options;
     const giveUp = new AbortController();
     const timer = setTimeout(() => giveUp.abort(), attachTimeoutMs);
+    // A stream whose grant from the memory budget is smaller than --relay-buffer never gets here:
+    // it waits for its consumer, its producer held back, rather than spill because others buffer.
     const full = setInterval(() => {
       if (held.readableLength >= relayBufferBytes) giveUp.abort();
     }, 20);

@@ -16,3 +16,4 @@ export { acceptEach } from './waiting.js';
 export * from './store.js';
 export { DirectoryStore } from './store-file.js';
 // store-s3.js is not re-exported: functions import this index, and the AWS SDK costs them start-up time
+export { MemoryBudget, type Grant } from './budget.js';

@@ -34,6 +34,7 @@ import { ConnectError, ErrorCodes, ProtocolError, isErrorCode } from './errors.j
 import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type DialOptions, type Listener, type Transport } from './transport.js';
 import { destroyWith, mediumError } from './streams.js';
 import { AcceptQueue, retryUntil } from './waiting.js';
+import type { Grant, MemoryBudget } from './budget.js';
 
 export interface MuxOptions {
   /** Unconsumed bytes a connection may have in flight per direction, bytes. Default 2 MiB. */
@@ -42,7 +43,17 @@ export interface MuxOptions {
   maxFramePayload?: number;
   /** Connections open at once on this link; OPENs beyond it are refused. Default 4096. */
   maxConnections?: number;
+  /**
+   * The memory budget each connection's receive window (what this side may have to buffer for
+   * it) is granted from: `windowBytes` while the budget lasts, then less, down to
+   * `MIN_WINDOW_BYTES`; a connection that cannot get that much is refused (SLUICE_UNAVAILABLE,
+   * naming the budget). Default: none, every window is `windowBytes`.
+   */
+  budget?: MemoryBudget;
 }
+
+/** The smallest receive window a connection is opened with when the memory budget is short, bytes. */
+export const MIN_WINDOW_BYTES = 64 * 1024;
 
 /** What to do with a connection opened to `endpoint`; throw a SluiceError to refuse it. */
 export type OpenHandler = (endpoint: string) => (conn: Connection) => void;
@@ -81,7 +92,10 @@ class Virtual implements Connection {
   constructor(
     readonly id: number,
     private readonly mux: Mux,
-    private readonly window: number,
+    /** what this side buffers for the connection at most, bytes */
+    readonly window: number,
+    /** the memory-budget grant behind `window`, given back when the connection is forgotten */
+    readonly grant?: Grant,
   ) {
     // Credit is returned from _read, which Readable calls again only after a push. With the
     // high-water mark at half the window and grants of at least a quarter, a skipped grant
@@ -149,6 +163,7 @@ class Virtual implements Connection {
 
 export class Mux {
   private readonly windowBytes: number;
+  private readonly budget: MemoryBudget | undefined;
   private readonly maxFramePayload: number;
   private readonly maxConnections: number;
   private readonly connections = new Map<number, Virtual>();
@@ -178,6 +193,7 @@ export class Mux {
     options: MuxOptions = {},
   ) {
     this.windowBytes = options.windowBytes ?? DEFAULTS.windowBytes;
+    this.budget = options.budget;
     this.maxFramePayload = options.maxFramePayload ?? DEFAULTS.maxFramePayload;
     this.maxConnections = options.maxConnections ?? DEFAULTS.maxConnections;
     this.nextId = side === 'dialer' ? 1 : 2;
@@ -238,14 +254,17 @@ export class Mux {
   open(endpoint: string): Promise<Connection> {
     if (this.retired && !this.failure) return Promise.reject(new ConnectError(ErrorCodes.UNAVAILABLE, `peer link was replaced: ${this.retired.message}`, { cause: this.retired, details: { link: 'replaced' } }));
     if (this.failure) return Promise.reject(new ConnectError(ErrorCodes.UNAVAILABLE, `peer link is down: ${this.failure.message}`, { cause: this.failure, details: { link: 'down' } }));
+    const grant = this.budget?.tryTake(this.windowBytes, MIN_WINDOW_BYTES);
+    if (this.budget && !grant) return Promise.reject(this.budgetFull());
+    const window = grant?.bytes ?? this.windowBytes;
     const id = this.nextId;
     this.nextId += 2;
     this.highest[id & 1] = id;
-    const vc = new Virtual(id, this, this.windowBytes);
+    const vc = new Virtual(id, this, window, grant);
     this.connections.set(id, vc);
     return new Promise<Connection>((resolve, reject) => {
       this.opening.set(id, { resolve, reject });
-      this.sendControl(FrameType.OPEN, id, { endpoint, window: this.windowBytes });
+      this.sendControl(FrameType.OPEN, id, { endpoint, window });
     });
   }
 
@@ -283,9 +302,9 @@ export class Mux {
       if (vc.inputEnded) throw new ProtocolError(`DATA after CLOSE on connection ${id}`);
       vc.received += bytes.length;
       this.bytesReceived += bytes.length;
-      if (vc.received - vc.granted > this.windowBytes) {
+      if (vc.received - vc.granted > vc.window) {
         // the peer ignored its credit: refuse this connection, not the link
-        vc.abandon(new ProtocolError(`connection ${id} sent past its window of ${this.windowBytes} bytes`));
+        vc.abandon(new ProtocolError(`connection ${id} sent past its window of ${vc.window} bytes`));
         destroyWith(vc.input, new ProtocolError(`peer sent past the window on connection ${id}`));
         vc.output.destroy();
         return;
@@ -350,21 +369,29 @@ export class Mux {
     const queue = this.listeners.get(endpoint);
     const refuse = (code: string, message: string): void => this.sendControl(FrameType.RESET, id, { code, message });
     if (this.connections.size >= this.maxConnections) return refuse(ErrorCodes.UNAVAILABLE, `too many connections on this link (${this.maxConnections})`);
+    // before the handler: one that accepted the connection would otherwise be left holding it
+    const grant = this.budget?.tryTake(this.windowBytes, MIN_WINDOW_BYTES);
+    if (this.budget && !grant) return refuse(ErrorCodes.UNAVAILABLE, this.budgetFull().message);
     let take: ((conn: Connection) => void) | undefined;
     if (queue) take = (conn) => queue.offer(conn);
     else if (this.handler) {
       try {
         take = this.handler(endpoint);
       } catch (err) {
+        grant?.release();
         const code = (err as { code?: unknown }).code;
         return refuse(isErrorCode(code) ? code : ErrorCodes.UNAVAILABLE, (err as Error).message);
       }
     }
-    if (!take) return refuse(ErrorCodes.UNAVAILABLE, `nothing listens on ${endpoint}`);
-    const vc = new Virtual(id, this, this.windowBytes);
+    if (!take) {
+      grant?.release();
+      return refuse(ErrorCodes.UNAVAILABLE, `nothing listens on ${endpoint}`);
+    }
+    const receiveWindow = grant?.bytes ?? this.windowBytes;
+    const vc = new Virtual(id, this, receiveWindow, grant);
     vc.credit = window as number;
     this.connections.set(id, vc);
-    this.sendControl(FrameType.CREDIT, id, { bytes: this.windowBytes });
+    this.sendControl(FrameType.CREDIT, id, { bytes: receiveWindow });
     take(vc);
   }
 
@@ -409,11 +436,19 @@ export class Mux {
     pump();
   }
 
+  private budgetFull(): ConnectError {
+    const budget = this.budget!;
+    return new ConnectError(ErrorCodes.UNAVAILABLE, `the daemon's memory budget (${budget.limit} bytes) is held by other streams: no room for a ${MIN_WINDOW_BYTES}-byte window`, {
+      details: { budget: budget.limit, used: budget.used },
+    });
+  }
+
   forgetIfDone(vc: Virtual): void {
     if (vc.inputEnded && vc.outputEnded) this.forget(vc);
   }
 
   forget(vc: Virtual): void {
+    vc.grant?.release();
     this.connections.delete(vc.id);
     this.closeIfRetiredAndIdle();
   }

@@ -58,6 +58,11 @@ export interface AcceptOptions {
 export interface ListenOptions {
   /** File mode of the endpoint's files. Default 0o600: only the owner can open it. */
   mode?: number;
+  /**
+   * Nothing is read from an accepted connection until its input is resumed (or read): its bytes
+   * wait in the kernel, not in this process. Unix sockets only; ignored elsewhere. Default false.
+   */
+  paused?: boolean;
 }
 
 export interface Listener {

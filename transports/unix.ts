@@ -89,7 +89,7 @@ export class UnixTransport implements Transport {
   async listen(endpoint: string, options: ListenOptions = {}): Promise<Listener> {
     checkPath(endpoint);
     await removeStaleSocket(endpoint);
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false });
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: options.paused ?? false });
     // queued from the first moment: a peer may connect while the listen below is still settling
     const queue = new AcceptQueue(endpoint);
     server.on('connection', (socket) => queue.offer(socketConnection(socket)));

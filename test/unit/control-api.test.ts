@@ -13,7 +13,7 @@ import { createMetrics, type Metrics } from '../../server/metrics.js';
 import { Relay } from '../../server/relay.js';
 import { RunRegistry } from '../../server/runs.js';
 import { validateWorkflow, type Workflow } from '../../server/workflow.js';
-import { DirectoryStore, MANIFEST_FILE, runDirectory } from '../../transports/index.js';
+import { DirectoryStore, MANIFEST_FILE, MemoryBudget, runDirectory } from '../../transports/index.js';
 
 const log = pino({ level: 'silent' });
 let dir: string;
@@ -29,9 +29,11 @@ const BIND_TIMEOUT_MS = 1500;
 function wire(metrics: Metrics, workflows: Map<string, Workflow>): { cluster: Cluster; relay: Relay; binder: Binder } {
   const binder = new Binder({ node: 'node-a', runs, timeoutMs: BIND_TIMEOUT_MS, log });
   const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
-  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
+  const budget = new MemoryBudget(64 << 20);
+  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
   const relay = new Relay(runs, {
     dir,
+    budget,
     relayBufferBytes: 1 << 20,
     attachTimeoutMs: 1000,
     log,

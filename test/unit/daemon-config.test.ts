@@ -57,6 +57,7 @@ describe('defaults', () => {
       segmentBytes: 8 * 1024 * 1024,
       attachTimeoutMs: 30_000,
       peerWindowBytes: 2 * 1024 * 1024,
+      memoryBudgetBytes: 256 * 1024 * 1024,
       peerHeartbeatMs: 2_000,
       runTtlSeconds: 86_400,
       maxRuns: 1000,
@@ -467,7 +468,7 @@ describe('config files', () => {
   });
 
   it.each([
-    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, tlsCert, tlsKey, tlsCa, logLevel, logFormat, relayBufferBytes, segmentBytes, attachTimeoutMs, peerWindowBytes, peerHeartbeatMs, runTtlSeconds, maxRuns, maxBodyBytes'],
+    ['relayBuffer: 1MiB\n', 'unknown key "relayBuffer" (did you mean "relayBufferBytes"?); allowed keys: node, dir, listen, peers, store, secret, tlsCert, tlsKey, tlsCa, logLevel, logFormat, relayBufferBytes, segmentBytes, attachTimeoutMs, peerWindowBytes, memoryBudgetBytes, peerHeartbeatMs, runTtlSeconds, maxRuns, maxBodyBytes'],
     ['log-level: debug\n', 'unknown key "log-level" (did you mean "logLevel"?)'],
     ['SLUICE_NODE: n\n', 'unknown key "SLUICE_NODE" (did you mean "node"?)'],
     ['colour: blue\n', 'unknown key "colour"; allowed keys: node,'],
