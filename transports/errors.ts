@@ -31,12 +31,16 @@ export const ErrorCodes = {
   INVALID: 'SLUICE_INVALID',
   /** The named run, workflow, step or channel does not exist. */
   NOT_FOUND: 'SLUICE_NOT_FOUND',
+  /** The request conflicts with what exists: a run id that is taken. */
+  CONFLICT: 'SLUICE_CONFLICT',
   /** A token or secret is missing or wrong. */
   UNAUTHORIZED: 'SLUICE_UNAUTHORIZED',
   /** A configuration option is missing or invalid; the message names the option and the fix. */
   CONFIG: 'SLUICE_CONFIG',
   /** The object store failed after its retries. */
   STORE_UNAVAILABLE: 'SLUICE_STORE_UNAVAILABLE',
+  /** An unexpected failure inside Sluice (a bug); the daemon logged it. */
+  INTERNAL: 'SLUICE_INTERNAL',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -145,20 +145,21 @@ describe('control API', () => {
     expect((await app.inject({ method: 'DELETE', url: '/v1/runs/durable-1' })).statusCode).toBe(204);
   });
 
-  it('refuses a second run with the same id', async () => {
+  it('refuses a second run with the same id: 409 SLUICE_CONFLICT', async () => {
     expect((await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'twice' } })).statusCode).toBe(201);
     const again = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'twice' } });
-    expect(again.statusCode).toBe(400);
-    expect(again.json().message).toMatch(/exists already/);
+    expect(again.statusCode).toBe(409);
+    expect(again.json()).toMatchObject({ code: 'SLUICE_CONFLICT', message: expect.stringMatching(/exists already/) });
     await app.inject({ method: 'DELETE', url: '/v1/runs/twice' });
   });
 
-  it('refuses runs beyond --max-runs', async () => {
+  it('refuses runs beyond --max-runs: 503 SLUICE_UNAVAILABLE with Retry-After', async () => {
     const ids = ['m1', 'm2', 'm3', 'm4', 'm5'];
     for (const id of ids) expect((await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id } })).statusCode).toBe(201);
     const over = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'm6' } });
-    expect(over.statusCode).toBe(400);
-    expect(over.json().message).toMatch(/--max-runs/);
+    expect(over.statusCode).toBe(503);
+    expect(over.headers['retry-after']).toMatch(/^\d+$/);
+    expect(over.json()).toMatchObject({ code: 'SLUICE_UNAVAILABLE', message: expect.stringMatching(/--max-runs/) });
     for (const id of ids) await app.inject({ method: 'DELETE', url: `/v1/runs/${id}` });
   });
 
