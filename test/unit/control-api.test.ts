@@ -3,6 +3,7 @@ import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { InjectOptions, LightMyRequestResponse } from 'fastify';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApi } from '../../server/api.js';
@@ -13,7 +14,7 @@ import { createMetrics, type Metrics } from '../../server/metrics.js';
 import { Relay } from '../../server/relay.js';
 import { RunRegistry } from '../../server/runs.js';
 import { validateWorkflow, type Workflow } from '../../server/workflow.js';
-import { DirectoryStore, MANIFEST_FILE, runDirectory } from '../../transports/index.js';
+import { DirectoryStore, MANIFEST_FILE, isErrorCode, runDirectory } from '../../transports/index.js';
 
 const log = pino({ level: 'silent' });
 let dir: string;
@@ -287,5 +288,54 @@ describe('control API over TCP (bearer secret)', () => {
     } finally {
       await tcp.close();
     }
+  });
+});
+
+describe('every error answer is { code: SLUICE_*, message, details? }, Fastify\'s own too', () => {
+  const expectSluiceError = (res: { statusCode: number; headers: Record<string, unknown>; json: () => unknown }, status: number, code: string, message: RegExp): void => {
+    expect(res.statusCode).toBe(status);
+    expect(res.headers['content-type']).toMatch(/application\/json/);
+    const body = res.json() as Record<string, unknown>;
+    expect(body).toMatchObject({ code, message: expect.stringMatching(message) });
+    expect(Object.keys(body).every((k) => ['code', 'message', 'details'].includes(k))).toBe(true);
+    expect(isErrorCode(body.code)).toBe(true);
+  };
+
+  it.each([
+    ['a 10 KB path parameter', { url: `/v1/runs/${'r'.repeat(10_000)}` }, 414, 'SLUICE_INVALID', /longer than 100 characters/],
+    ['a route that does not exist', { url: '/v2/nothing' }, 404, 'SLUICE_NOT_FOUND', /no route GET "\/v2\/nothing"/],
+    ['a method a route does not have', { method: 'PUT', url: '/v1/runs' }, 404, 'SLUICE_NOT_FOUND', /no route PUT/],
+    ['a malformed percent-encoding in a path parameter', { url: '/v1/runs/%E0%A4%A' }, 400, 'SLUICE_INVALID', /percent-encoded/],
+    ['a body that is not JSON', { method: 'POST', url: '/v1/workflows', headers: { 'content-type': 'application/json' }, payload: '{"name": ' }, 400, 'SLUICE_INVALID', /not valid JSON/],
+    ['a body of a content type the API does not read', { method: 'POST', url: '/v1/workflows', headers: { 'content-type': 'application/xml' }, payload: '<name/>' }, 415, 'SLUICE_INVALID', /application\/json/],
+    ['a body of plain text', { method: 'POST', url: '/v1/workflows', headers: { 'content-type': 'text/plain' }, payload: 'name: x' }, 400, 'SLUICE_INVALID', /the body must be a JSON object/],
+    ['a workflow that is not an object', { method: 'POST', url: '/v1/workflows', payload: [1, 2] }, 400, 'SLUICE_INVALID', /the body must be a JSON object/],
+    ['a run body that is a list', { method: 'POST', url: '/v1/runs', payload: ['chain'] }, 400, 'SLUICE_INVALID', /the body must be a JSON object/],
+    ['a run without a workflow', { method: 'POST', url: '/v1/runs', payload: { id: 'r1' } }, 400, 'SLUICE_INVALID', /needs the field "workflow"/],
+    ['a run with an unknown field', { method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', colour: 'blue' } }, 400, 'SLUICE_INVALID', /unknown field "colour"; allowed: workflow, id, placement, ttlSeconds/],
+    ['a run with a ttl given as text', { method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', ttlSeconds: '60' } }, 400, 'SLUICE_INVALID', /field "ttlSeconds" of the body must be of type integer/],
+    ['a run placed with a number', { method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', placement: { a: 7 } } }, 400, 'SLUICE_INVALID', /field "placement.a" of the body/],
+    ['a bind with a token that is not text', { method: 'POST', url: '/v1/runs/r1/bind', payload: { token: 42 } }, 400, 'SLUICE_INVALID', /field "token" of the body must be of type string/],
+  ] as const)('%s', async (_what, request, status, code, message) => {
+    const before = runDirs();
+    expectSluiceError(await app.inject(request as InjectOptions), status, code, message);
+    expect(runDirs()).toEqual(before);
+  });
+
+  it('answers a request that reaches a closing API 503 SLUICE_UNAVAILABLE with Retry-After', async () => {
+    const metrics = createMetrics(() => runs.size);
+    const workflows = new Map<string, Workflow>();
+    const { cluster, relay, binder } = wire(metrics, workflows);
+    const closing = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, binder, maxBodyBytes: 16 * 1024, ready: () => true });
+    await closing.ready();
+    // a request already under way when close() begins, as a pipelined one would be
+    let answered: Promise<LightMyRequestResponse> | undefined;
+    closing.addHook('preClose', async () => {
+      answered = closing.inject({ url: '/v1/runs' });
+    });
+    await closing.close();
+    const res = await answered!;
+    expectSluiceError(res, 503, 'SLUICE_UNAVAILABLE', /closing/);
+    expect(res.headers['retry-after']).toMatch(/^\d+$/);
   });
 });
