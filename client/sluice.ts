@@ -356,9 +356,18 @@ export class Sluice {
    * the consumer instance (its HELLO names the step, no instance) and tells the others.
    */
   private async openBalanced(step: string, options: OutputOptions): Promise<ChannelWriter> {
-    const conn = await unixTransport.dial(join(this.dir, RELAY_SOCKET), { timeoutMs: options.timeoutMs ?? 10_000 });
+    const conn = await unixTransport.dial(this.relaySocket, { timeoutMs: options.timeoutMs ?? 10_000 });
     const hello = { run: this.run, from: this.self, to: { step }, token: this.token, ...(options.key !== undefined ? { key: options.key } : {}) };
-    return new ChannelWriter(conn, { hello });
+    return new ChannelWriter(conn, { hello, via: this.relayName });
+  }
+
+  private get relaySocket(): string {
+    return join(this.dir, RELAY_SOCKET);
+  }
+
+  /** how a producer's errors name the daemon that relays its stream */
+  private get relayName(): string {
+    return `this node's daemon (relay socket ${this.relaySocket})`;
   }
 
   private async openProducer(to: InstanceRef, timeoutMs: number): Promise<ChannelWriter> {
@@ -366,8 +375,8 @@ export class Sluice {
     const hello = { run: this.run, from: this.self, to };
     if (channel.path === 'relay') {
       // the consumer is on another node: this node's daemon forwards over its peer link
-      const conn = await unixTransport.dial(join(this.dir, RELAY_SOCKET), { timeoutMs });
-      return new ChannelWriter(conn, { hello: { ...hello, token: this.token } });
+      const conn = await unixTransport.dial(this.relaySocket, { timeoutMs });
+      return new ChannelWriter(conn, { hello: { ...hello, token: this.token }, via: this.relayName });
     }
     try {
       // direct when the consumer is reading already: no daemon in the path
@@ -375,8 +384,8 @@ export class Sluice {
     } catch (err) {
       if ((err as SluiceError).code !== ErrorCodes.UNAVAILABLE) throw err;
     }
-    const conn = await unixTransport.dial(join(this.dir, RELAY_SOCKET), { timeoutMs });
-    return new ChannelWriter(conn, { hello: { ...hello, token: this.token } });
+    const conn = await unixTransport.dial(this.relaySocket, { timeoutMs });
+    return new ChannelWriter(conn, { hello: { ...hello, token: this.token }, via: this.relayName });
   }
 
   private async openConsumer(from: InstanceRef): Promise<ChannelReader> {

@@ -24,17 +24,33 @@
  *                                  then SLUICE_NOT_FOUND; SLUICE_UNAUTHORIZED for a wrong token
  * ```
  *
- * Errors: `{ code, message, details? }` with the status of the code (SLUICE_INVALID 400,
- * SLUICE_UNAUTHORIZED 401, SLUICE_NOT_FOUND 404, bodies over the limit 413, others 500).
+ * Every error answer — the routes' own and Fastify's (no such route, malformed JSON, a body over
+ * the limit, a path parameter over 100 characters, a request that does not arrive in time) — is
+ * `{ code: 'SLUICE_*', message, details? }` with the status of its code (`statusOf`):
+ * SLUICE_INVALID and SLUICE_CONFIG 400 (a body over --max-body 413, a path parameter too long
+ * 414, a content type other than JSON 415, headers too large 431), SLUICE_UNAUTHORIZED 401,
+ * SLUICE_NOT_FOUND 404, SLUICE_CONFLICT 409 (a run id that is taken), SLUICE_TIMEOUT 504 (408
+ * for a request that did not arrive within its time), SLUICE_UNAVAILABLE 503 with `Retry-After`
+ * (the node is full, --max-runs, or stopping), anything else 500 (SLUICE_INTERNAL when not a
+ * Sluice error). Request bodies are checked against the routes' JSON schemas first; a body that
+ * does not match is SLUICE_INVALID naming the field.
+ *
+ * The HTTP servers bound what a connection may hold (`HTTP_LIMITS`): its request's headers must
+ * arrive within 10 s of its first byte or of the connection (a connection that sends nothing is
+ * closed as well), the whole request within 30 s; an idle keep-alive connection is closed after
+ * 5 s; at most 2048 connections are open at once, newer ones are dropped. A request that has
+ * arrived may be answered as late as its route needs (bind holds up to --bind-timeout), and
+ * WebSocket peer links, upgraded off the --listen server, are not subject to these limits.
  * Whoever can open the control socket administers the node; it is created 0600. The optional
  * TCP listener requires the cluster secret as a bearer token (probes and metrics excepted), and
  * serves HTTPS when given a certificate and key.
  */
 import { timingSafeEqual } from 'node:crypto';
-import type http from 'node:http';
+import { STATUS_CODES, type Server as HttpServer } from 'node:http';
 import type https from 'node:https';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
-import { ErrorCodes, RequestError, checkName, isErrorCode } from '../transports/index.js';
+import type { Socket } from 'node:net';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifySchemaValidationError } from 'fastify';
+import { ConnectError, ErrorCodes, RequestError, checkName, isErrorCode, type ErrorCode } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
 import type { Binder } from './binding.js';
 import type { Balancer } from './balance.js';
@@ -68,21 +84,146 @@ export interface ApiContext {
   bearerSecret?: string | undefined;
   /** When set, serve HTTPS with this certificate (chain) and private key, both PEM; else HTTP. */
   https?: { cert: string; key: string } | undefined;
+  /** Other limits than `HTTP_LIMITS` (tests). */
+  httpLimits?: Partial<HttpLimits> | undefined;
 }
 
 /** The control API's server: HTTP, or HTTPS when the context has a certificate. */
-export type ApiServer = FastifyInstance<http.Server | https.Server>;
+export type ApiServer = FastifyInstance<HttpServer | https.Server>;
 
 const OPEN_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
 
-const statusOf: Partial<Record<string, number>> = {
+/** The HTTP status of each code the API answers with; codes not listed are 500. */
+const statusOf: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.INVALID]: 400,
   [ErrorCodes.CONFIG]: 400,
   [ErrorCodes.UNAUTHORIZED]: 401,
   [ErrorCodes.NOT_FOUND]: 404,
+  [ErrorCodes.CONFLICT]: 409,
   [ErrorCodes.TIMEOUT]: 504,
   [ErrorCodes.UNAVAILABLE]: 503,
+  [ErrorCodes.INTERNAL]: 500,
 };
+
+/** `Retry-After` of a 503: a full node frees runs as they end, a stopping one is replaced, s. */
+const RETRY_AFTER_SECONDS = 5;
+
+/** What a connection to the control API may hold; see the file comment. */
+export interface HttpLimits {
+  /** from a request's first byte (or the connection's opening) until its headers are in, ms */
+  headersTimeoutMs: number;
+  /** from a request's first byte until all of it is in (not until it is answered), ms */
+  requestTimeoutMs: number;
+  /** how long a connection may stay open, idle, after an answer, ms */
+  keepAliveTimeoutMs: number;
+  /** how often connections are checked against the two timeouts above, ms */
+  checkIntervalMs: number;
+  /** open connections at once, peer links included; newer ones are closed at once */
+  maxConnections: number;
+}
+
+export const HTTP_LIMITS: HttpLimits = { headersTimeoutMs: 10_000, requestTimeoutMs: 30_000, keepAliveTimeoutMs: 5_000, checkIntervalMs: 1_000, maxConnections: 2048 };
+
+/** Longest path parameter (a run or workflow name), characters; a longer one is answered 414. */
+const MAX_PARAM_LENGTH = 100;
+
+/** `{ code, message, details? }` and its status. */
+interface ErrorAnswer {
+  status: number;
+  body: { code: ErrorCode; message: string; details?: unknown };
+}
+
+function answer(code: ErrorCode, message: string, status = statusOf[code] ?? 500, details?: unknown): ErrorAnswer {
+  return { status, body: details === undefined ? { code, message } : { code, message, details } };
+}
+
+/** A URL or value shown in a message, cut short: a 10 KB path must not come back whole. */
+function shown(text: string): string {
+  return JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}…` : text);
+}
+
+/** One schema mismatch, said with the field it is about (Ajv errors, with `verbose`). */
+function describeMismatch(error: FastifySchemaValidationError, dataVar: string): string {
+  const where = dataVar === 'body' ? 'the body' : dataVar;
+  const field = error.instancePath.replace(/^\//, '').replaceAll('/', '.');
+  const at = field === '' ? where : `field "${field}" of ${where}`;
+  const params = error.params as Record<string, unknown>;
+  switch (error.keyword) {
+    case 'required':
+      return `${at} needs the field "${String(params.missingProperty)}"`;
+    case 'additionalProperties': {
+      const allowed = Object.keys((error as { parentSchema?: { properties?: object } }).parentSchema?.properties ?? {});
+      return `${at} has an unknown field "${String(params.additionalProperty)}"${allowed.length > 0 ? `; allowed: ${allowed.join(', ')}` : ''}`;
+    }
+    case 'type':
+      return `${at} must be ${params.type === 'object' ? 'a JSON object' : `of type ${String(params.type)}`}`;
+    default:
+      return `${at} ${error.message ?? 'does not match the schema'}`;
+  }
+}
+
+/** Fastify's own errors, said as the API says its errors. */
+function frameworkAnswer(err: FastifyError, maxBodyBytes: number): ErrorAnswer | undefined {
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return answer(ErrorCodes.INVALID, `request body over the limit of ${maxBodyBytes} bytes (--max-body)`, 413);
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return answer(ErrorCodes.INVALID, `${err.message}: send a JSON body with content-type: application/json`, 415);
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return answer(ErrorCodes.INVALID, `the body is not valid JSON: ${err.message}`, 400);
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return answer(ErrorCodes.INVALID, `a path parameter is longer than ${MAX_PARAM_LENGTH} characters: names are at most 63`, 414);
+    case 'FST_ERR_BAD_URL':
+      return answer(ErrorCodes.INVALID, 'the URL has a malformed percent-encoded component', 400);
+    default:
+      return undefined;
+  }
+}
+
+/** Sluice errors as they are; Fastify's translated; the rest is SLUICE_INTERNAL (and logged). */
+function toAnswer(err: FastifyError, maxBodyBytes: number): ErrorAnswer {
+  const code = (err as { code?: unknown }).code;
+  if (isErrorCode(code)) return answer(code, err.message, undefined, (err as { details?: unknown }).details || undefined);
+  if (err.validation) return answer(ErrorCodes.INVALID, err.message, 400);
+  const known = frameworkAnswer(err, maxBodyBytes);
+  if (known) return known;
+  if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) return answer(ErrorCodes.INVALID, err.message, err.statusCode);
+  return answer(ErrorCodes.INTERNAL, 'internal error: the daemon logged it');
+}
+
+/** Reply with an error answer: the body, its status, and `Retry-After` where trying again later helps. */
+function sendAnswer(reply: FastifyReply, { status, body }: ErrorAnswer, metrics: Metrics): void {
+  metrics.errors.inc({ code: body.code });
+  if (status === 503 || status === 429) void reply.header('retry-after', String(RETRY_AFTER_SECONDS));
+  void reply.status(status).send(body);
+}
+
+/** Errors before a request exists for Fastify (a timeout, a malformed request), written raw. */
+function clientErrorAnswer(err: NodeJS.ErrnoException, limits: HttpLimits): ErrorAnswer {
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    return answer(ErrorCodes.TIMEOUT, `the request did not arrive in time: its headers must arrive within ${limits.headersTimeoutMs} ms, all of it within ${limits.requestTimeoutMs} ms`, 408);
+  }
+  if (err.code === 'HPE_HEADER_OVERFLOW') return answer(ErrorCodes.INVALID, 'the request headers are too large', 431);
+  return answer(ErrorCodes.INVALID, 'malformed HTTP request', 400);
+}
+
+/** JSON schemas of the request bodies; the handlers check the rest (names, references, ranges). */
+const SCHEMAS = {
+  workflow: { type: 'object' },
+  run: {
+    type: 'object',
+    required: ['workflow'],
+    additionalProperties: false,
+    properties: {
+      workflow: { type: 'string' },
+      id: { type: 'string' },
+      placement: { type: 'object', additionalProperties: { anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' } }] } },
+      ttlSeconds: { type: 'integer' },
+    },
+  },
+  bind: { type: 'object', additionalProperties: false, properties: { token: { type: 'string' } } },
+} as const;
 
 function describeRun(run: Run, detailed: boolean): Record<string, unknown> {
   const summary = {
@@ -102,30 +243,52 @@ function balanced(balancer: Balancer | undefined): { local: number; remote: numb
 }
 
 export function buildApi(ctx: ApiContext): ApiServer {
-  const options = { logger: false, bodyLimit: ctx.maxBodyBytes, return503OnClosing: true } as const;
-  const app: ApiServer = ctx.https ? Fastify({ ...options, https: ctx.https }) : Fastify(options);
+  const limits = { ...HTTP_LIMITS, ...ctx.httpLimits };
+  // Node's own: connectionsCheckingInterval and headersTimeout are read when the server is created
+  const http = { headersTimeout: limits.headersTimeoutMs, requestTimeout: limits.requestTimeoutMs, connectionsCheckingInterval: limits.checkIntervalMs };
+  let closing = false;
+  const options = {
+    logger: false,
+    bodyLimit: ctx.maxBodyBytes,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    // our own 503 below, said as every other error
+    return503OnClosing: false,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // bodies are what the client sent: no field dropped, no type changed; `verbose` gives the
+    // schema to the messages (the fields allowed)
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, verbose: true } },
+    schemaErrorFormatter: (errors: FastifySchemaValidationError[], dataVar: string) => new RequestError(ErrorCodes.INVALID, describeMismatch(errors[0]!, dataVar)),
+    frameworkErrors: (err: FastifyError, _request: FastifyRequest, reply: FastifyReply) => sendAnswer(reply, toAnswer(err, ctx.maxBodyBytes), ctx.metrics),
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => {
+      // reset by the client: nobody to tell
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      const { status, body } = clientErrorAnswer(err, limits);
+      ctx.metrics.errors.inc({ code: body.code });
+      const text = JSON.stringify(body);
+      if (socket.writable) socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Length: ${Buffer.byteLength(text)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${text}`);
+      socket.destroy();
+    },
+  };
+  const app: ApiServer = ctx.https ? Fastify({ ...options, https: { ...ctx.https, ...http } }) : Fastify({ ...options, http });
+  app.server.maxConnections = limits.maxConnections;
   const started = Date.now();
 
   app.setErrorHandler((err: FastifyError, request, reply) => {
-    const code = (err as { code?: unknown }).code;
-    let status: number;
-    let body: { code: string; message: string; details?: unknown };
-    if (isErrorCode(code)) {
-      status = statusOf[code] ?? 500;
-      body = { code, message: err.message, ...((err as { details?: unknown }).details ? { details: (err as { details?: unknown }).details } : {}) };
-    } else if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-      status = 413;
-      body = { code: ErrorCodes.INVALID, message: `request body over the limit of ${ctx.maxBodyBytes} bytes (--max-body)` };
-    } else if (typeof err.statusCode === 'number' && err.statusCode < 500) {
-      status = err.statusCode;
-      body = { code: ErrorCodes.INVALID, message: err.message };
-    } else {
-      status = 500;
-      body = { code: 'SLUICE_INTERNAL', message: 'internal error' };
-      request.log.error({ err }, 'unexpected error');
-    }
-    ctx.metrics.errors.inc({ code: body.code });
-    void reply.status(status).send(body);
+    const result = toAnswer(err, ctx.maxBodyBytes);
+    if (result.body.code === ErrorCodes.INTERNAL) request.log.error({ err }, 'unexpected error');
+    sendAnswer(reply, result, ctx.metrics);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    sendAnswer(reply, answer(ErrorCodes.NOT_FOUND, `no route ${request.method} ${shown(request.url.split('?')[0]!)}: the control API is described in README.md (Control API)`), ctx.metrics);
+  });
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onRequest', async (_request, reply) => {
+    if (!closing) return;
+    void reply.header('connection', 'close');
+    throw new ConnectError(ErrorCodes.UNAVAILABLE, `node ${ctx.node} is closing its control API`);
   });
   if (ctx.bearerSecret !== undefined) {
     const expected = Buffer.from(`Bearer ${ctx.bearerSecret}`);
@@ -160,7 +323,7 @@ export function buildApi(ctx: ApiContext): ApiServer {
     balanced: balanced(ctx.balancer),
   }));
 
-  app.post('/v1/workflows', async (request, reply) => {
+  app.post('/v1/workflows', { schema: { body: SCHEMAS.workflow } }, async (request, reply) => {
     const workflow = validateWorkflow(request.body);
     await ctx.cluster.applyWorkflow(workflow);
     return reply.status(201).send(workflow);
@@ -172,13 +335,8 @@ export function buildApi(ctx: ApiContext): ApiServer {
     return found;
   });
 
-  app.post<{ Body: { workflow?: unknown; id?: string; placement?: Record<string, string | string[]>; ttlSeconds?: number } }>('/v1/runs', async (request, reply) => {
+  app.post<{ Body: { workflow: string; id?: string; placement?: Record<string, string | string[]>; ttlSeconds?: number } }>('/v1/runs', { schema: { body: SCHEMAS.run } }, async (request, reply) => {
     const body = request.body;
-    if (typeof body !== 'object' || body === null || typeof body.workflow !== 'string') {
-      throw new RequestError(ErrorCodes.INVALID, 'body must be a JSON object with "workflow": the name of an applied workflow');
-    }
-    const unknownKeys = Object.keys(body).filter((k) => !['workflow', 'id', 'placement', 'ttlSeconds'].includes(k));
-    if (unknownKeys.length > 0) throw new RequestError(ErrorCodes.INVALID, `unknown field(s) ${unknownKeys.join(', ')}; allowed: workflow, id, placement, ttlSeconds`);
     const workflow = ctx.workflows.get(body.workflow);
     if (!workflow) throw new RequestError(ErrorCodes.NOT_FOUND, `no workflow "${body.workflow}": apply it first (sluice workflow apply FILE)`);
     const run = await ctx.cluster.createRun({
@@ -191,9 +349,9 @@ export function buildApi(ctx: ApiContext): ApiServer {
   });
   app.get('/v1/runs', async () => ctx.runs.list().map((r) => describeRun(r, false)));
   app.get<{ Params: { id: string } }>('/v1/runs/:id', async (request) => describeRun(ctx.runs.get(request.params.id), true));
-  app.post<{ Params: { id: string }; Body: { token?: unknown } }>('/v1/runs/:id/bind', async (request) => {
+  app.post<{ Params: { id: string }; Body: { token?: string } | undefined }>('/v1/runs/:id/bind', { schema: { body: SCHEMAS.bind } }, async (request) => {
     const id = checkName('run', request.params.id);
-    const token = typeof request.body === 'object' && request.body !== null ? request.body.token : undefined;
+    const token = request.body?.token;
     // a client that hangs up while held frees its place
     const gone = new AbortController();
     const onClose = (): void => gone.abort();

@@ -210,9 +210,9 @@ export class RunRegistry {
   async create(request: CreateRunRequest, restored?: { createdAt: number; expiresAt: number }): Promise<Run> {
     const { workflow } = request;
     const id = request.id === undefined ? newRunId() : checkName('run id', request.id);
-    if (this.runs.has(id)) throw new RequestError(ErrorCodes.INVALID, `run "${id}" exists already`, { details: { run: id } });
+    if (this.runs.has(id)) throw new RequestError(ErrorCodes.CONFLICT, `run "${id}" exists already`, { details: { run: id } });
     if (this.runs.size >= this.options.maxRuns) {
-      throw new RequestError(ErrorCodes.INVALID, `this node holds ${this.runs.size} runs, its limit (--max-runs); delete finished runs first`);
+      throw new ConnectError(ErrorCodes.UNAVAILABLE, `this node holds ${this.runs.size} runs, its limit (--max-runs); delete finished runs first`, { details: { limit: 'maxRuns' } });
     }
     const ttl = request.ttlSeconds ?? this.options.runTtlSeconds;
     if (!Number.isInteger(ttl) || ttl < 1 || ttl > 30 * 86400) throw new RequestError(ErrorCodes.INVALID, `ttlSeconds must be an integer in 1..2592000, got ${String(ttl)}`);

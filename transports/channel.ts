@@ -42,7 +42,7 @@ import {
   writeHeader,
   type FrameSink,
 } from './codec.js';
-import { ErrorCodes, ProtocolError, SluiceError, StreamError, fromSystemError, isErrorCode, type ErrorCode } from './errors.js';
+import { ConnectError, ErrorCodes, ProtocolError, SluiceError, StreamError, brokenRelay, fromSystemError, isErrorCode, type ErrorCode } from './errors.js';
 import type { Connection } from './transport.js';
 
 /** Payloads shorter than this are copied behind their header rather than written separately, bytes. */
@@ -90,6 +90,15 @@ export interface ChannelWriterOptions {
    * then checked against that length. Answering undefined, or no function: this writer's own.
    */
   trailer?: () => { length: number; checksum: string } | undefined;
+  /**
+   * Set when the connection goes to a daemon that carries the stream on to the consumer (the
+   * node's relay socket), not to the consumer itself: how errors name that daemon, e.g. "this
+   * node's daemon (relay socket /run/sluice/relay.sock)". The connection ending or breaking
+   * before the verdict is then SLUICE_UNAVAILABLE naming it (the daemon failed: it reports a
+   * consumer's failure with an ABORT), instead of SLUICE_CONSUMER_GONE. Default: the connection
+   * goes to the consumer.
+   */
+  via?: string;
 }
 
 export interface ChannelReaderOptions {
@@ -198,8 +207,10 @@ export class ChannelWriter extends Writable {
     this.channel = options.channel ?? 0;
     this.trailer = options.trailer;
     const { input, output } = conn;
+    const via = options.via;
+    const broken = (err: unknown): SluiceError => (via === undefined ? fromSystemError(err, 'producer', { channel: this.channel }) : fromSystemError(err, 'relayed', { channel: this.channel, via }));
     output.on('drain', () => this.release(null));
-    output.on('error', (err) => this.fail(fromSystemError(err, 'producer', { channel: this.channel })));
+    output.on('error', (err) => this.fail(broken(err)));
     input.on('data', (chunk: Buffer) => {
       try {
         this.decoder.push(chunk, this.sink);
@@ -207,8 +218,14 @@ export class ChannelWriter extends Writable {
         this.fail(err as Error);
       }
     });
-    input.on('end', () => this.fail(new StreamError(ErrorCodes.CONSUMER_GONE, 'consumer closed the channel before verifying the stream')));
-    input.on('error', (err) => this.fail(fromSystemError(err, 'producer', { channel: this.channel })));
+    input.on('end', () =>
+      this.fail(
+        via === undefined
+          ? new StreamError(ErrorCodes.CONSUMER_GONE, 'consumer closed the channel before verifying the stream')
+          : new ConnectError(ErrorCodes.UNAVAILABLE, brokenRelay(via), { details: { channel: this.channel, via } }),
+      ),
+    );
+    input.on('error', (err) => this.fail(broken(err)));
     output.write(encodeControl(FrameType.HELLO, this.channel, { ...options.hello, v: WIRE_VERSION }));
   }
 

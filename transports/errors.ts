@@ -31,12 +31,16 @@ export const ErrorCodes = {
   INVALID: 'SLUICE_INVALID',
   /** The named run, workflow, step or channel does not exist. */
   NOT_FOUND: 'SLUICE_NOT_FOUND',
+  /** The request conflicts with what exists: a run id that is taken. */
+  CONFLICT: 'SLUICE_CONFLICT',
   /** A token or secret is missing or wrong. */
   UNAUTHORIZED: 'SLUICE_UNAUTHORIZED',
   /** A configuration option is missing or invalid; the message names the option and the fix. */
   CONFIG: 'SLUICE_CONFIG',
   /** The object store failed after its retries. */
   STORE_UNAVAILABLE: 'SLUICE_STORE_UNAVAILABLE',
+  /** An unexpected failure inside Sluice (a bug); the daemon logged it. */
+  INTERNAL: 'SLUICE_INTERNAL',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
@@ -101,9 +105,12 @@ const goneErrnos = new Set(['EPIPE', 'ECONNRESET', 'ERR_STREAM_PREMATURE_CLOSE',
 /**
  * Translate an error from the OS or Node's streams into a SluiceError, once, at the transport
  * boundary. `role` says which side saw it: a broken pipe seen by a producer means the consumer
- * is gone, seen by a consumer it means the stream was truncated.
+ * is gone, seen by a consumer it means the stream was truncated. `relayed` is a producer whose
+ * connection goes to a daemon that carries the stream on (this node's relay socket), named by
+ * `context.via`: that connection breaking means the daemon failed — a daemon tells its producer
+ * of a consumer's failure with an ABORT — so it is SLUICE_UNAVAILABLE naming the daemon.
  */
-export function fromSystemError(err: unknown, role: 'producer' | 'consumer' | 'dial', context: Record<string, unknown> = {}): SluiceError {
+export function fromSystemError(err: unknown, role: 'producer' | 'relayed' | 'consumer' | 'dial', context: Record<string, unknown> = {}): SluiceError {
   if (err instanceof SluiceError) return err;
   if (typeof err === 'object' && err !== null && isErrorCode((err as { code?: unknown }).code)) {
     return err as SluiceError;
@@ -118,9 +125,20 @@ export function fromSystemError(err: unknown, role: 'producer' | 'consumer' | 'd
     if (errno === 'ABORT_ERR') return new ConnectError(ErrorCodes.ABORTED, 'aborted before connecting', { cause: err, details });
     return new ConnectError(ErrorCodes.UNAVAILABLE, `cannot connect: ${text}`, { cause: err, details });
   }
+  if (role === 'relayed') {
+    return new ConnectError(ErrorCodes.UNAVAILABLE, `${brokenRelay(String(context.via ?? 'the daemon'), errno)}: ${text}`, { cause: err, details });
+  }
   if (role === 'producer') {
     const why = goneErrnos.has(errno) ? `the consumer closed its end (${errno})` : text;
     return new StreamError(ErrorCodes.CONSUMER_GONE, `consumer gone before verifying the stream: ${why}`, { cause: err, details });
   }
   return new StreamError(ErrorCodes.TRUNCATED, `stream ended before its trailer: ${text}`, { cause: err, details });
+}
+
+/**
+ * What a producer is told when its connection to the daemon relaying its stream breaks before
+ * the consumer's verdict (the daemon stopped or was killed): the party that failed, by name.
+ */
+export function brokenRelay(via: string, errno?: string): string {
+  return `the connection to ${via} broke mid-stream${errno ? ` (${errno})` : ''}, before the consumer verified the stream: that daemon stopped or was killed`;
 }

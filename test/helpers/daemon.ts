@@ -31,6 +31,9 @@ export interface DaemonProcessOptions {
   env?: NodeJS.ProcessEnv;
 }
 
+/** Not exited: a child killed by a signal has no exit code, but a signal code. */
+const running = (child: ChildProcess): boolean => child.exitCode === null && child.signalCode === null;
+
 /** Start `sluice daemon` in a fresh directory and wait until it is ready. */
 export async function startDaemonProcess(extraArgs: string[] = [], options: DaemonProcessOptions = {}): Promise<DaemonProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'sluice-e2e-'));
@@ -58,14 +61,14 @@ export async function startDaemonProcess(extraArgs: string[] = [], options: Daem
     child: await launch(),
     logs: () => output,
     async restart() {
-      if (handle.child.exitCode === null) {
+      if (running(handle.child)) {
         handle.child.kill('SIGKILL');
         await once(handle.child, 'exit');
       }
       handle.child = await launch();
     },
     async stop() {
-      if (handle.child.exitCode === null) {
+      if (running(handle.child)) {
         handle.child.kill('SIGTERM');
         await once(handle.child, 'exit');
       }

@@ -3,6 +3,7 @@ import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { InjectOptions, LightMyRequestResponse } from 'fastify';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApi } from '../../server/api.js';
@@ -13,7 +14,8 @@ import { createMetrics, type Metrics } from '../../server/metrics.js';
 import { Relay } from '../../server/relay.js';
 import { RunRegistry } from '../../server/runs.js';
 import { validateWorkflow, type Workflow } from '../../server/workflow.js';
-import { DirectoryStore, MANIFEST_FILE, MemoryBudget, runDirectory } from '../../transports/index.js';
+import { MANIFEST_FILE, isErrorCode, runDirectory } from '../../transports/index.js';
+import { wireOneNode, type OneNode } from '../helpers/one-node.js';
 
 const log = pino({ level: 'silent' });
 let dir: string;
@@ -26,24 +28,8 @@ let binder: Binder;
 const BIND_TIMEOUT_MS = 1500;
 
 /** The cluster, relay and binder of one node with no peers, as the daemon puts them together. */
-function wire(metrics: Metrics, workflows: Map<string, Workflow>): { cluster: Cluster; relay: Relay; binder: Binder } {
-  const binder = new Binder({ node: 'node-a', runs, timeoutMs: BIND_TIMEOUT_MS, log });
-  const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
-  const budget = new MemoryBudget(64 << 20);
-  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
-  const relay = new Relay(runs, {
-    dir,
-    budget,
-    relayBufferBytes: 1 << 20,
-    attachTimeoutMs: 1000,
-    log,
-    metrics,
-    fallback,
-    forward: (...args) => cluster.forward(...args),
-    link: (...args) => cluster.link(...args),
-    balance: () => Promise.reject(new Error('no balance edges in these tests')),
-  });
-  return { cluster, relay, binder };
+function wire(metrics: Metrics, workflows: Map<string, Workflow>): OneNode {
+  return wireOneNode({ dir, runs, log, metrics, workflows, bindTimeoutMs: BIND_TIMEOUT_MS });
 }
 
 beforeAll(async () => {
@@ -147,20 +133,21 @@ describe('control API', () => {
     expect((await app.inject({ method: 'DELETE', url: '/v1/runs/durable-1' })).statusCode).toBe(204);
   });
 
-  it('refuses a second run with the same id', async () => {
+  it('refuses a second run with the same id: 409 SLUICE_CONFLICT', async () => {
     expect((await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'twice' } })).statusCode).toBe(201);
     const again = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'twice' } });
-    expect(again.statusCode).toBe(400);
-    expect(again.json().message).toMatch(/exists already/);
+    expect(again.statusCode).toBe(409);
+    expect(again.json()).toMatchObject({ code: 'SLUICE_CONFLICT', message: expect.stringMatching(/exists already/) });
     await app.inject({ method: 'DELETE', url: '/v1/runs/twice' });
   });
 
-  it('refuses runs beyond --max-runs', async () => {
+  it('refuses runs beyond --max-runs: 503 SLUICE_UNAVAILABLE with Retry-After', async () => {
     const ids = ['m1', 'm2', 'm3', 'm4', 'm5'];
     for (const id of ids) expect((await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id } })).statusCode).toBe(201);
     const over = await app.inject({ method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', id: 'm6' } });
-    expect(over.statusCode).toBe(400);
-    expect(over.json().message).toMatch(/--max-runs/);
+    expect(over.statusCode).toBe(503);
+    expect(over.headers['retry-after']).toMatch(/^\d+$/);
+    expect(over.json()).toMatchObject({ code: 'SLUICE_UNAVAILABLE', message: expect.stringMatching(/--max-runs/) });
     for (const id of ids) await app.inject({ method: 'DELETE', url: `/v1/runs/${id}` });
   });
 
@@ -288,5 +275,54 @@ describe('control API over TCP (bearer secret)', () => {
     } finally {
       await tcp.close();
     }
+  });
+});
+
+describe('every error answer is { code: SLUICE_*, message, details? }, Fastify\'s own too', () => {
+  const expectSluiceError = (res: { statusCode: number; headers: Record<string, unknown>; json: () => unknown }, status: number, code: string, message: RegExp): void => {
+    expect(res.statusCode).toBe(status);
+    expect(res.headers['content-type']).toMatch(/application\/json/);
+    const body = res.json() as Record<string, unknown>;
+    expect(body).toMatchObject({ code, message: expect.stringMatching(message) });
+    expect(Object.keys(body).every((k) => ['code', 'message', 'details'].includes(k))).toBe(true);
+    expect(isErrorCode(body.code)).toBe(true);
+  };
+
+  it.each([
+    ['a 10 KB path parameter', { url: `/v1/runs/${'r'.repeat(10_000)}` }, 414, 'SLUICE_INVALID', /longer than 100 characters/],
+    ['a route that does not exist', { url: '/v2/nothing' }, 404, 'SLUICE_NOT_FOUND', /no route GET "\/v2\/nothing"/],
+    ['a method a route does not have', { method: 'PUT', url: '/v1/runs' }, 404, 'SLUICE_NOT_FOUND', /no route PUT/],
+    ['a malformed percent-encoding in a path parameter', { url: '/v1/runs/%E0%A4%A' }, 400, 'SLUICE_INVALID', /percent-encoded/],
+    ['a body that is not JSON', { method: 'POST', url: '/v1/workflows', headers: { 'content-type': 'application/json' }, payload: '{"name": ' }, 400, 'SLUICE_INVALID', /not valid JSON/],
+    ['a body of a content type the API does not read', { method: 'POST', url: '/v1/workflows', headers: { 'content-type': 'application/xml' }, payload: '<name/>' }, 415, 'SLUICE_INVALID', /application\/json/],
+    ['a body of plain text', { method: 'POST', url: '/v1/workflows', headers: { 'content-type': 'text/plain' }, payload: 'name: x' }, 400, 'SLUICE_INVALID', /the body must be a JSON object/],
+    ['a workflow that is not an object', { method: 'POST', url: '/v1/workflows', payload: [1, 2] }, 400, 'SLUICE_INVALID', /the body must be a JSON object/],
+    ['a run body that is a list', { method: 'POST', url: '/v1/runs', payload: ['chain'] }, 400, 'SLUICE_INVALID', /the body must be a JSON object/],
+    ['a run without a workflow', { method: 'POST', url: '/v1/runs', payload: { id: 'r1' } }, 400, 'SLUICE_INVALID', /needs the field "workflow"/],
+    ['a run with an unknown field', { method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', colour: 'blue' } }, 400, 'SLUICE_INVALID', /unknown field "colour"; allowed: workflow, id, placement, ttlSeconds/],
+    ['a run with a ttl given as text', { method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', ttlSeconds: '60' } }, 400, 'SLUICE_INVALID', /field "ttlSeconds" of the body must be of type integer/],
+    ['a run placed with a number', { method: 'POST', url: '/v1/runs', payload: { workflow: 'chain', placement: { a: 7 } } }, 400, 'SLUICE_INVALID', /field "placement.a" of the body/],
+    ['a bind with a token that is not text', { method: 'POST', url: '/v1/runs/r1/bind', payload: { token: 42 } }, 400, 'SLUICE_INVALID', /field "token" of the body must be of type string/],
+  ] as const)('%s', async (_what, request, status, code, message) => {
+    const before = runDirs();
+    expectSluiceError(await app.inject(request as InjectOptions), status, code, message);
+    expect(runDirs()).toEqual(before);
+  });
+
+  it('answers a request that reaches a closing API 503 SLUICE_UNAVAILABLE with Retry-After', async () => {
+    const metrics = createMetrics({ runs });
+    const workflows = new Map<string, Workflow>();
+    const { cluster, relay, binder } = wire(metrics, workflows);
+    const closing = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, binder, maxBodyBytes: 16 * 1024, ready: () => true });
+    await closing.ready();
+    // a request already under way when close() begins, as a pipelined one would be
+    let answered: Promise<LightMyRequestResponse> | undefined;
+    closing.addHook('preClose', async () => {
+      answered = closing.inject({ url: '/v1/runs' });
+    });
+    await closing.close();
+    const res = await answered!;
+    expectSluiceError(res, 503, 'SLUICE_UNAVAILABLE', /closing/);
+    expect(res.headers['retry-after']).toMatch(/^\d+$/);
   });
 });

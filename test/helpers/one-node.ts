@@ -1,0 +1,42 @@
+/**
+ * The in-process pieces of one daemon with no peers — cluster, relay, binder — put together as
+ * the daemon does, for tests that drive the control API through inject() or a socket.
+ */
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { Binder } from '../../server/binding.js';
+import { Cluster } from '../../server/cluster.js';
+import { Fallback } from '../../server/fallback.js';
+import type { Metrics } from '../../server/metrics.js';
+import { Relay } from '../../server/relay.js';
+import type { RunRegistry } from '../../server/runs.js';
+import type { Workflow } from '../../server/workflow.js';
+import { DirectoryStore, MemoryBudget } from '../../transports/index.js';
+
+export interface OneNode {
+  cluster: Cluster;
+  relay: Relay;
+  binder: Binder;
+}
+
+/** Wire node-a's pieces over `runs`, its store under `dir`/store, binds held up to `bindTimeoutMs`. */
+export function wireOneNode(options: { dir: string; runs: RunRegistry; log: Logger; metrics: Metrics; workflows: Map<string, Workflow>; bindTimeoutMs: number }): OneNode {
+  const { dir, runs, log, metrics, workflows } = options;
+  const binder = new Binder({ node: 'node-a', runs, timeoutMs: options.bindTimeoutMs, log });
+  const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
+  const budget = new MemoryBudget(64 << 20);
+  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
+  const relay = new Relay(runs, {
+    dir,
+    budget,
+    relayBufferBytes: 1 << 20,
+    attachTimeoutMs: 1000,
+    log,
+    metrics,
+    fallback,
+    forward: (...args) => cluster.forward(...args),
+    link: (...args) => cluster.link(...args),
+    balance: () => Promise.reject(new Error('no balance edges in these tests')),
+  });
+  return { cluster, relay, binder };
+}
