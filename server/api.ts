@@ -33,7 +33,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import type http from 'node:http';
 import type https from 'node:https';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { ErrorCodes, RequestError, checkName, isErrorCode } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
 import type { Binder } from './binding.js';
@@ -102,7 +102,16 @@ function balanced(balancer: Balancer | undefined): { local: number; remote: numb
 }
 
 export function buildApi(ctx: ApiContext): ApiServer {
-  const options = { logger: false, bodyLimit: ctx.maxBodyBytes, return503OnClosing: true } as const;
+  const options = {
+    logger: false,
+    bodyLimit: ctx.maxBodyBytes,
+    return503OnClosing: true,
+    // errors Fastify meets before routing (a malformed URL) answer with a stable code too
+    frameworkErrors: (err: FastifyError, _request: FastifyRequest, reply: FastifyReply) => {
+      ctx.metrics.errors.inc({ code: ErrorCodes.INVALID });
+      void reply.status(400).send({ code: ErrorCodes.INVALID, message: err.message });
+    },
+  } as const;
   const app: ApiServer = ctx.https ? Fastify({ ...options, https: ctx.https }) : Fastify(options);
   const started = Date.now();
 
@@ -126,6 +135,11 @@ export function buildApi(ctx: ApiContext): ApiServer {
     }
     ctx.metrics.errors.inc({ code: body.code });
     void reply.status(status).send(body);
+  });
+  // an unknown route answers like every other error, with a stable code (Fastify's own 404 has none)
+  app.setNotFoundHandler((request, reply) => {
+    ctx.metrics.errors.inc({ code: ErrorCodes.NOT_FOUND });
+    void reply.status(404).send({ code: ErrorCodes.NOT_FOUND, message: `no route ${request.method} ${request.url.split('?')[0]}` });
   });
   if (ctx.bearerSecret !== undefined) {
     const expected = Buffer.from(`Bearer ${ctx.bearerSecret}`);
