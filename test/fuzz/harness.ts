@@ -22,6 +22,11 @@ export interface Target {
   teardown?(): Promise<void>;
   /** A short description of case `index`'s input, for a failure report (hex of the bytes, ...). */
   describe?(r: Prng): string;
+  /**
+   * Bring the system under test back (restart a dead daemon). When given, a batch that fails its
+   * check is replayed one case at a time to name the case that did it.
+   */
+  reset?(): Promise<void>;
   /** counters a target keeps (findings that are not failures, outcomes) */
   readonly stats?: Record<string, number>;
 }
@@ -132,6 +137,7 @@ export async function fuzz(target: Target, options: FuzzOptions): Promise<FuzzRe
         try {
           await target.check();
         } catch (err) {
+          if (batch > 1 && target.reset) await bisect(target, seed, first, last, err);
           fail(err);
         }
       }
@@ -156,6 +162,29 @@ export async function fuzz(target: Target, options: FuzzOptions): Promise<FuzzRe
   } finally {
     unhandled.uninstall();
     await target.teardown?.();
+  }
+}
+
+/** Replay the cases of a failed batch one by one, each followed by the check, to find the one that fails. */
+async function bisect(target: Target, seed: number, first: number, last: number, batchError: unknown): Promise<void> {
+  for (let i = first; i <= last; i++) {
+    await target.reset!();
+    let err: unknown;
+    try {
+      await target.one(caseRandom(seed, i), i);
+      await target.check!();
+    } catch (e) {
+      err = e;
+    }
+    if (err !== undefined) {
+      let desc: string | undefined;
+      try {
+        desc = target.describe ? short(target.describe(caseRandom(seed, i)), 2000) : undefined;
+      } catch {
+        desc = undefined;
+      }
+      throw new FuzzFailure(target.name, seed, i, i, err, `${desc ?? ''}\n  (the batch ${first}..${last} failed with: ${String((batchError as Error)?.message ?? batchError).split('\n')[0]}; case ${i} alone fails too)`);
+    }
   }
 }
 
