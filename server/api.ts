@@ -201,8 +201,6 @@ export function buildApi(ctx: ApiContext): ApiServer {
       ...(body.placement !== undefined ? { placement: body.placement } : {}),
       ...(body.ttlSeconds !== undefined ? { ttlSeconds: body.ttlSeconds } : {}),
     });
-    ctx.metrics.runsCreated.inc();
-    ctx.metrics.preparedChannels.inc({ path: 'fifo' }, run.manifest.channels.length);
     return reply.status(201).send({ run: run.id, token: run.token, workflow: workflow.name, channels: run.manifest.channels.length, expiresAt: new Date(run.expiresAt).toISOString() });
   });
   app.get('/v1/runs', async () => ctx.runs.list().map((r) => describeRun(r, false)));
@@ -222,10 +220,7 @@ export function buildApi(ctx: ApiContext): ApiServer {
     }
   });
   app.delete<{ Params: { id: string } }>('/v1/runs/:id', async (request, reply) => {
-    const run = ctx.runs.get(request.params.id);
     await ctx.cluster.deleteRun(request.params.id);
-    ctx.metrics.runsDeleted.inc();
-    ctx.metrics.preparedChannels.dec({ path: 'fifo' }, run.manifest.channels.length);
     return reply.status(204).send();
   });
   return app;

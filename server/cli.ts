@@ -96,9 +96,10 @@ async function daemonCommand(args: string[]): Promise<number> {
     return 0;
   }
   const config = loadConfig({ argv: args, env: process.env });
-  // the AWS SDK warns on every start that Node 20 support ends; the daemon's log is the place for news
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const daemon = await startDaemon(config, { version: packageVersion() });
+  // Node's own warnings (a listener leak, a deprecation) belong in the JSON log, not as plain text beside it
+  process.removeAllListeners('warning');
+  process.on('warning', (warning) => daemon.log.warn({ err: warning }, 'node warning'));
   await new Promise<void>((resolveStop) => {
     const stop = (signal: string): void => {
       daemon.log.info({ signal }, 'signal received');

@@ -238,7 +238,6 @@ export class Cluster {
           placement: request.placement as Record<string, string[]>,
           ttlSeconds: request.ttlSeconds as number,
         });
-        this.options.metrics.runsCreated.inc();
         this.options.log.info({ run: run.id, origin: from }, 'run shared by a peer');
         const ours = this.options.fallback.store.location;
         if (typeof request.store === 'string') this.peerStores.set(from, request.store);
@@ -332,6 +331,7 @@ export class Cluster {
     }
     channel.state = 'relaying';
     metrics.relayChannels.inc();
+    const observed = metrics.streamStarted('remote');
     let answered = false;
     const tap = new StreamTap(this.options.replayBytes);
     // A producer that vanishes closes its socket cleanly; passed on as a clean close, its
@@ -347,6 +347,7 @@ export class Cluster {
       tap.push(head);
       link.output.write(head);
       channel.relayedBytes += head.length;
+      observed.bytes(head.length);
       await splice(
         producer,
         link,
@@ -354,10 +355,12 @@ export class Cluster {
           tap.push(chunk);
           channel.relayedBytes += chunk.length;
           metrics.relayBytes.inc(chunk.length);
+          observed.bytes(chunk.length);
         },
         () => (answered = true),
       );
       channel.state = 'done';
+      observed.done();
       producer.destroy();
       link.destroy();
       log2.info({ bytes: channel.relayedBytes }, 'cross-node stream delivered');
@@ -438,6 +441,7 @@ export class Cluster {
     }
     channel.state = 'relaying';
     metrics.relayChannels.inc();
+    const observed = metrics.streamStarted(channel.path === 'unix' ? 'unix' : 'fifo');
     let consumer: Connection | undefined;
     let answered = false;
     try {
@@ -450,8 +454,10 @@ export class Cluster {
       await splice(link, consumer, (chunk) => {
         channel.relayedBytes += chunk.length;
         metrics.relayBytes.inc(chunk.length);
+        observed.bytes(chunk.length);
       }, () => (answered = true));
       channel.state = 'done';
+      observed.done();
       log2.info({ bytes: channel.relayedBytes }, 'cross-node stream delivered');
     } catch (err) {
       channel.state = 'failed';

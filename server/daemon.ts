@@ -4,7 +4,7 @@
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket } from '../transports/index.js';
+import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, removeStaleSocket, type ObjectStore } from '../transports/index.js';
 import { buildApi, type ApiServer } from './api.js';
 import { Binder } from './binding.js';
 import type { DaemonConfig } from './config.js';
@@ -45,7 +45,19 @@ export interface Daemon {
   close(graceMs?: number): Promise<void>;
 }
 
-export async function startDaemon(config: DaemonConfig, options: { version: string; log?: Logger }): Promise<Daemon> {
+export interface StartOptions {
+  version: string;
+  /** Default: pino at the config's log level. */
+  log?: Logger;
+  /**
+   * Test-only: the object store to use instead of the one `config.store` names (tests that run
+   * daemons in their own process wrap a real store to fault or observe it at an exact step).
+   * The CLI never sets it. Default: `openStore(config.store)`.
+   */
+  store?: ObjectStore;
+}
+
+export async function startDaemon(config: DaemonConfig, options: StartOptions): Promise<Daemon> {
   const log = options.log ?? pino({ level: config.logLevel, base: { node: config.node } });
   await fs.mkdir(config.dir, { recursive: true, mode: 0o755 });
   const runs = new RunRegistry({ dir: config.dir, node: config.node, runTtlSeconds: config.runTtlSeconds, maxRuns: config.maxRuns, log });
@@ -89,12 +101,13 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
       }
     },
   });
-  const metrics = createMetrics(
-    () => runs.size,
-    () => peers?.status() ?? [],
-    () => ({ replicas: balancer.status(), shares: balancer.shares }),
-  );
-  const fallback = new Fallback({ store: openStore(config.store), segmentBytes: config.segmentBytes, log, metrics });
+  const metrics = createMetrics({
+    runs,
+    peers: () => peers?.status() ?? [],
+    replicas: () => ({ replicas: balancer.status(), shares: balancer.shares }),
+    version: options.version,
+  });
+  const fallback = new Fallback({ store: options.store ?? openStore(config.store), segmentBytes: config.segmentBytes, log, metrics });
   await fallback.start();
   await runs.start();
   // runs a previous daemon left here: streams it stored reach their consumers, without delaying readiness
@@ -202,10 +215,6 @@ export async function startDaemon(config: DaemonConfig, options: { version: stri
         runs,
         workflows,
         createRun: (request) => cluster.createRun(request),
-        onCreated: (run) => {
-          metrics.runsCreated.inc();
-          metrics.preparedChannels.inc({ path: 'fifo' }, run.manifest.channels.length);
-        },
       })),
     );
   }

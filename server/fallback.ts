@@ -121,6 +121,7 @@ export class Fallback {
     const { store, metrics, log, segmentBytes } = this.options;
     const log2 = log.child({ run: run.id, channel: channel.name, store: store.location });
     metrics.storeStreams.inc({ reason });
+    const observed = metrics.streamStarted('store');
     channel.stored = reason;
     log2.info({ reason }, 'stream going to the object store');
     const writer = new StoredStreamWriter(store, streamPrefix(run.id, channel.name), {
@@ -137,7 +138,9 @@ export class Fallback {
         await store.put(runPrefix(run.id) + EXPIRES_OBJECT, Buffer.from(JSON.stringify({ expiresAt: run.expiresAt })));
         this.wrote.add(run.id);
       }
+      source.on('data', (chunk: Buffer) => observed.bytes(chunk.length));
       await pipeline(source, writer);
+      observed.done();
       log2.info({ bytes: writer.bytesWritten, reason }, 'stream stored');
     } catch (err) {
       metrics.storeErrors.inc({ code: codeOf(err) });

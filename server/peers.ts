@@ -152,6 +152,19 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+/** Wait for `promise`, or for `signal` to fire, whichever comes first; no listener is left behind. */
+async function untilAborted(promise: Promise<unknown>, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return;
+  let onAbort!: () => void;
+  const aborted = new Promise<void>((resolve) => (onAbort = resolve));
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    await Promise.race([promise, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
 export class PeerLinks {
   private readonly peers = new Map<string, Peer>();
   private readonly transport: WsTransport;
@@ -347,6 +360,7 @@ export class PeerLinks {
 
   /** A link dialled by a peer: it names itself, we answer with our name. */
   private async admit(conn: Connection): Promise<void> {
+    this.guard(conn, undefined);
     const hello = parseHello(await firstChunk(conn.input, HANDSHAKE_TIMEOUT_MS));
     const node = checkName('peer node', hello.node);
     if (hello.to !== this.options.node) {
@@ -366,7 +380,7 @@ export class PeerLinks {
     while (!signal.aborted && peer.url !== undefined && this.peers.get(peer.node) === peer) {
       const url = peer.url;
       if (peer.mux?.up) {
-        await Promise.race([peer.mux.closed, new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))]);
+        await untilAborted(peer.mux.closed, signal);
         backoff = BACKOFF_MIN_MS;
         if (defer) await sleep(DEFER_MS, signal);
         continue;
@@ -375,6 +389,7 @@ export class PeerLinks {
         const conn = await this.transport.dial(hostPort(url), { timeoutMs: 0, signal, tls: new URL(url).protocol === 'wss:' }).catch((err: unknown) => {
           throw this.explainTls(peer, url, err);
         });
+        this.guard(conn, peer.node);
         try {
           conn.output.write(JSON.stringify({ sluice: 'peer-link', node: this.options.node, to: peer.node }));
           const answer = parseHello(await firstChunk(conn.input, HANDSHAKE_TIMEOUT_MS));
@@ -395,12 +410,26 @@ export class PeerLinks {
           const level = (err as { code?: string }).code === ErrorCodes.UNAUTHORIZED ? 'error' : 'warn';
           this.options.log[level]({ peer: peer.node, url, err }, 'cannot link to peer; retrying');
         }
-        peer.lastError = message;
-        peer.state = peer.links > 0 ? 'down' : 'connecting';
+        // the peer's own dial may have linked while ours failed: that link's state stands
+        if (!peer.mux?.up) {
+          peer.lastError = message;
+          peer.state = peer.links > 0 ? 'down' : 'connecting';
+        }
         await sleep(backoff * (0.75 + Math.random() / 2), signal);
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }
     }
+  }
+
+  /**
+   * A link's medium errors before the Mux takes it over (the handshake): the link may close at
+   * any moment, and a write to a closed one fails with EPIPE. Such a failure ends the handshake
+   * (its read rejects or times out), never the daemon.
+   */
+  private guard(conn: Connection, node: string | undefined): void {
+    const log = (err: Error): void => this.options.log.debug({ err, peer: node }, 'peer link: medium error during the handshake');
+    conn.input.on('error', log);
+    conn.output.on('error', log);
   }
 
   /** A failed TLS verification of `peer`, reworded to say which file to fix; other errors as they are. */

@@ -36,6 +36,7 @@ import {
   channelName,
   checkName,
   encodeControl,
+  refuseConnection,
   fifoTransport,
   unixTransport,
   type Connection,
@@ -102,7 +103,7 @@ export function terminate(conn: Connection, route: (reader: ChannelReader) => Pr
   reader.once('hello', (hello: Record<string, unknown>) => {
     route(reader).then(settle.resolve, (err: unknown) => {
       settle.reject(err);
-      metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
+      metrics.errors.inc({ code: errorCode(err) });
       log.warn({ err, run: hello.run }, 'relay failed');
       reader.destroy(err as Error);
     });
@@ -122,8 +123,11 @@ function tee(source: Readable): [PassThrough, PassThrough] {
 }
 
 /**
- * Read a producer's first frame, which must be a HELLO, without consuming the stream: the bytes
- * read are returned to be passed on (or put back) whole.
+ * Read a producer's first frame, which must be a HELLO, without consuming the stream: on success
+ * the bytes read are returned to be passed on (or put back) whole, and `input` is left paused.
+ * On failure (EOF, a medium error, bytes that are not a HELLO, the timeout) it rejects and leaves
+ * the bytes alone: the stream may have ended, and nothing may be put back into an ended stream.
+ * Its own listeners are removed either way; the caller owns `input`'s errors from then on.
  */
 export function peekHello(input: Readable, timeoutMs: number): Promise<{ hello: Record<string, unknown>; bytes: Buffer }> {
   return new Promise((resolve, reject) => {
@@ -154,22 +158,27 @@ export function peekHello(input: Readable, timeoutMs: number): Promise<{ hello: 
     };
     const onEnd = (): void => done(new ProtocolError('the producer closed before its HELLO'));
     const onError = (err: Error): void => done(err);
+    let settled = false;
     function done(err: Error | undefined): void {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       input.off('data', onData);
       input.off('end', onEnd);
       input.off('error', onError);
-      const bytes = Buffer.concat(chunks);
-      if (err) {
-        input.pause();
-        input.unshift(bytes);
-        reject(err);
-      } else resolve({ hello: found!, bytes });
+      if (err) reject(err);
+      else resolve({ hello: found!, bytes: Buffer.concat(chunks) });
     }
     input.on('data', onData);
     input.on('end', onEnd);
     input.on('error', onError);
   });
+}
+
+/** The code of a SluiceError, for metrics and logs; 'unknown' for anything else. */
+function errorCode(err: unknown): string {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? code : 'unknown';
 }
 
 /** A producer that connects and says nothing is dropped after this long, ms. */
@@ -273,9 +282,16 @@ export class Relay {
     const { log, metrics } = this.options;
     this.active.add(conn);
     conn.input.once('close', () => this.active.delete(conn));
+    // the producer may vanish at any moment: a medium error ends this connection, never the daemon
+    conn.input.on('error', (err) => log.debug({ err }, 'relay connection: medium error'));
+    conn.output.on('error', (err) => log.debug({ err }, 'relay connection: medium error'));
     const failed = (err: unknown, run: unknown): void => {
-      metrics.errors.inc({ code: (err as { code?: string }).code ?? 'unknown' });
+      metrics.errors.inc({ code: errorCode(err) });
       log.warn({ err, run }, 'relay failed');
+    };
+    const refuse = (err: unknown, run: unknown): void => {
+      failed(err, run);
+      refuseConnection(conn, err as Error, ErrorCodes.PROTOCOL);
     };
     peekHello(conn.input, HELLO_TIMEOUT_MS).then(
       ({ hello, bytes }) => {
@@ -283,17 +299,18 @@ export class Relay {
         try {
           target = this.target(hello);
         } catch (err) {
-          conn.input.unshift(bytes);
-          return this.relayHere(conn, () => Promise.reject(err as Error));
+          return refuse(err, hello.run);
         }
-        if ('edge' in target) return void this.serveBalanced(conn, bytes, target, failed);
+        if ('edge' in target) return void this.serveBalanced(conn, bytes, target, failed, refuse);
         this.pass(conn, bytes, target.run, target.channel, undefined, failed);
       },
       (err: unknown) => {
-        failed(err, undefined);
-        if ((err as { code?: string }).code === ErrorCodes.TIMEOUT) return conn.destroy();
-        // bytes that are not a HELLO: the channel layer finds the same fault and tells the producer
-        this.relayHere(conn, () => Promise.reject(err as Error));
+        if (errorCode(err) === ErrorCodes.TIMEOUT) {
+          failed(err, undefined);
+          return conn.destroy();
+        }
+        // EOF or garbage before a HELLO: answer if the producer can still hear it, then close
+        refuse(err, undefined);
       },
     );
   }
@@ -329,14 +346,19 @@ export class Relay {
    * an empty stream whose HELLO says `elsewhere`, that this producer's stream went elsewhere — so
    * each consumer's input still ends after one verified stream per producer.
    */
-  private async serveBalanced(conn: Connection, bytes: Buffer, balanced: Balanced, failed: (err: unknown, run: unknown) => void): Promise<void> {
+  private async serveBalanced(
+    conn: Connection,
+    bytes: Buffer,
+    balanced: Balanced,
+    failed: (err: unknown, run: unknown) => void,
+    refuse: (err: unknown, run: unknown) => void,
+  ): Promise<void> {
     const { run, edge, from } = balanced;
     let lease: Lease;
     try {
       lease = await this.options.balance(run, edge, from, balanced.key);
     } catch (err) {
-      conn.input.unshift(bytes);
-      return this.relayHere(conn, () => Promise.reject(err as Error));
+      return refuse(err, run.id);
     }
     let chosen: ChannelInfo | undefined;
     for (let j = 0; j < run.manifest.steps[edge.to]!.replicas; j++) {
@@ -379,8 +401,11 @@ export class Relay {
 
   private async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean, extra: Record<string, unknown> = {}): Promise<void> {
     if (channel.path !== 'remote') return this.deliver(source, held, run, channel, persisted, extra);
+    const observed = this.options.metrics.streamStarted('remote');
     const writer = new ChannelWriter(await this.options.link(run, channel), { hello: { run: run.id, from: channel.from, to: channel.to, via: 'relay', ...extra } });
+    source.on('data', (chunk: Buffer) => observed.bytes(chunk.length));
     await pipeline(source, writer);
+    observed.done();
   }
 
   /**
@@ -441,6 +466,7 @@ export class Relay {
     const { name, to, from } = channel;
     channel.state = 'relaying';
     metrics.relayChannels.inc();
+    const observed = metrics.streamStarted(channel.path === 'unix' ? 'unix' : 'fifo');
     const log2 = log.child({ run: runId, channel: name });
     log2.debug('relaying: waiting for the consumer to attach');
     try {
@@ -460,9 +486,11 @@ export class Relay {
       source.on('data', (chunk: Buffer) => {
         channel.relayedBytes += chunk.length;
         metrics.relayBytes.inc(chunk.length);
+        observed.bytes(chunk.length);
       });
       await pipeline(source, writer);
       channel.state = 'done';
+      observed.done();
       log2.info({ bytes: channel.relayedBytes }, 'relayed stream delivered and verified');
     } catch (err) {
       channel.state = 'failed';

@@ -123,6 +123,10 @@ export class RunRegistry {
   private sweeper: NodeJS.Timeout | undefined;
   /** Called after a run was deleted (by request or by its TTL), to release what else it holds. */
   onDeleted: ((run: Run) => void) | undefined;
+  /** Runs created since this registry started (not those taken up again after a restart), for the metrics. */
+  created = 0;
+  /** Runs removed since this registry started, by reason, for the metrics. */
+  readonly removed = { deleted: 0, expired: 0 };
 
   constructor(private readonly options: RunRegistryOptions) {}
 
@@ -186,6 +190,7 @@ export class RunRegistry {
         if (saved.expiresAt <= Date.now()) {
           await fs.rm(runDirectory(this.options.dir, saved.id, saved.token), { recursive: true, force: true });
           await fs.rm(path, { force: true });
+          this.removed.expired++;
           log.info({ run: saved.id }, 'run expired while the daemon was down: removed');
           continue;
         }
@@ -279,14 +284,16 @@ export class RunRegistry {
       await fs.rm(join(this.stateDir, `${id}.json`), { force: true });
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot prepare run "${id}" under ${this.options.dir}: ${(err as Error).message}`, { cause: err });
     }
+    if (!restored) this.created++;
     this.options.log.info({ run: id, workflow: workflow.name, channels: manifest.channels.length, shared: request.token !== undefined }, 'run prepared');
     return created;
   }
 
-  /** Remove a run and everything it left on disk. */
-  async delete(id: string): Promise<void> {
+  /** Remove a run and everything it left on disk; `reason` is what the metrics count it as. */
+  async delete(id: string, reason: 'deleted' | 'expired' = 'deleted'): Promise<void> {
     const found = this.get(id);
     this.runs.delete(id);
+    this.removed[reason]++;
     this.onDeleted?.(found);
     await fs.rm(join(this.stateDir, `${id}.json`), { force: true });
     await fs.rm(found.directory, { recursive: true, force: true });
@@ -299,7 +306,7 @@ export class RunRegistry {
     for (const r of this.runs.values()) {
       if (r.expiresAt <= now) {
         this.options.log.warn({ run: r.id }, 'run expired (TTL)');
-        await this.delete(r.id).catch(() => undefined);
+        await this.delete(r.id, 'expired').catch(() => undefined);
       }
     }
   }

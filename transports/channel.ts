@@ -124,6 +124,16 @@ export interface ChannelReaderOptions {
  * its next write fail with EPIPE before it has read why, and it would report a vanished peer
  * instead of the reason it was given.
  */
+/**
+ * Refuse a producer's connection before any stream was accepted on it: an ABORT carrying `err`'s
+ * code (`fallback` when it has none) if the connection can still take it, then close both
+ * directions; the connection is destroyed after a grace period whatever the peer does, so a
+ * refused connection never holds its file descriptor.
+ */
+export function refuseConnection(conn: Connection, err: Error, fallback: string, channel = 0): void {
+  farewell(conn, abortFrame(channel, err, fallback));
+}
+
 function farewell(conn: Connection, frame: Buffer | undefined): void {
   const { input, output } = conn;
   const timer = setTimeout(() => conn.destroy(), FAREWELL_GRACE_MS);

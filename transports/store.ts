@@ -286,6 +286,9 @@ export class StoredStreamWriter extends Writable {
     this.upload(last)
       .then(() => Promise.all(this.uploads))
       .then(() => {
+        // an upload in flight at the end fails silently into `failure`: a manifest now would
+        // announce a segment the store does not hold, and the producer would be acknowledged
+        if (this.failure) throw this.failure;
         const manifest: StreamManifest = { v: 1, length: this.length, checksum: this.checksum.digest(), segmentBytes: this.segmentBytes, segments: this.segments };
         const { resumed } = this.options;
         if (resumed) {
@@ -414,16 +417,17 @@ export class StoredStreamReader extends Readable {
   private fetch(): Promise<Buffer | undefined> {
     return this.poll<Buffer | null>(async () => {
       const segment = await this.segment(this.next);
-      if (segment) {
-        this.next++;
-        this.length += segment.length;
-        this.checksum.update(segment);
-        this.options.onSegment?.(segment.length);
-        return segment;
+      if (segment) return this.accept(segment);
+      const bytes = await this.store.get(this.prefix + MANIFEST_OBJECT);
+      if (!bytes) return undefined;
+      const manifest = parseManifest(bytes, this.prefix);
+      // the writer may have stored this segment, then the manifest, between our two reads: the
+      // manifest is written after every segment, so only a segment missing now is missing
+      if (this.next < manifest.segments) {
+        const late = await this.segment(this.next);
+        if (late) return this.accept(late);
       }
-      const manifest = await this.store.get(this.prefix + MANIFEST_OBJECT);
-      if (manifest) return this.finish(parseManifest(manifest, this.prefix));
-      return undefined;
+      return this.finish(manifest);
     }).then((found) => found ?? undefined);
   }
 
@@ -491,6 +495,15 @@ export class StoredStreamReader extends Readable {
       }
       await sleep(25 * 2 ** Math.min(attempt, 4));
     }
+  }
+
+  /** Count segment `next` as read. */
+  private accept(segment: Buffer): Buffer {
+    this.next++;
+    this.length += segment.length;
+    this.checksum.update(segment);
+    this.options.onSegment?.(segment.length);
+    return segment;
   }
 
   private finish(manifest: StreamManifest): null {

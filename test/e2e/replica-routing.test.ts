@@ -146,7 +146,7 @@ describe.skipIf(!availability.ok)(`balance edges across two nodes${skipReason}`,
     expect(shown.balanced.local).toBeGreaterThanOrEqual(local);
     expect(shown.replicas.find((r) => r.replica === `${name}/c[0]@n0`)).toMatchObject({ routed: local, streams: 0, failed: 0 });
     const metrics = (await control<string>(daemons[0]!.dir, 'GET', '/metrics')).body;
-    expect(metrics).toMatch(new RegExp(`sluice_replica_streams\\{replica="${name}/c\\[0\\]@n0"\\} 0`));
+    expect(metrics).toMatch(new RegExp(`sluice_replica_streams\\{workflow="${name}",step="c",instance="0",node="n0"\\} 0`));
     expect(metrics).toMatch(/sluice_balanced_streams_total\{to="local"\} \d+/);
   }, 120_000);
 
@@ -207,6 +207,6 @@ describe.skipIf(!availability.ok)(`balance edges across two nodes${skipReason}`,
     await until(async () => (await status(daemons[0]!)).replicas.find((x) => x.replica === local)?.ejected === false, 'ejection over');
     expect(await routeOnce(name, payload(MiB, 501))).toBe(0);
     const metrics = (await control<string>(daemons[0]!.dir, 'GET', '/metrics')).body;
-    expect(metrics).toMatch(new RegExp(`sluice_replica_ejections_total\\{replica="${name}/c\\[0\\]@n0"\\} 1`));
+    expect(metrics).toMatch(new RegExp(`sluice_replica_ejections_total\\{workflow="${name}",step="c",instance="0",node="n0"\\} 1`));
   }, 180_000);
 });

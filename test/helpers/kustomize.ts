@@ -1,5 +1,9 @@
 /**
- * A small kustomize, enough to render deploy/kubernetes/ in the tests without a kubectl binary:
+ * Rendering deploy/kubernetes/ in the tests: `render(dir)` is the real `kubectl kustomize`
+ * (kustomize v5 inside kubectl) where kubectl is installed, else `kustomize(dir)` below; the
+ * deploy tests check that both give the same objects wherever kubectl is there to compare with.
+ *
+ * `kustomize(dir)` is a small kustomize, the fallback for machines without a kubectl binary:
  * the features those kustomizations use, and an error for any other.
  *
  * - `resources`: YAML files (multi-document) and directories holding a kustomization, in order;
@@ -9,13 +13,15 @@
  * - `images: [{ name, newName, newTag }]`: containers' and initContainers' images named `name`;
  * - `patches: [{ path }]`: strategic merge patches, found by kind and name: maps merge, `null`
  *   deletes, lists of containers, initContainers, volumes, env and envFrom-less lists merge by
- *   their merge key (name; volumeMounts by mountPath; ports by containerPort), other lists replace.
+ *   their merge key (name; volumeMounts by mountPath; ports by containerPort), the patch's new
+ *   items first (as kustomize orders them), other lists replace.
  *
  * Output: the objects, in resource order, as `kubectl kustomize` would list them (its order by
- * kind aside).
+ * kind aside: compare with `byKey`).
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { delimiter, dirname, join, resolve } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 
 export type K8sObject = Record<string, unknown> & { apiVersion: string; kind: string; metadata: Record<string, unknown> & { name: string; namespace?: string; labels?: Record<string, string> } };
@@ -27,9 +33,14 @@ const MERGE_KEYS: Record<string, string> = { containers: 'name', initContainers:
 
 /** Parse every YAML document of `file` (empty documents skipped). */
 export function readYamlDocuments(file: string): unknown[] {
-  const docs = parseAllDocuments(readFileSync(file, 'utf8'));
+  return parseYamlDocuments(readFileSync(file, 'utf8'), file);
+}
+
+/** Parse every YAML document of `text` (empty documents skipped); `source` names it in errors. */
+export function parseYamlDocuments(text: string, source: string): unknown[] {
+  const docs = parseAllDocuments(text);
   return docs.flatMap((d) => {
-    if (d.errors.length > 0) throw new Error(`${file}: ${d.errors[0]!.message}`);
+    if (d.errors.length > 0) throw new Error(`${source}: ${d.errors[0]!.message}`);
     const value: unknown = d.toJS();
     return value === null || value === undefined ? [] : [value];
   });
@@ -94,12 +105,14 @@ function merge(base: unknown, patch: unknown, key: string): unknown {
     const mergeKey = MERGE_KEYS[key];
     if (!mergeKey || !Array.isArray(base)) return structuredClone(patch);
     const out = structuredClone(base) as Array<Record<string, unknown>>;
+    const added: Array<Record<string, unknown>> = [];
     for (const item of patch as Array<Record<string, unknown>>) {
       const i = out.findIndex((b) => b[mergeKey] === item[mergeKey]);
-      if (i < 0) out.push(structuredClone(item));
+      if (i < 0) added.push(structuredClone(item));
       else out[i] = merge(out[i], item, '') as Record<string, unknown>;
     }
-    return out;
+    // kustomize (kyaml) puts the patch's new items first, in the patch's order
+    return [...added, ...out];
   }
   if (typeof patch === 'object' && typeof base === 'object' && base !== null && !Array.isArray(base)) {
     const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
@@ -111,6 +124,34 @@ function merge(base: unknown, patch: unknown, key: string): unknown {
     return out;
   }
   return structuredClone(patch);
+}
+
+/** The kubectl binary on PATH, or undefined where none is installed. */
+export const kubectl: string | undefined = (process.env['PATH'] ?? '')
+  .split(delimiter)
+  .filter(Boolean)
+  .map((d) => join(d, 'kubectl'))
+  .find((f) => existsSync(f));
+
+/** `kubectl kustomize DIR`: the objects the real kustomize renders (throws where kubectl is not installed). */
+export function kubectlKustomize(dir: string): K8sObject[] {
+  if (!kubectl) throw new Error('kubectl is not installed');
+  const out = execFileSync(kubectl, ['kustomize', dir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+  return parseYamlDocuments(out, `kubectl kustomize ${dir}`) as K8sObject[];
+}
+
+const rendered = new Map<string, K8sObject[]>();
+
+/** The kustomization in `dir` rendered by the real kustomize where kubectl is installed, else by `kustomize()`; one render per directory, a fresh copy each call. */
+export function render(dir: string): K8sObject[] {
+  let objects = rendered.get(dir);
+  if (!objects) rendered.set(dir, (objects = kubectl ? kubectlKustomize(dir) : kustomize(dir)));
+  return structuredClone(objects);
+}
+
+/** `objects` keyed `Kind namespace/name` and sorted by key, for comparing renders whatever their order. */
+export function byKey(objects: K8sObject[]): Array<[string, K8sObject]> {
+  return objects.map((o): [string, K8sObject] => [`${o.kind} ${o.metadata.namespace ?? ''}/${o.metadata.name}`, o]).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
 }
 
 /** The directory of this repository's deploy/. */

@@ -48,7 +48,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'sluice-api-'));
   runs = new RunRegistry({ dir, node: 'node-a', runTtlSeconds: 3600, maxRuns: 5, log });
   await runs.start();
-  const metrics = createMetrics(() => runs.size);
+  const metrics = createMetrics({ runs });
   const workflows = new Map<string, Workflow>();
   let relay: Relay;
   ({ cluster, relay, binder } = wire(metrics, workflows));
@@ -271,7 +271,7 @@ describe('endpoints a run prepares', () => {
 
 describe('control API over TCP (bearer secret)', () => {
   it('refuses requests without the cluster secret, but not probes or metrics', async () => {
-    const metrics = createMetrics(() => runs.size);
+    const metrics = createMetrics({ runs });
     const workflows = new Map<string, Workflow>();
     const { cluster, relay, binder } = wire(metrics, workflows);
     const tcp = buildApi({ node: 'node-a', version: 'test', runs, cluster, peers: undefined, relay, metrics, workflows, binder, maxBodyBytes: 16 * 1024, ready: () => true, bearerSecret: 'a-cluster-secret-of-some-length' });

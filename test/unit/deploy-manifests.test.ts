@@ -1,21 +1,26 @@
 /**
- * deploy/: the kustomize base and overlays render (test/helpers/kustomize.ts) and every object
- * validates offline against the Kubernetes API schemas with unknown fields refused
- * (test/helpers/k8s-schema.ts); the example function pods too. The daemon's settings in them are
- * checked with the daemon's own config loader; the Dockerfile's stages with the tree.
+ * deploy/kubernetes: the kustomize base and overlays render — with the real `kubectl kustomize`
+ * where kubectl is installed, and with the small fallback (test/helpers/kustomize.ts), which must
+ * give the same objects — and every object validates offline against the Kubernetes API schemas
+ * with unknown fields refused (test/helpers/k8s-schema.ts); the example function pods too. The
+ * daemon's settings in them are checked with the daemon's own config loader. Applying the base
+ * again never writes a Secret: the cluster secret is created once, by hand, as the README says.
+ * (The Dockerfile: test/unit/dockerfile-stages.test.ts.)
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../server/config.js';
 import { LABELS } from '../../server/k8s-discovery.js';
 import { preload, validate } from '../helpers/k8s-schema.js';
-import { deployDir, kustomize, readYamlDocuments, type K8sObject } from '../helpers/kustomize.js';
+import { byKey, deployDir, kubectl, kubectlKustomize, kustomize, readYamlDocuments, render, type K8sObject } from '../helpers/kustomize.js';
 
 type Any = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-const base = () => kustomize(join(deployDir, 'kubernetes/base'));
-const overlay = (name: string) => kustomize(join(deployDir, 'kubernetes/overlays', name));
+const kustomizations = ['base', 'overlays/tls', 'overlays/s3'] as const;
+const dirOf = (which: string) => join(deployDir, 'kubernetes', which);
+const base = () => render(dirOf('base'));
+const overlay = (name: string) => render(dirOf(`overlays/${name}`));
 const examples = () => readYamlDocuments(join(deployDir, 'examples/kubernetes/pipe-run.yaml')) as K8sObject[];
 const find = (objects: K8sObject[], kind: string, name?: string): Any => {
   const found = objects.find((o) => o.kind === kind && (name === undefined || o.metadata.name === name));
@@ -65,7 +70,6 @@ describe('deploy/kubernetes', () => {
         'Namespace/sluice-system',
         'Role/sluice-peer-discovery',
         'RoleBinding/sluice-peer-discovery',
-        'Secret/sluice-cluster-secret',
         'Service/sluice',
         'ServiceAccount/sluice',
       ].sort(),
@@ -81,10 +85,14 @@ describe('deploy/kubernetes', () => {
     const rules = base()
       .filter((o) => o.kind === 'Role' || o.kind === 'ClusterRole')
       .flatMap((o) => (o as Any).rules as Any[]);
-    expect(rules).toEqual([
-      { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] },
-      { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] },
-    ]);
+    // (kustomize lists Roles before ClusterRoles)
+    expect(rules).toHaveLength(2);
+    expect(rules).toEqual(
+      expect.arrayContaining([
+        { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] },
+        { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['list', 'watch'] },
+      ]),
+    );
     expect(find(base(), 'Role').metadata.namespace).toBe('sluice-system'); // EndpointSlices of its own namespace only
   });
 
@@ -104,6 +112,7 @@ describe('deploy/kubernetes', () => {
     expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 10001 });
     expect(c.securityContext).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
     expect(ds.spec.template.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '7700', 'prometheus.io/path': '/metrics' });
+    expect(ds.spec.template.metadata.annotations['prometheus.io/scheme']).toBeUndefined(); // http, the default
     expect(ds.spec.updateStrategy.type).toBe('RollingUpdate');
     expect(pod.volumes.find((v: Any) => v.name === 'runtime').hostPath).toEqual({ path: '/run/sluice', type: 'DirectoryOrCreate' });
     expect(c.image).toBe('ghcr.io/sluice-dev/sluice:0.1.0'); // images: applied
@@ -120,15 +129,16 @@ describe('deploy/kubernetes', () => {
     const config = daemonConfig(base());
     expect(config).toMatchObject({ node: 'node-1', dir: '/run/sluice', discovery: 'kubernetes', k8sApi: 'https://10.96.0.1:443', k8sNamespace: 'sluice-system', k8sService: 'sluice', listen: { host: '10.1.2.3', port: 7700 }, store: { kind: 'file', path: '/var/lib/sluice/store' } });
     expect(daemonConfig(overlay('s3')).store).toMatchObject({ kind: 's3', bucket: 'sluice-data', prefix: 'streams/', region: 'us-east-1' });
-    // the placeholder secret is refused, with the fix
-    const secret = find(base(), 'Secret').stringData.secret as string;
-    expect(() => loadConfig({ argv: [], env: { SLUICE_SECRET: secret } })).toThrow(/use at least 16 random bytes/);
+    // a weak secret is refused, with the fix (the README's `openssl rand -hex 32` is 32 bytes)
+    expect(() => loadConfig({ argv: [], env: { SLUICE_SECRET: 'replace-me' } })).toThrow(/use at least 16 random bytes/);
   });
 
-  it('the TLS overlay mounts per-pod certificates naming the pod IP, and the probes speak HTTPS', () => {
+  it('the TLS overlay mounts per-pod certificates naming the pod IP, and the probes and Prometheus speak HTTPS', () => {
     const ds = find(overlay('tls'), 'DaemonSet');
     const c = container(ds);
     expect(c.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'peer', scheme: 'HTTPS' });
+    // Prometheus scrapes /metrics over HTTPS too (the port serves nothing else)
+    expect(ds.spec.template.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '7700', 'prometheus.io/scheme': 'https' });
     expect(Object.keys(envOf(c))).toEqual(expect.arrayContaining(['SLUICE_NODE', 'SLUICE_SECRET', 'SLUICE_TLS_CERT', 'SLUICE_TLS_KEY', 'SLUICE_TLS_CA']));
     expect(ds.spec.template.spec.volumes.find((v: Any) => v.name === 'tls').csi.volumeAttributes['csi.cert-manager.io/ip-sans']).toBe('${POD_IP}');
     expect(c.volumeMounts.map((m: Any) => m.mountPath)).toEqual(expect.arrayContaining(['/run/sluice', '/etc/sluice-tls']));
@@ -177,21 +187,47 @@ describe('the offline validator', () => {
   });
 });
 
-describe('deploy/Dockerfile', () => {
-  const text = readFileSync(join(deployDir, 'Dockerfile'), 'utf8');
-  const lines = text.split('\n').filter((l) => l.trim() && !l.trim().startsWith('#'));
+describe('deploy/kubernetes applied again', () => {
+  it.for(kustomizations)('%s: the real kustomize and the fallback give the same objects', (which, ctx) => {
+    if (!kubectl) return ctx.skip('kubectl is not installed here: the tests render with the fallback alone');
+    expect(byKey(kustomize(dirOf(which)))).toEqual(byKey(kubectlKustomize(dirOf(which))));
+  });
 
-  it('copies only what exists, builds in one stage and runs the sluice entrypoint as a non-root user in a small one', () => {
-    const stages = lines.filter((l) => l.startsWith('FROM '));
-    expect(stages).toEqual(['FROM node:20-bookworm-slim AS build', 'FROM node:20-bookworm-slim']);
-    for (const l of lines.filter((x) => x.startsWith('COPY ') && !x.includes('--from'))) {
-      for (const src of l.split(/\s+/).slice(1, -1)) expect(existsSync(join(deployDir, '..', src)), `${src} in the build context`).toBe(true);
+  it.each(kustomizations)('%s renders the same twice in a row, and neither render holds a Secret or a placeholder: applying again never overwrites the cluster secret', (which) => {
+    const once = kubectl ? kubectlKustomize(dirOf(which)) : kustomize(dirOf(which));
+    const again = kubectl ? kubectlKustomize(dirOf(which)) : kustomize(dirOf(which));
+    expect(again).toEqual(once);
+    for (const objects of [once, again]) {
+      expect(objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name)).toEqual([]);
+      expect(JSON.stringify(objects)).not.toMatch(/replace-me|REPLACE/i);
     }
-    const runtime = lines.slice(lines.indexOf(stages[1]!));
-    expect(runtime).toContain('USER 10001:10001');
-    expect(runtime).toContain('ENTRYPOINT ["sluice"]');
-    expect(runtime.some((l) => /npm (ci|install)/.test(l))).toBe(false);
-    // the image's user is the one the manifests run the daemon and the functions as
-    expect(find(base(), 'DaemonSet').spec.template.spec.securityContext.runAsUser).toBe(10001);
+    // the DaemonSet needs the secret made by hand, and waits for it rather than run without one
+    const ref = envOf(container(find(once, 'DaemonSet')))['SLUICE_SECRET']!.valueFrom.secretKeyRef;
+    expect(ref).toEqual({ name: 'sluice-cluster-secret', key: 'secret' });
+  });
+
+  it('no file of deploy/kubernetes holds a Secret', () => {
+    const files = readdirSync(join(deployDir, 'kubernetes'), { recursive: true, encoding: 'utf8' }).filter((f) => /\.ya?ml$/.test(f));
+    expect(files.length).toBeGreaterThan(5);
+    for (const f of files) {
+      const kinds = readYamlDocuments(join(deployDir, 'kubernetes', f)).map((d) => (d as Any).kind);
+      expect(kinds, f).not.toContain('Secret');
+    }
+  });
+
+  it("the README's Kubernetes steps make the cluster secret once, with a command that refuses to overwrite it, and apply only kustomizations without a Secret", () => {
+    const readme = readFileSync(join(deployDir, '../README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('\n## Deploy on Kubernetes'), readme.indexOf('\n## ', readme.indexOf('\n## Deploy on Kubernetes') + 1));
+    const commands = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].flatMap((m) => m[1]!.replace(/\s*\\\n\s*/g, ' ').split('\n'));
+    const secretSteps = commands.filter((c) => c.includes('sluice-cluster-secret'));
+    expect(secretSteps).toHaveLength(1);
+    // `kubectl create` fails with AlreadyExists on a second run; `apply` (or create --dry-run | apply) would replace it
+    expect(secretSteps[0]).toMatch(/^kubectl -n sluice-system create secret generic sluice-cluster-secret --from-literal=secret="\$\(openssl rand -hex 32\)"/);
+    expect(secretSteps[0]).not.toMatch(/--dry-run|apply|replace/);
+    const applied = [...section.matchAll(/kubectl apply -k (deploy\/kubernetes\/[\w/-]+)/g)].map((m) => m[1]!);
+    expect(applied.length).toBeGreaterThan(0);
+    for (const dir of applied) expect(render(join(deployDir, '..', dir)).filter((o) => o.kind === 'Secret'), dir).toEqual([]);
+    // the upgrade and configure steps apply again, and say the secret stays
+    expect(section).toMatch(/### Upgrade[\s\S]*never (touches|overwrites) the cluster secret/);
   });
 });

@@ -28,7 +28,7 @@ describe('the expiry sweep', () => {
     await put('damaged-run/expires.json', 'not json');
     await put('damaged-run/p.0-c.0/seg-000000', 'z');
     await put('not-a-run/thing', 'w');
-    const fallback = new Fallback({ store, segmentBytes: 1 << 20, log: pino({ level: 'silent' }), metrics: createMetrics(() => 0) });
+    const fallback = new Fallback({ store, segmentBytes: 1 << 20, log: pino({ level: 'silent' }), metrics: createMetrics({ runs: { list: () => [], created: 0, removed: { deleted: 0, expired: 0 } } }) });
     expect(await fallback.sweepExpired()).toBe(5);
     expect((await store.list('')).map((o) => o.key)).toEqual(['live-run/expires.json', 'live-run/p.0-c.0/seg-000000', 'not-a-run/thing']);
   });
