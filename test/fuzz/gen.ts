@@ -112,6 +112,41 @@ export function jsonValue(r: Prng, depth = 3): unknown {
   }
 }
 
+/** Replace, delete or add one node somewhere in a JSON value. */
+export function mutateJson(r: Prng, value: unknown, depth = 0): unknown {
+  if (chance(r, depth === 0 ? 0.1 : 0.3) || typeof value !== 'object' || value === null) {
+    const k = r.int(0, 5);
+    if (k === 0) return jsonValue(r, 2);
+    if (k === 1) return interestingString(r);
+    if (k === 2) return pick(r, [null, true, 0, -1, 1e308, 2 ** 53 + 1, 1.5, '', [], {}]);
+    if (k === 3) return Array(r.int(1, 2000)).fill(value);
+    if (k === 4) {
+      let v: unknown = value;
+      for (let i = r.int(1, 3000); i > 0; i--) v = [v];
+      return v;
+    }
+    return value;
+  }
+  if (Array.isArray(value)) {
+    const copy = [...value];
+    if (copy.length > 0 && chance(r, 0.7)) {
+      const i = r.int(0, copy.length - 1);
+      copy[i] = mutateJson(r, copy[i], depth + 1);
+    } else if (chance(r, 0.5)) copy.pop();
+    else copy.push(jsonValue(r, 2));
+    return copy;
+  }
+  const copy: Record<string, unknown> = { ...(value as Record<string, unknown>) };
+  const keys = Object.keys(copy);
+  const k = r.int(0, 9);
+  if (keys.length > 0 && k < 6) {
+    const key = pick(r, keys);
+    copy[key] = mutateJson(r, copy[key], depth + 1);
+  } else if (keys.length > 0 && k < 8) delete copy[pick(r, keys)];
+  else copy[pick(r, ['__proto__', 'constructor', 'prototype', 'colour', interestingString(r)])] = jsonValue(r, 2);
+  return copy;
+}
+
 /** A value as records carry it: JSON-ish, plus binary, typed arrays, dates. */
 export function recordValue(r: Prng, depth = 3): unknown {
   const k = r.int(0, 9);
