@@ -215,7 +215,7 @@ export class RunRegistry {
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `this node holds ${this.runs.size} runs, its limit (--max-runs); delete finished runs first`, { details: { limit: 'maxRuns' } });
     }
     const ttl = request.ttlSeconds ?? this.options.runTtlSeconds;
-    if (!Number.isInteger(ttl) || ttl < 1 || ttl > 30 * 86400) throw new RequestError(ErrorCodes.INVALID, `ttlSeconds must be an integer in 1..2592000, got ${String(ttl)}`);
+    if (!Number.isInteger(ttl) || ttl < 1 || ttl > 30 * 86400) throw new RequestError(ErrorCodes.INVALID, `ttlSeconds must be an integer in 1..2592000, got ${JSON.stringify(ttl) ?? typeof ttl}`);
     const steps = placeSteps(workflow, request.placement ?? {}, this.options.node);
     if (request.token !== undefined && (typeof request.token !== 'string' || !/^[A-Za-z0-9_-]{32}$/.test(request.token))) {
       throw new RequestError(ErrorCodes.INVALID, 'a shared run token must be 32 base64url characters');
