@@ -9,6 +9,9 @@
  * for await (const chunk of sl.input('split')) {}   // ends only after the trailer verified
  * await sl.output('merge').send({ word, n });       // records (msgpack values)
  * for await (const rec of sl.input('count').records()) {}
+ * // every instance of a predecessor at once (a shuffle's reducer); input() reads them in turn
+ * await Promise.all(sl.inputs('map').map(({ instance, stream }) => pipeline(stream, sinkFor(instance))));
+ * for await (const { instance, chunk } of sl.interleaved('map')) {}
  * ```
  *
  * How a channel travels on one node: the daemon prepared its FIFO when the run was created. The
@@ -82,6 +85,12 @@ export interface OutputOptions {
 export interface Source {
   from: string;
   instance: number;
+}
+
+/** One input channel of `Sluice.inputs()`: where it comes from, and its stream. */
+export interface InputStream extends Source {
+  /** the bytes of this one channel: ends once its trailer verified, errors only for its own failure */
+  stream: Input;
 }
 
 /**
@@ -332,7 +341,7 @@ export class Sluice {
    * one's errors (an 'error' no one listens to is thrown). On a balance edge a stream from a
    * producer instance that picked another consumer instance is empty.
    */
-  inputs(from?: string): Array<{ from: string; instance: number; stream: Input }> {
+  inputs(from?: string): InputStream[] {
     const sources = this.allSources(from);
     return sources.map((s) => ({ ...s, stream: new Input(async () => [await this.openConsumer({ step: s.from, index: s.instance })], [s]) }));
   }
