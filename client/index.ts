@@ -16,7 +16,7 @@ import { ErrorCodes, RequestError, defaultRuntimeDir } from '../transports/index
 import { DAY, durationUsage, parseDuration } from '../transports/units.js';
 import { connect as connectWith, type ConnectOptions, type Sluice } from './sluice.js';
 
-export { Input, Output, Sluice, type ConnectOptions, type OutputOptions, type Source } from './sluice.js';
+export { Input, Output, Sluice, type ConnectOptions, type InputStream, type OutputOptions, type Source } from './sluice.js';
 export { control } from './control.js';
 export { ErrorCodes, SluiceError, hasCode, type ErrorCode } from '../transports/index.js';
 

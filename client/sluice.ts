@@ -9,6 +9,9 @@
  * for await (const chunk of sl.input('split')) {}   // ends only after the trailer verified
  * await sl.output('merge').send({ word, n });       // records (msgpack values)
  * for await (const rec of sl.input('count').records()) {}
+ * // every instance of a predecessor at once (a shuffle's reducer); input() reads them in turn
+ * await Promise.all(sl.inputs('map').map(({ instance, stream }) => pipeline(stream, sinkFor(instance))));
+ * for await (const { instance, chunk } of sl.interleaved('map')) {}
  * ```
  *
  * How a channel travels on one node: the daemon prepared its FIFO when the run was created. The
@@ -82,6 +85,12 @@ export interface OutputOptions {
 export interface Source {
   from: string;
   instance: number;
+}
+
+/** One input channel of `Sluice.inputs()`: where it comes from, and its stream. */
+export interface InputStream extends Source {
+  /** the bytes of this one channel: ends once its trailer verified, errors only for its own failure */
+  stream: Input;
 }
 
 /**
@@ -195,7 +204,7 @@ export class Output extends Writable {
  * An input: a Readable of the bytes from one predecessor instance (or, for several, their
  * streams one after another, in instance order), and an AsyncIterable<Buffer>. It ends only
  * after every channel's trailer was verified; a producer that fails makes it error with a typed
- * code, never end early.
+ * code, never end early. `Sluice.inputs()` gives one Input per channel, each of one instance.
  */
 export class Input extends Readable {
   private readers: ChannelReader[] = [];
@@ -301,10 +310,14 @@ export class Sluice {
   }
 
   /**
-   * Read from `from`'s instances, or from the only predecessor when omitted. On a balance edge an
-   * instance reads, from each producer instance, either its stream (when it was picked) or an empty
-   * one (its HELLO says `elsewhere`: the instance that was): the input ends once every producer's
-   * stream is placed.
+   * Read from `from`'s instances, or from the only predecessor when omitted. A predecessor with
+   * several instances is read ONE INSTANCE AFTER ANOTHER, in instance order: instance 1's bytes
+   * are read only once instance 0's stream ended verified, and until then instance 1's producer
+   * waits once the buffers on its way are full. For a shuffle or a gather, where every producer
+   * should stream at once, read every instance together with `inputs(from)` (one stream each) or
+   * `interleaved(from)` (one loop). On a balance edge an instance reads, from each producer
+   * instance, either its stream (when it was picked) or an empty one (its HELLO says `elsewhere`:
+   * the instance that was): the input ends once every producer's stream is placed.
    */
   input(from?: string): Input {
     const preds = this.predecessors;
@@ -312,9 +325,79 @@ export class Sluice {
     if (source === undefined) {
       throw new RequestError(ErrorCodes.INVALID, preds.length === 0 ? `step "${this.step}" has no inputs` : `step "${this.step}" has ${preds.length} inputs (${preds.join(', ')}): name one, input("${preds[0]}")`);
     }
-    if (!preds.includes(source)) throw new RequestError(ErrorCodes.NOT_FOUND, `workflow "${this.manifest.workflow}" has no edge ${source} → ${this.step}`);
-    const sources = Array.from({ length: this.manifest.steps[source]!.replicas }, (_, i) => ({ from: source, instance: i }));
+    const sources = this.sourcesOf(source);
     return new Input(() => Promise.all(sources.map((s) => this.openConsumer({ step: s.from, index: s.instance }))), sources);
+  }
+
+  /**
+   * Every input channel as a stream of its own, all opened at once and each read on its own:
+   * one per instance of `from`, or, when `from` is omitted, one per instance of every
+   * predecessor (in predecessor, then instance, order). Each `stream` is an Input of one
+   * instance — a Readable and AsyncIterable<Buffer>, with `.records()` — that ends only after
+   * its own trailer was verified. One failing (its producer aborted, its stream truncated or
+   * corrupt) errors only that stream, with its typed code: the others go on. Read them
+   * concurrently (e.g. `Promise.all(sl.inputs('map').map(...))`): a stream not read holds its
+   * producer back once the buffers on its way are full; and, as with any Readable, handle each
+   * one's errors (an 'error' no one listens to is thrown). On a balance edge a stream from a
+   * producer instance that picked another consumer instance is empty.
+   */
+  inputs(from?: string): InputStream[] {
+    const sources = this.allSources(from);
+    return sources.map((s) => ({ ...s, stream: new Input(async () => [await this.openConsumer({ step: s.from, index: s.instance })], [s]) }));
+  }
+
+  /**
+   * The bytes of every input channel in one loop, as they arrive, each chunk with where it came
+   * from: every instance of `from`, or of every predecessor when omitted, all opened and read at
+   * once. Chunks of one channel come in order; channels are interleaved as their bytes arrive.
+   * Ends when every channel ended verified; fails with the first channel's error (its typed
+   * code) and closes the others, their producers learning it (SLUICE_CONSUMER_GONE) — as does
+   * leaving the loop early. At most one chunk per channel is held. The byte-stream form of
+   * `merged()`.
+   */
+  async *interleaved(from?: string): AsyncGenerator<{ from: string; instance: number; chunk: Buffer }> {
+    const sources = this.allSources(from);
+    const readers: ChannelReader[] = [];
+    let settled = false;
+    try {
+      await Promise.all(
+        sources.map(async (s, i) => {
+          const reader = await this.openConsumer({ step: s.from, index: s.instance });
+          // one channel failed to open before this one did: the loop is over
+          if (settled) return void reader.destroy();
+          readers[i] = reader;
+        }),
+      );
+      const iterators = readers.map((r) => (r as AsyncIterable<Buffer>)[Symbol.asyncIterator]());
+      const next = (i: number) => iterators[i]!.next().then((result) => ({ i, result }));
+      const pending = new Map(iterators.map((_, i) => [i, next(i)]));
+      while (pending.size > 0) {
+        const { i, result } = await Promise.race(pending.values());
+        if (result.done) {
+          pending.delete(i);
+          continue;
+        }
+        pending.set(i, next(i));
+        yield { from: sources[i]!.from, instance: sources[i]!.instance, chunk: result.value };
+      }
+    } finally {
+      settled = true;
+      for (const r of readers) if (r && !r.readableEnded) r.destroy();
+    }
+  }
+
+  /** The channels of `from`'s instances into this one, after checking the edge exists. */
+  private sourcesOf(from: string): Source[] {
+    if (!this.predecessors.includes(from)) throw new RequestError(ErrorCodes.NOT_FOUND, `workflow "${this.manifest.workflow}" has no edge ${from} → ${this.step}`);
+    return Array.from({ length: this.manifest.steps[from]!.replicas }, (_, i) => ({ from, instance: i }));
+  }
+
+  /** `from`'s channels, or every predecessor's when omitted. */
+  private allSources(from: string | undefined): Source[] {
+    if (from !== undefined) return this.sourcesOf(from);
+    const preds = this.predecessors;
+    if (preds.length === 0) throw new RequestError(ErrorCodes.INVALID, `step "${this.step}" has no inputs`);
+    return preds.flatMap((p) => this.sourcesOf(p));
   }
 
   /**
