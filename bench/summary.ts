@@ -35,6 +35,23 @@ const reasonOf = (x: { errors?: string[] }): string => (x.errors && x.errors.len
 const disk = (b: number | null | undefined): string => (b == null ? 'n/a' : b === 0 ? '0' : b < 1e6 ? `${(b / 1e3).toFixed(0)} kB` : `${(b / 1e6).toFixed(0)} MB`);
 const pathLabel = (c: { path: string; proactive: boolean }): string => `${c.path}${c.proactive ? '' : ' (on demand)'}`;
 
+/**
+ * The "of raw" cell of a workflow case: its MB/s over each raw limit of its topology, each ratio
+ * named by the baseline it divides by. `raw-fifo` (for the 5-hop chain: `raw-chain5`) is the
+ * topology built from plain FIFOs between Node processes, paired per repetition; `raw-chain5-c`
+ * (5-hop chains only) is six plain processes joined by pipes, four of them `cat`, measured at the
+ * same size in the same run (median over median).
+ */
+export function ofRaw(r: Report, c: Case): string {
+  const parts: string[] = [];
+  const paired = speedupOf(r, c, 'raw-fifo')?.value;
+  const chain5 = c.pattern === 'chain' && c.hops === 5;
+  if (paired != null) parts.push(`${num(paired, 2)} of ${chain5 ? 'raw-chain5' : 'raw-fifo'}`);
+  const machine = chain5 ? r.baselines.find((b) => b.name === 'raw-chain5-c' && b.bytes === c.bytes && b.MBps) : undefined;
+  if (machine && c.MBps != null) parts.push(`${num(c.MBps / machine.MBps!, 2)} of raw-chain5-c`);
+  return parts.length > 0 ? parts.join('; ') : '–';
+}
+
 function speedupOf(r: Report, c: { pattern: string; hops: number; fanout: number; bytes: number; path: string; proactive: boolean }, over: Speedup['over']): Speedup | undefined {
   return r.speedups?.find((s) => s.over === over && s.pattern === c.pattern && s.hops === c.hops && s.fanout === c.fanout && s.bytes === c.bytes && s.path === c.path && s.proactive === c.proactive);
 }
@@ -76,6 +93,10 @@ export function renderWorkflowMarkdown(r: Report, command: string): string {
     const v = speedupOf(r, fifo5, 'raw-fifo');
     out.push(`Closeness to the machine at ${size(big)}, 5-hop chain: fifo ${num(fifo5.MBps)} MB/s against raw-chain5 ${num(rawChain.MBps)} MB/s (six plain processes joined by FIFOs, no framing) = **${num(v?.value, 2)}** of the raw limit (paired). On 2 cores six processes share two CPUs, so the raw chain itself is CPU-bound.`, '');
   }
+  const rawC = r.baselines.filter((b) => b.name === 'raw-chain5-c');
+  if (rawC.length > 0) {
+    out.push(`raw-chain5-c (Python writer → 4 × cat → Python reader, median of 7): ${rawC.map((b) => `${size(b.bytes)} ${b.verified ? `${num(b.e2e_ms, 1)} ms, ${num(b.MBps)} MB/s` : 'failed'}`).join('; ')}.`, '');
+  }
 
   out.push('## Speed-up over S3 (S3 e2e / path e2e, median of paired repetitions)', '');
   out.push(row(['pattern', 'path', ...sizes.map(size)]), row(['---', '---', ...sizes.map(() => '--:')]));
@@ -99,7 +120,7 @@ export function renderWorkflowMarkdown(r: Report, command: string): string {
         num(c.e2e_ms, c.e2e_ms !== null && c.e2e_ms < 100 ? 1 : 0),
         num(c.ttfb_ms, 2),
         num(c.MBps),
-        num(speedupOf(r, c, 'raw-fifo')?.value, 2),
+        ofRaw(r, c),
         c.verified ? disk(c.disk_bytes) : '–',
         c.verified && c.daemon_rss_mb ? `${c.daemon_rss_mb}${c.path === 's3' ? ' (s3rver)' : ''}` : '–',
         c.relayed_channels ?? '–',
@@ -107,7 +128,8 @@ export function renderWorkflowMarkdown(r: Report, command: string): string {
       ]),
     );
   }
-  out.push('', 'disk written = bytes the processes involved (daemon, s3rver, steps) sent to storage while the case ran (/proc/PID/io write_bytes), measured, not assumed; s3rver writes a multipart upload twice (the parts, then the assembled object). daemon MB = the peak resident memory of the daemon (s3 rows: of s3rver) during the case (VmHWM, reset before each case). via daemon = the run\'s channels that went through the daemon (relay or store), of all.', '');
+  out.push('', 'of raw = MB/s over the raw limit each ratio names: `raw-fifo` = the same topology from plain FIFOs between Node processes (`raw-chain5` for the 5-hop chain), paired per repetition; `raw-chain5-c` = six already-running processes joined by pipes, the middle four coreutils `cat`, a Python writer and reader (bench/raw-chain5-c.py), median of 7 at the same size: the machine\'s limit with no Node in it.', '');
+  out.push('disk written = bytes the processes involved (daemon, s3rver, steps) sent to storage while the case ran (/proc/PID/io write_bytes), measured, not assumed; s3rver writes a multipart upload twice (the parts, then the assembled object). daemon MB = the peak resident memory of the daemon (s3 rows: of s3rver) during the case (VmHWM, reset before each case). via daemon = the run\'s channels that went through the daemon (relay or store), of all.', '');
 
   const od = cases.filter((c) => !c.proactive);
   if (od.length > 0) {
@@ -164,7 +186,7 @@ export function notVerified(r: Report): string[] {
     lines.push(`- ${what}: ${reasonOf(c)}`);
   }
   for (const k of (r.knix ?? []).filter((x) => !x.verified)) lines.push(`- KNIX-style, ${size(k.bytes)} events on ${k.path}: ${reasonOf(k)}`);
-  for (const b of r.baselines.filter((x) => !x.verified && x.name === 'raw-chain5')) lines.push(`- baseline ${b.name}: ${reasonOf(b)}`);
+  for (const b of r.baselines.filter((x) => !x.verified && (x.name === 'raw-chain5' || x.name === 'raw-chain5-c'))) lines.push(`- baseline ${b.name}: ${reasonOf(b)}`);
   return lines;
 }
 

@@ -3,7 +3,11 @@
  * to back within a repetition, so S3 / Sluice and Sluice / raw ratios are paired in time; then
  * the 1 KiB per-hop latency through a 5-hop chain, and the KNIX-style CloudEvents run.
  */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { namespacesAvailable } from '../test/helpers/netns.js';
 import { GiB, KiB, MiB, RECORD_BYTES } from './data.js';
 import type { WfPath } from './protocol.js';
@@ -35,8 +39,36 @@ export interface WfOptions {
 export const LARGE_BYTES = 512 * MiB;
 /** Paths measured on every pattern; the others (relay, file, on-demand set-up) on chains only. */
 const EVERY_PATTERN: readonly WfPath[] = ['raw-fifo', 'fifo', 'unix', 'ws', 's3'];
-/** The directory store writes every byte to disk and reads it back, and a relay copies every byte through the daemon: measured up to this size (time; --full's RSS run names them). */
+/** The directory store writes every byte to disk and reads it back: measured up to this size (time; --full's RSS run names it). */
 const THROUGH_DAEMON_MAX = 256 * MiB;
+/** A relay copies every byte through the daemon: measured up to this size, 1 GiB included. */
+const RELAY_MAX = GiB;
+/** Repetitions of the raw-chain5-c baseline at each size; its median is the figure. */
+const RAW_CHAIN_C_REPS = 7;
+
+/** bench/raw-chain5-c.py, whether this runs from dist/bench or from bench. */
+function rawChainScript(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const found = [path.join(here, 'raw-chain5-c.py'), path.join(here, '..', '..', 'bench', 'raw-chain5-c.py')].find((p) => existsSync(p));
+  if (!found) throw new Error(`bench/raw-chain5-c.py not found from ${here}`);
+  return found;
+}
+
+/**
+ * raw-chain5-c: six already-running processes joined by pipes (a Python writer, four coreutils
+ * `cat`, a Python reader), warmed before the clock; median of RAW_CHAIN_C_REPS runs. The machine's
+ * limit for a 5-hop chain, no Node in it.
+ */
+export async function rawChainC(bytes: number, reps = RAW_CHAIN_C_REPS): Promise<Baseline> {
+  try {
+    const { stdout } = await promisify(execFile)('python3', [rawChainScript(), String(bytes), String(reps)], { maxBuffer: 1 << 20 });
+    const r = JSON.parse(stdout) as { runs_ms: number[]; median_ms: number; MBps: number };
+    const MBps_runs = r.runs_ms.map((ms) => Number((bytes / 1e6 / (ms / 1000)).toFixed(1)));
+    return { name: 'raw-chain5-c', MBps: r.MBps, MBps_runs, bytes, e2e_ms: r.median_ms, verified: true };
+  } catch (err) {
+    return { name: 'raw-chain5-c', MBps: null, MBps_runs: [], bytes, verified: false, errors: [(err as Error).message] };
+  }
+}
 
 interface Row {
   pattern: PatternName;
@@ -54,7 +86,8 @@ function planPaths(o: WfOptions, pattern: PatternName, bytes: number): Array<{ p
   const out: Array<{ path: WfPath; proactive: boolean }> = [];
   for (const path of o.paths) {
     if (!chain && !EVERY_PATTERN.includes(path)) continue;
-    if ((path === 'file' || path === 'relay') && bytes > THROUGH_DAEMON_MAX) continue;
+    if (path === 'file' && bytes > THROUGH_DAEMON_MAX) continue;
+    if (path === 'relay' && bytes > RELAY_MAX) continue;
     if (path === 'ws' && bytes >= LARGE_BYTES && !o.wsLargePatterns.includes(pattern)) continue;
     out.push({ path, proactive: true });
     if (path === 'fifo' && chain && o.onDemand && (pattern === 'chain1' || bytes < LARGE_BYTES)) out.push({ path, proactive: false });
@@ -141,12 +174,22 @@ export async function workflowSection(o: WfOptions, dirs: { tmpDir: string; runt
     }
     const cases = rows.map(caseOf);
     const speedups = speedupsOf(rows);
+    const rawC: Baseline[] = [];
+    if (o.patterns.includes('chain5')) {
+      for (const bytes of o.sizes) {
+        progress(`[workflows ${size(bytes)}] raw-chain5-c: Python writer → 4 × cat → Python reader, ${RAW_CHAIN_C_REPS} runs ...`);
+        const b = await rawChainC(bytes);
+        rawC.push(b);
+        progress(`[workflows ${size(bytes)}] raw-chain5-c: ${b.verified ? `median ${fmt(b.e2e_ms ?? 0, 1)} ms, ${fmt(b.MBps ?? 0)} MB/s` : `FAILED: ${b.errors?.[0]}`}`);
+      }
+    }
     const baselines: Baseline[] = rows
       .filter((r) => r.path === 'raw-fifo' && r.pattern === 'chain5' && r.bytes === Math.max(...o.sizes))
       .map((r) => {
         const c = caseOf(r);
-        return { name: 'raw-chain5', MBps: c.MBps, MBps_runs: c.MBps_runs ?? [], bytes: r.bytes, e2e_ms: c.e2e_ms, ttfb_ms: c.ttfb_ms, verified: c.verified, ...(c.errors && { errors: c.errors }) };
-      });
+        return { name: 'raw-chain5', MBps: c.MBps, MBps_runs: c.MBps_runs ?? [], bytes: r.bytes, e2e_ms: c.e2e_ms, ttfb_ms: c.ttfb_ms, verified: c.verified, ...(c.errors && { errors: c.errors }) } as Baseline;
+      })
+      .concat(rawC);
 
     if (o.latency) {
       const { warmup, count, s3Count } = o.latency;

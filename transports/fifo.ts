@@ -48,8 +48,11 @@ function pairConnection(input: net.Socket, output: net.Socket): Connection {
   };
 }
 
-/** Create the endpoint's two FIFOs, or check that existing files are FIFOs. Returns whether it created them. */
-async function ensureFifos(endpoint: string, mode: number): Promise<boolean> {
+/**
+ * Create the endpoint's two FIFOs (`<endpoint>`, `<endpoint>.ack`), or check that existing files are
+ * FIFOs. Returns whether it created them. Shared with shm.ts, whose doorbell is this pair.
+ */
+export async function ensureFifos(endpoint: string, mode: number): Promise<boolean> {
   const missing: string[] = [];
   for (const file of [endpoint, endpoint + ACK_SUFFIX]) {
     try {

@@ -9,6 +9,7 @@ export { UnixTransport, unixTransport, MAX_UNIX_PATH_BYTES, fitsUnixPath, remove
 export * from './layout.js';
 export { FifoTransport, fifoTransport, ACK_SUFFIX } from './fifo.js';
 export { MemoryTransport } from './memory.js';
+export { ShmTransport, shmTransport, RING_SUFFIX, SHM_DEFAULT_RING_BYTES, SHM_DEFAULT_SLOT_BYTES, SHM_MIN_RING_BYTES, SHM_MAX_RING_BYTES, type ShmTransportOptions } from './shm.js';
 export { WsTransport, WS_DEFAULT_MAX_PAYLOAD, WS_DEFAULT_HANDSHAKE_TIMEOUT_MS, WS_CLOSE_UNAUTHORIZED, type WsTransportOptions, type WsDialOptions } from './ws.js';
 export { Mux, MuxTransport, isLinkFailure, type MuxOptions } from './mux.js';
 export { firstChunk, mediumError } from './streams.js';

@@ -28,7 +28,7 @@
 import type { Readable, Writable } from 'node:stream';
 
 /** How a channel's bytes travel. `relay`, `ws`, `s3` and `file` arrive with the daemon. */
-export type PathName = 'fifo' | 'unix' | 'memory' | 'ws' | 's3' | 'file' | 'relay';
+export type PathName = 'fifo' | 'shm' | 'unix' | 'memory' | 'ws' | 's3' | 'file' | 'relay';
 
 export interface Connection {
   /** Bytes from the peer. Emits 'end' when the peer closed its output, 'error' on a medium failure. */

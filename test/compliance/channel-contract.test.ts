@@ -6,7 +6,7 @@
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer, type AddressInfo } from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -28,6 +28,7 @@ import {
   encodeHeader,
   encodeRecord,
   fifoTransport,
+  shmTransport,
   unixTransport,
   WsTransport,
   type Connection,
@@ -42,7 +43,12 @@ interface Medium {
   crossProcess: boolean;
   /** endpoints are plain names (memory, connections over a peer link), not paths or addresses */
   names?: boolean;
+  /** endpoints belong on tmpfs, as the runtime directory is in production */
+  tmpfs?: boolean;
 }
+
+/** The runtime directory's tmpfs where this machine has one. */
+const tmpfsDir = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
 
 /**
  * Virtual connections over one peer link (mux.ts), the link itself over `base`: the suite then
@@ -70,6 +76,7 @@ const media: Record<string, Medium> = {
   memory: { transport: new MemoryTransport(), crossProcess: false },
   unix: { transport: unixTransport, crossProcess: true },
   fifo: { transport: fifoTransport, crossProcess: true },
+  shm: { transport: shmTransport, crossProcess: true, tmpfs: true },
   ws: { transport: new WsTransport({ secret: 'compliance-secret-0123456789' }), crossProcess: false },
   'peer link over memory': { transport: overPeerLink(new MemoryTransport(), () => 'link'), crossProcess: false, names: true },
   'peer link over unix': { transport: overPeerLink(unixTransport, () => join(tmpdir(), `sluice-link-${process.pid}.sock`)), crossProcess: false, names: true },
@@ -80,7 +87,7 @@ const peerScript = fileURLToPath(new URL('../../dist/test/fixtures/peer.js', imp
 const MiB = 1024 * 1024;
 
 describe.each(Object.keys(media))('channel contract over %s', (name) => {
-  const { transport, crossProcess, names } = media[name]!;
+  const { transport, crossProcess, names, tmpfs } = media[name]!;
   let dir: string;
   let serial = 0;
   const listeners: Listener[] = [];
@@ -93,7 +100,7 @@ describe.each(Object.keys(media))('channel contract over %s', (name) => {
   const unservedEndpoint = async (): Promise<string> => (transport.path === 'ws' && !names ? `127.0.0.1:${await freePort()}` : endpoint());
 
   beforeAll(() => {
-    dir = mkdtempSync(join(tmpdir(), `sluice-${name}-`));
+    dir = mkdtempSync(join(tmpfs ? tmpfsDir : tmpdir(), `sluice-${name}-`));
   });
   afterEach(async () => {
     await Promise.all(listeners.splice(0).map((l) => l.close()));

@@ -7,15 +7,15 @@
  * steps the stream splits finer at every hop (1 MiB through five FIFO hops arrived as 59 chunks
  * instead of 16, each costing every process an event-loop turn).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { finished } from 'node:stream/promises';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ChannelReader, ChannelWriter, HEADER_BYTES, fifoTransport, unixTransport, type Transport } from '../../transports/index.js';
+import { ChannelReader, ChannelWriter, HEADER_BYTES, ShmTransport, fifoTransport, unixTransport, type Transport } from '../../transports/index.js';
 import { seededBytes, sha256 } from '../helpers/streams.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'sluice-chunks-'));
+const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'sluice-chunks-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 /** 64 KiB writes: each frame is 12 bytes longer than a 64 KiB read, so reads straddle frames. */
@@ -25,6 +25,8 @@ const TOTAL = 4 * 1024 * 1024;
 describe.each([
   ['fifo', fifoTransport],
   ['unix', unixTransport],
+  // a ring smaller than the stream, so that writes queue behind a full medium here too
+  ['shm', new ShmTransport({ ringBytes: 256 * 1024 })],
 ] as Array<[string, Transport]>)('a channel reader over %s', (name, transport) => {
   /** A channel over `transport`: the writer, the reader's chunks, and the medium's reads as the reader got them. */
   async function open(endpoint: string): Promise<{ writer: ChannelWriter; reader: ChannelReader; chunks: Buffer[]; reads: Buffer[]; close(): Promise<void> }> {

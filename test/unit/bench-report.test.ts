@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { Case, Report, Speedup } from '../../bench/report.js';
-import { acceptance, charts, notVerified, renderWorkflowMarkdown } from '../../bench/summary.js';
+import { acceptance, charts, notVerified, ofRaw, renderWorkflowMarkdown } from '../../bench/summary.js';
 import { escapeXml, lineChart, ticks } from '../../bench/svg.js';
 
 const GiB = 2 ** 30;
@@ -96,5 +96,31 @@ describe('the comparison report', () => {
     expect(md).toContain('- KNIX-style, 40 MiB events on unix: case-9 unix s1 exited with SIGTERM');
     expect(acceptance(failed).join('\n')).toMatch(/1 GiB, broadcast 1→4 \| – \| not measured \| ≥ 5 \| \*\*not verified\*\* \(s3/);
     expect(notVerified(report)).toEqual([]);
+  });
+
+  it('names the baseline each "of raw" ratio divides by: raw-chain5 (paired) and raw-chain5-c (same size) on the 5-hop chain, raw-fifo elsewhere', () => {
+    const withC: Report = {
+      ...report,
+      baselines: [...report.baselines, { name: 'raw-chain5-c', MBps: 2000, MBps_runs: [2000], bytes: GiB, e2e_ms: 537, verified: true }, { name: 'raw-chain5-c', MBps: 400, MBps_runs: [400], bytes: MiB, e2e_ms: 2.6, verified: true }],
+      cases: [...report.cases, flowCase({ hops: 1, MBps: 900 })],
+      speedups: [...report.speedups!, speedup({ hops: 1, over: 'raw-fifo', value: 0.9, runs: [0.9] })],
+    };
+    // fifo 5-hop at 1 GiB: 0.7 paired over raw-chain5, 1073.7 / 2000 over the pipes-and-cat chain
+    expect(ofRaw(withC, withC.cases[0]!)).toBe('0.70 of raw-chain5; 0.54 of raw-chain5-c');
+    // at 1 MiB there is no paired raw-fifo run; raw-chain5-c of that size is used, not the 1 GiB one
+    expect(ofRaw(withC, withC.cases[3]!)).toBe('0.50 of raw-chain5-c');
+    // the single hop has no raw-chain5-c: only raw-fifo, by name
+    expect(ofRaw(withC, withC.cases.at(-1)!)).toBe('0.90 of raw-fifo');
+    // s3 has neither
+    expect(ofRaw(report, report.cases[1]!)).toBe('–');
+    const md = renderWorkflowMarkdown(withC, 'x');
+    expect(md).toContain('| chain 5 | fifo | 1 GiB | 1000 | 1.00 | 1074 | 0.70 of raw-chain5; 0.54 of raw-chain5-c |');
+    expect(md).toMatch(/raw-chain5-c \(Python writer → 4 × cat → Python reader, median of 7\): 1 GiB 537\.0 ms, 2000 MB\/s; 1 MiB 2\.6 ms, 400 MB\/s/);
+    expect(md).toContain('`raw-chain5-c` = six already-running processes');
+  });
+
+  it('lists a raw-chain5-c baseline that failed under "Not verified"', () => {
+    const failed: Report = { ...report, baselines: [...report.baselines, { name: 'raw-chain5-c', MBps: null, MBps_runs: [], bytes: MiB, verified: false, errors: ['python3: not found'] }] };
+    expect(notVerified(failed).join('\n')).toMatch(/raw-chain5-c.*python3: not found/);
   });
 });
