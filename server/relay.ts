@@ -332,13 +332,11 @@ export class Relay {
       (grant) => {
         if (conn.input.destroyed) return grant.release();
         conn.input.once('close', grant.release);
+        this.grants.set(conn, grant);
         try {
-          this.grants.set(conn, grant);
           this.serve(conn);
         } catch (err) {
-          // a connection's handler failing ends that connection, never the daemon
-          log.error({ err }, 'relay connection: unexpected failure');
-          conn.destroy();
+          this.escaped(conn, err, {});
         }
       },
       (err: unknown) => {
@@ -359,26 +357,41 @@ export class Relay {
       failed(err, run);
       refuseConnection(conn, err as Error, ErrorCodes.PROTOCOL);
     };
-    peekHello(conn.input, HELLO_TIMEOUT_MS).then(
-      ({ hello, bytes }) => {
-        let target: { run: Run; channel: ChannelInfo } | Balanced;
-        try {
-          target = this.target(hello);
-        } catch (err) {
-          return refuse(err, hello.run);
-        }
-        if ('edge' in target) return void this.serveBalanced(conn, bytes, target, failed, refuse);
-        this.pass(conn, bytes, target.run, target.channel, undefined, failed);
-      },
-      (err: unknown) => {
-        if (errorCode(err) === ErrorCodes.TIMEOUT) {
-          failed(err, undefined);
-          return conn.destroy();
-        }
-        // EOF or garbage before a HELLO: answer if the producer can still hear it, then close
-        refuse(err, undefined);
-      },
-    );
+    const context: { run?: unknown; from?: unknown; to?: unknown } = {};
+    peekHello(conn.input, HELLO_TIMEOUT_MS)
+      .then(
+        async ({ hello, bytes }) => {
+          Object.assign(context, { run: hello.run, from: hello.from, to: hello.to });
+          let target: { run: Run; channel: ChannelInfo } | Balanced;
+          try {
+            target = this.target(hello);
+          } catch (err) {
+            return refuse(err, hello.run);
+          }
+          if ('edge' in target) return this.serveBalanced(conn, bytes, target, failed, refuse);
+          this.pass(conn, bytes, target.run, target.channel, undefined, failed);
+        },
+        (err: unknown) => {
+          if (errorCode(err) === ErrorCodes.TIMEOUT) {
+            failed(err, undefined);
+            return conn.destroy();
+          }
+          // EOF or garbage before a HELLO: answer if the producer can still hear it, then close
+          refuse(err, undefined);
+        },
+      )
+      .catch((err: unknown) => this.escaped(conn, err, context));
+  }
+
+  /**
+   * The guard of last resort: an error that escaped a connection's handling (a defect, not a
+   * fault of the producer's) is logged with what is known of the connection, and ends that
+   * connection only.
+   */
+  private escaped(conn: Connection, err: unknown, context: Record<string, unknown>): void {
+    this.options.metrics.errors.inc({ code: errorCode(err) });
+    this.options.log.error({ err, ...context }, 'relay connection: unexpected failure; the connection is closed, the daemon goes on');
+    conn.destroy();
   }
 
   /** Carry a producer's stream to its channel's consumer; `lease`, if balanced, learns how it ended. */

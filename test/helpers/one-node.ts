@@ -8,7 +8,7 @@ import { Binder } from '../../server/binding.js';
 import { Cluster } from '../../server/cluster.js';
 import { Fallback } from '../../server/fallback.js';
 import type { Metrics } from '../../server/metrics.js';
-import { Relay } from '../../server/relay.js';
+import { Relay, type RelayOptions } from '../../server/relay.js';
 import type { RunRegistry } from '../../server/runs.js';
 import type { Workflow } from '../../server/workflow.js';
 import { DirectoryStore, MemoryBudget } from '../../transports/index.js';
@@ -20,7 +20,16 @@ export interface OneNode {
 }
 
 /** Wire node-a's pieces over `runs`, its store under `dir`/store, binds held up to `bindTimeoutMs`. */
-export function wireOneNode(options: { dir: string; runs: RunRegistry; log: Logger; metrics: Metrics; workflows: Map<string, Workflow>; bindTimeoutMs: number }): OneNode {
+export function wireOneNode(options: {
+  dir: string;
+  runs: RunRegistry;
+  log: Logger;
+  metrics: Metrics;
+  workflows: Map<string, Workflow>;
+  bindTimeoutMs: number;
+  /** picks the instance of a balance edge; default: refuses (no balance edges) */
+  balance?: RelayOptions['balance'];
+}): OneNode {
   const { dir, runs, log, metrics, workflows } = options;
   const binder = new Binder({ node: 'node-a', runs, timeoutMs: options.bindTimeoutMs, log });
   const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
@@ -36,7 +45,7 @@ export function wireOneNode(options: { dir: string; runs: RunRegistry; log: Logg
     fallback,
     forward: (...args) => cluster.forward(...args),
     link: (...args) => cluster.link(...args),
-    balance: () => Promise.reject(new Error('no balance edges in these tests')),
+    balance: options.balance ?? (() => Promise.reject(new Error('no balance edges in these tests'))),
   });
   return { cluster, relay, binder };
 }

@@ -387,6 +387,7 @@ describe('every validation error names the option as the user wrote it', () => {
     segmentBytes: '1KiB',
     attachTimeoutMs: 'soon',
     peerWindowBytes: '1KiB',
+    memoryBudgetBytes: '1MiB',
     peerHeartbeatMs: '10ms',
     runTtlSeconds: 'forever',
     maxRuns: 'many',
