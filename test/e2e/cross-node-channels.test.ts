@@ -16,7 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { connect } from '../../client/index.js';
-import { runFunction, startDaemonProcess, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { runFunction, startDaemonProcess, type DaemonProcess, ok } from '../helpers/daemon.js';
 import { createCluster, namespacesAvailable, type Cluster } from '../helpers/netns.js';
 
 const availability = await namespacesAvailable();
@@ -103,12 +103,6 @@ async function relayed(n: Node, run: string, bytes: number): Promise<void> {
     if (Date.now() > deadline) throw new Error(`the stream of run ${run} never passed ${bytes} bytes`);
     await sleep(20);
   }
-}
-
-function ok(r: FnResult): FnResult['result'] {
-  expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
-  expect(r.code).toBe(0);
-  return r.result;
 }
 
 const node = (name: string): Node => nodes.find((n) => n.name === name)!;

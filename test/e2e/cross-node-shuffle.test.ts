@@ -8,10 +8,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
-import { runFunction, startDaemonProcess, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { runFunction, startDaemonProcess, type DaemonProcess, ok, said } from '../helpers/daemon.js';
 import { createCluster, namespacesAvailable, type Cluster } from '../helpers/netns.js';
 
 const availability = await namespacesAvailable();
@@ -58,23 +57,6 @@ afterAll(async () => {
   await cluster?.destroy();
   if (scratch) rmSync(scratch, { recursive: true, force: true });
 });
-
-function ok(r: FnResult): FnResult['result'] {
-  expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
-  expect(r.code).toBe(0);
-  return r.result;
-}
-
-function said(child: ChildProcess, line: string): Promise<void> {
-  let seen = '';
-  return new Promise((resolve, reject) => {
-    child.stderr!.on('data', (c: Buffer) => {
-      seen += c.toString();
-      if (seen.includes(line)) resolve();
-    });
-    child.once('exit', () => reject(new Error(`exited before "${line}": ${seen}`)));
-  });
-}
 
 type Mode = 'sequential' | 'streams' | 'interleaved';
 interface PerInstance {

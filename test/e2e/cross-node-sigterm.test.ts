@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
-import { runFunction, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { runFunction, type DaemonProcess, ok } from '../helpers/daemon.js';
 import { namespacesAvailable } from '../helpers/netns.js';
 import { linksUp, startSharedStoreNodes, type SharedStoreNodes } from '../helpers/shared-store-nodes.js';
 
@@ -89,12 +89,6 @@ async function terminate(d: DaemonProcess): Promise<number | null> {
   d.child.kill('SIGTERM');
   const [code] = (await within(exited, EXIT_WAIT_MS, 'the daemon after SIGTERM')) as [number | null];
   return code;
-}
-
-function ok(r: FnResult): FnResult['result'] {
-  expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
-  expect(r.code).toBe(0);
-  return r.result;
 }
 
 describe.skipIf(!availability.ok)(`SIGTERM during a cross-node stream${skipReason}`, () => {

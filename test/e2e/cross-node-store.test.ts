@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
-import { runFunction, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { runFunction, type DaemonProcess, type FnResult, ok } from '../helpers/daemon.js';
 import { namespacesAvailable, type Cluster } from '../helpers/netns.js';
 import { linksUp, startSharedStoreNodes, type SharedStoreNodes } from '../helpers/shared-store-nodes.js';
 
@@ -72,12 +72,6 @@ async function within(done: Promise<FnResult>, ms: number, what: string): Promis
   } finally {
     clearTimeout(timer);
   }
-}
-
-function ok(r: FnResult): FnResult['result'] {
-  expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
-  expect(r.code).toBe(0);
-  return r.result;
 }
 
 describe.skipIf(!availability.ok)(`the object store across nodes${skipReason}`, () => {

@@ -21,8 +21,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { loadConfig } from '../../server/config.js';
 import { startDaemon, type Daemon } from '../../server/daemon.js';
-import { ChannelReader, ChannelWriter, DirectoryStore, MANIFEST_FILE, RELAY_SOCKET, runDirectory, storeError, unixTransport, type ObjectStore } from '../../transports/index.js';
+import { ChannelReader, ChannelWriter, MANIFEST_FILE, RELAY_SOCKET, runDirectory, storeError, unixTransport } from '../../transports/index.js';
 import { drain, outcome, seededBytes, sha256 } from '../helpers/streams.js';
+import { hookedStore, type StoreHooks } from '../helpers/hooked-store.js';
 
 const SECRET = 'handover-cut-test-secret-0123456789';
 
@@ -71,36 +72,6 @@ async function cuttable(): Promise<Cuttable> {
     },
   };
   return relay;
-}
-
-/** What a test does around one daemon's store operations; reset after each test. */
-interface StoreHooks {
-  beforePut?: (key: string, body: Buffer) => Promise<void>;
-  afterPut?: (key: string) => void;
-  afterGet?: (key: string, found: boolean) => Promise<void>;
-}
-
-function hookedStore(root: string, hooks: () => StoreHooks): ObjectStore {
-  const inner = new DirectoryStore(root);
-  return {
-    path: inner.path,
-    location: inner.location,
-    check: () => inner.check(),
-    list: (prefix) => inner.list(prefix),
-    folders: (prefix) => inner.folders(prefix),
-    deletePrefix: (prefix) => inner.deletePrefix(prefix),
-    close: () => inner.close(),
-    async put(key, body) {
-      await hooks().beforePut?.(key, body);
-      await inner.put(key, body);
-      hooks().afterPut?.(key);
-    },
-    async get(key) {
-      const found = await inner.get(key);
-      await hooks().afterGet?.(key, found !== undefined);
-      return found;
-    },
-  };
 }
 
 const scratch = mkdtempSync(join(tmpdir(), 'sl-cut-'));

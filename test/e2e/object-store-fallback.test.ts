@@ -14,7 +14,7 @@ import { control } from '../../client/control.js';
 import { connect } from '../../client/index.js';
 import { S3Store } from '../../transports/store-s3.js';
 import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../fixtures/s3-server.js';
-import { runFunction, startDaemonProcess, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { runFunction, startDaemonProcess, type DaemonProcess, ok } from '../helpers/daemon.js';
 import { drain, outcome, seededBytes, sha256 } from '../helpers/streams.js';
 
 const MiB = 1024 * 1024;
@@ -40,12 +40,6 @@ async function runOf(daemon: DaemonProcess, edges: Array<Record<string, unknown>
   const name = `wf-${++serial}`;
   await control(daemon.dir, 'POST', '/v1/workflows', { name, steps: Object.fromEntries(steps.map((s) => [s, {}])), edges });
   return (await control<{ run: string; token: string }>(daemon.dir, 'POST', '/v1/runs', { workflow: name })).body;
-}
-
-function ok(r: FnResult): FnResult['result'] {
-  expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
-  expect(r.code).toBe(0);
-  return r.result;
 }
 
 const bucketKeys = async (prefix: string): Promise<string[]> => {

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { connect } from '../../client/index.js';
 import { ChannelWriter, MANIFEST_FILE, RELAY_SOCKET, runDirectory, unixTransport } from '../../transports/index.js';
-import { cli, runFunction, startDaemonProcess, waitForChannelState, writing, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { cli, runFunction, startDaemonProcess, waitForChannelState, writing, type DaemonProcess, ok } from '../helpers/daemon.js';
 import { outcome } from '../helpers/streams.js';
 
 const MiB = 1024 * 1024;
@@ -34,12 +34,6 @@ async function workflow(steps: Record<string, { replicas?: number }>, edges: Arr
 async function createRun(name: string): Promise<{ run: string; token: string }> {
   const { body } = await control<{ run: string; token: string }>(daemon.dir, 'POST', '/v1/runs', { workflow: name });
   return body;
-}
-
-function ok(r: FnResult): FnResult['result'] {
-  expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
-  expect(r.code).toBe(0);
-  return r.result;
 }
 
 describe('proactive set-up', () => {

@@ -11,9 +11,8 @@ import { finished } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { connect, type Input } from '../../client/index.js';
-import { runFunction, startDaemonProcess, type DaemonProcess, type FnResult } from '../helpers/daemon.js';
+import { runFunction, startDaemonProcess, type DaemonProcess, ok, said } from '../helpers/daemon.js';
 import { drain, sha256 } from '../helpers/streams.js';
-import type { ChildProcess } from 'node:child_process';
 
 const MiB = 1024 * 1024;
 const MAPS = 4;
@@ -37,23 +36,6 @@ async function runOf(steps: Record<string, { replicas?: number }>, edges: Array<
   const name = `shuffle-${++serial}`;
   await control(daemon.dir, 'POST', '/v1/workflows', { name, steps, edges });
   return (await control<{ run: string; token: string }>(daemon.dir, 'POST', '/v1/runs', { workflow: name })).body;
-}
-
-function ok(r: FnResult): FnResult['result'] {
-  expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
-  expect(r.code).toBe(0);
-  return r.result;
-}
-
-function said(child: ChildProcess, line: string): Promise<void> {
-  let seen = '';
-  return new Promise((resolve, reject) => {
-    child.stderr!.on('data', (c: Buffer) => {
-      seen += c.toString();
-      if (seen.includes(line)) resolve();
-    });
-    child.once('exit', () => reject(new Error(`exited before "${line}": ${seen}`)));
-  });
 }
 
 type Mode = 'sequential' | 'streams' | 'interleaved';

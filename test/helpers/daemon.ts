@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
 import { DAEMON_NODE_FLAGS } from '../../server/node-flags.js';
 import { control } from '../../client/control.js';
 
@@ -107,16 +108,28 @@ export function runFunction(dir: string, run: { run: string; token: string }, st
   return { child, done };
 }
 
-/** Resolve once a `fn.js source` function has handed its first bytes to its output. */
-export async function writing(child: ChildProcess): Promise<void> {
+/** The result of a function that must have succeeded: the test fails, with its output, otherwise. */
+export function ok(r: FnResult): FnResult['result'] {
+  expect(r.result.error, `function failed: ${JSON.stringify(r.result)} ${r.stderr}`).toBeUndefined();
+  expect(r.code).toBe(0);
+  return r.result;
+}
+
+/** Resolve once `child` has written `line` to its stderr; reject if it exits first. */
+export function said(child: ChildProcess, line: string): Promise<void> {
   let seen = '';
-  await new Promise<void>((resolve, reject) => {
+  return new Promise((resolve, reject) => {
     child.stderr!.on('data', (c: Buffer) => {
       seen += c.toString();
-      if (seen.includes('sluice-fn: writing')) resolve();
+      if (seen.includes(line)) resolve();
     });
-    child.once('exit', () => reject(new Error(`the function exited before writing: ${seen}`)));
+    child.once('exit', () => reject(new Error(`exited before "${line}": ${seen}`)));
   });
+}
+
+/** Resolve once a `fn.js source` function has handed its first bytes to its output. */
+export function writing(child: ChildProcess): Promise<void> {
+  return said(child, 'sluice-fn: writing');
 }
 
 /** Wait until the run's first channel is in `state` (e.g. 'relaying'), polling the control API. */

@@ -16,33 +16,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DirectoryStore, StoredStreamReader, StoredStreamWriter, segmentKey, storeError, streamPrefix, type ObjectStore } from '../../transports/index.js';
 import { drain, seededBytes, sha256 } from '../helpers/streams.js';
+import { hookedStore, type StoreHooks } from '../helpers/hooked-store.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'sluice-end-handover-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 let n = 0;
 
-/** A directory store whose `get` and `put` may be held back or failed by the test. */
-function hookedStore(root: string, hooks: { afterGet?: (key: string, found: boolean) => Promise<void>; beforePut?: (key: string) => Promise<void> }): ObjectStore {
-  const inner = new DirectoryStore(root);
-  return {
-    path: inner.path,
-    location: inner.location,
-    check: () => inner.check(),
-    list: (prefix) => inner.list(prefix),
-    folders: (prefix) => inner.folders(prefix),
-    deletePrefix: (prefix) => inner.deletePrefix(prefix),
-    close: () => inner.close(),
-    async put(key, body) {
-      await hooks.beforePut?.(key);
-      return inner.put(key, body);
-    },
-    async get(key) {
-      const found = await inner.get(key);
-      await hooks.afterGet?.(key, found !== undefined);
-      return found;
-    },
-  };
-}
+/** A hooked store whose hooks are fixed for its life. */
+const hookedStoreOf = (root: string, hooks: StoreHooks): ObjectStore => hookedStore(root, () => hooks);
 
 const SEGMENT = 64 * 1024;
 
@@ -63,7 +44,7 @@ describe('the end of a stored stream, between its writer and a reader in another
       const head = data.subarray(0, last * SEGMENT);
       if (head.length > 0) await new Promise<void>((resolve, reject) => writer.write(head, (err) => (err ? reject(err) : resolve())));
       let finished: Promise<void> | undefined;
-      const readerStore = hookedStore(root, {
+      const readerStore = hookedStoreOf(root, {
         afterGet: async (key, found) => {
           // the reader found no last segment: the writer now stores it, and then the manifest
           if (key === segmentKey(prefix, last) && !found && !finished) {
@@ -85,7 +66,7 @@ describe('the end of a stored stream, between its writer and a reader in another
     const root = join(scratch, `s${n++}`);
     const prefix = streamPrefix('run-h', `c${n}`);
     const data = seededBytes(2 * SEGMENT + 999, n);
-    const failing = hookedStore(root, {
+    const failing = hookedStoreOf(root, {
       beforePut: async (key) => {
         // slow to fail: the writer has stopped waiting for uploads one by one and awaits them all
         if (key === segmentKey(prefix, 2)) {
