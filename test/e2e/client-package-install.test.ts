@@ -88,7 +88,7 @@ describe('sluice-client installed into an empty folder', () => {
       await daemon?.stop();
     });
 
-    it('stream bytes and records producer → consumer, verified', async () => {
+    it('stream 1000 records producer → consumer, in order, verified', async () => {
       writeFileSync(join(fnDir, 'up.mjs'), `
 import { connect } from 'sluice-client';
 const sl = await connect();
