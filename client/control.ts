@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import { join } from 'node:path';
-import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, isErrorCode } from '../transports/index.js';
+import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, isErrorCode } from '../transports/client.js';
 
 export interface ControlResponse<T> {
   status: number;

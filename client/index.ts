@@ -12,13 +12,13 @@
  * | `instance` | `SLUICE_INSTANCE` | 0                                                |
  * | `resumeTimeoutMs` | `SLUICE_RESUME_TIMEOUT_MS` | 60000 (ms; the variable also takes `90s`, `2m`: the durations of `sluice daemon`), at most 1d: how long an input from another node waits for its stream to resume after its node's daemon or link was lost |
  */
-import { ErrorCodes, RequestError, defaultRuntimeDir } from '../transports/index.js';
+import { ErrorCodes, RequestError, defaultRuntimeDir } from '../transports/client.js';
 import { DAY, durationUsage, parseDuration } from '../transports/units.js';
 import { connect as connectWith, type ConnectOptions, type Sluice } from './sluice.js';
 
 export { Input, Output, Sluice, type ConnectOptions, type InputStream, type OutputOptions, type Source } from './sluice.js';
 export { control } from './control.js';
-export { ErrorCodes, SluiceError, hasCode, type ErrorCode } from '../transports/index.js';
+export { ErrorCodes, SluiceError, hasCode, type ErrorCode } from '../transports/client.js';
 
 /** Open this function's view of its run: its inputs and outputs. */
 export async function connect(options: ConnectOptions = {}): Promise<Sluice> {

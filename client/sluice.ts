@@ -3,7 +3,7 @@
  * `input()` to read from predecessors — the same API whatever carries the bytes.
  *
  * ```ts
- * import { connect } from 'sluice';
+ * import { connect } from 'sluice-client';   // or 'sluice'
  * const sl = await connect();                      // SLUICE_DIR, SLUICE_RUN, SLUICE_STEP, SLUICE_TOKEN
  * await pipeline(source, sl.output('count'));       // resolves once every consumer verified the bytes
  * for await (const chunk of sl.input('split')) {}   // ends only after the trailer verified
@@ -41,7 +41,7 @@ import {
   type InstanceRef,
   type Listener,
   type RunManifest,
-} from '../transports/index.js';
+} from '../transports/client.js';
 import { control } from './control.js';
 
 export interface ConnectOptions {
