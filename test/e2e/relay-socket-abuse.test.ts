@@ -2,7 +2,9 @@
  * The relay socket is 0666: any local user can connect and send anything. Nothing sent there may
  * stop the daemon or make it hold a file descriptor after the connection ends.
  */
-import { readdirSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { chmodSync, readdirSync } from 'node:fs';
+import { promisify } from 'node:util';
 import net from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,6 +14,9 @@ import { encodeControl, FrameType, RELAY_SOCKET } from '../../transports/index.j
 import { runFunction, startDaemonProcess, type DaemonProcess } from '../helpers/daemon.js';
 
 const MiB = 1024 * 1024;
+const run = promisify(execFile);
+/** Can this process run a command as the unprivileged user `nobody` (root, with util-linux's setpriv)? */
+const asNobody = process.getuid?.() === 0 && (await run('setpriv', ['--version']).then(() => true, () => false));
 
 function fds(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
@@ -102,6 +107,18 @@ describe('the relay socket, abused by a local user', () => {
     await eventually('not every half-closed connection was closed by the daemon', () => sockets.every((s) => s.readableEnded || s.destroyed), 10_000);
     for (const s of sockets) s.destroy();
     await eventually(`the daemon's descriptors did not come back to ${baseline}`, () => fds(daemon.child.pid!) <= baseline + 2, 10_000);
+    await streamStillExact();
+  });
+
+  it.skipIf(!asNobody)(`survives the five bytes and the fourteen sent by an unprivileged user${asNobody ? '' : ' (skipped: needs root and setpriv to act as nobody)'}`, async () => {
+    chmodSync(daemon.dir, 0o711); // as a runtime directory is: traversable, so the 0666 socket is reachable
+    const frame = encodeControl(FrameType.HELLO, 0, { v: 1, run: 'x'.repeat(40) });
+    for (const bytes of [Buffer.from([0x01, 0x01, 0x00, 0x00, 0x00]), frame.subarray(0, 14)]) {
+      // a plain socket client, run as nobody: connect, send, half-close, read the answer until the daemon closes
+      const script = `const s = require('node:net').connect(process.argv[1], () => s.end(Buffer.from(process.argv[2], 'hex'))); s.resume(); s.on('error', () => {});`;
+      await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script, join(daemon.dir, RELAY_SOCKET), bytes.toString('hex')], { timeout: 10_000 });
+    }
+    await sleep(500);
     await streamStillExact();
   });
 
