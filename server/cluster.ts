@@ -7,7 +7,10 @@
  * a connection on the peer link for each channel whose producer it hosts and whose consumer is
  * elsewhere — with its credit window — and parks it. Only then does the request return: when the
  * functions start, no dial, no handshake and no OPEN is left on the path of the first byte. If
- * any node fails, the run is deleted everywhere and the error names the node.
+ * any node fails, the run is deleted everywhere and the error names the node; a node known to be
+ * down (PeerLinks.whyDown) fails it before anything is sent, rather than after the request timeout.
+ * A run deleted while a node it involves is down is deleted there once its link is up again
+ * (tombstones, kept on disk under the daemon's state/).
  *
  * **A cross-node channel carries the channel protocol end to end.** The producer streams to its
  * daemon's relay socket; the relay reads the HELLO (token, channel), then passes the bytes on,
@@ -23,6 +26,8 @@
  * daemon reset the connection, with the same effect on the consumer. Nothing ends cleanly
  * without the consumer's verification.
  */
+import fs from 'node:fs/promises';
+import { join } from 'node:path';
 import { finished } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import {
@@ -51,6 +56,8 @@ import { validateWorkflow, type Workflow } from './workflow.js';
 
 export interface ClusterOptions {
   node: string;
+  /** the daemon's directory: the deletes owed to peers that were down are kept under its state/ */
+  dir: string;
   runs: RunRegistry;
   /** undefined when this daemon has no peers (no secret, no --peers) */
   peers: PeerLinks | undefined;
@@ -88,6 +95,18 @@ interface Notice {
 
 /** How often notices of stored streams that did not reach their peer are sent again, ms. */
 const UNTOLD_RETRY_MS = 2_000;
+
+/** Under the daemon's directory: the runs deleted here that peers, down then, still hold (0600). */
+const TOMBSTONES_FILE = 'state/tombstones.json';
+
+/** A run deleted here whose part on a peer could not be deleted then: deleted there once its link is up. */
+interface Tombstone {
+  run: string;
+  /** the run's token: a later run of the same id on the peer is not deleted by mistake */
+  token: string;
+  /** the run's TTL ends the part on the peer by itself then: the tombstone is dropped */
+  expiresAt: number;
+}
 
 /** Pass bytes both ways between two connections until both directions ended; reject on the first fault. */
 function splice(a: Connection, b: Connection, onForward: (chunk: Buffer) => void, onBack: () => void): Promise<void> {
@@ -134,13 +153,104 @@ export class Cluster {
   private readonly untold = new Map<string, Map<string, Notice>>();
   /** per peer: the location of its object store, as it answered a `prepare` */
   private readonly peerStores = new Map<string, string>();
+  /** per peer, by run id: runs deleted here that the peer could not be told of (down); see TOMBSTONES_FILE */
+  private readonly tombstones = new Map<string, Map<string, Tombstone>>();
+  /** per peer: tombstones being sent now */
+  private readonly burying = new Set<string>();
+  /** the last write of the tombstones file; writes follow one another */
+  private saving: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: ClusterOptions) {
     options.runs.onDeleted = (run) => this.forget(run);
     // a notice that could not be delivered when its link came up is tried again while the link is up
     setInterval(() => {
       for (const peer of this.untold.keys()) if (options.peers?.isUp(peer)) this.tellUntold(peer);
+      for (const peer of this.tombstones.keys()) if (options.peers?.isUp(peer)) void this.bury(peer);
     }, UNTOLD_RETRY_MS).unref();
+  }
+
+  /**
+   * Take up the deletes a previous daemon on this directory still owed to peers that were down
+   * (call before the peer links start). An unreadable file is logged and dropped: the runs'
+   * TTLs remove what it named.
+   */
+  async restore(): Promise<void> {
+    const path = join(this.options.dir, TOMBSTONES_FILE);
+    let saved: unknown;
+    try {
+      saved = JSON.parse(await fs.readFile(path, 'utf8'));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      this.options.log.warn({ err, file: path }, 'cannot read the runs owed a delete on peers: dropped (their TTLs remove them)');
+      return;
+    }
+    const now = Date.now();
+    for (const [peer, list] of Object.entries((saved ?? {}) as Record<string, Tombstone[]>)) {
+      if (!Array.isArray(list)) continue;
+      for (const t of list) {
+        if (typeof t?.run !== 'string' || typeof t.token !== 'string' || typeof t.expiresAt !== 'number' || t.expiresAt <= now) continue;
+        let stones = this.tombstones.get(peer);
+        if (!stones) this.tombstones.set(peer, (stones = new Map()));
+        stones.set(t.run, { run: t.run, token: t.token, expiresAt: t.expiresAt });
+      }
+    }
+    if (this.tombstones.size > 0) this.options.log.info({ peers: [...this.tombstones.keys()] }, 'runs deleted while peers were down: deleted there once their links are up');
+  }
+
+  /** Remember that `peer` still holds its part of `run`, deleted here, and save it. */
+  private entomb(peer: string, run: Run): void {
+    let stones = this.tombstones.get(peer);
+    if (!stones) this.tombstones.set(peer, (stones = new Map()));
+    stones.set(run.id, { run: run.id, token: run.token, expiresAt: run.expiresAt });
+    this.saveTombstones();
+  }
+
+  /** Write the tombstones file (atomically; one write after another); a failure is logged, the tombstones stay in memory. */
+  private saveTombstones(): void {
+    const now = Date.now();
+    const content: Record<string, Tombstone[]> = {};
+    for (const [peer, stones] of this.tombstones) {
+      for (const [id, t] of stones) if (t.expiresAt <= now) stones.delete(id);
+      if (stones.size === 0) this.tombstones.delete(peer);
+      else content[peer] = [...stones.values()];
+    }
+    const path = join(this.options.dir, TOMBSTONES_FILE);
+    const text = JSON.stringify(content);
+    this.saving = this.saving.then(async () => {
+      try {
+        if (text === '{}') return await fs.rm(path, { force: true });
+        await fs.writeFile(path + '.tmp', text, { mode: 0o600 });
+        await fs.rename(path + '.tmp', path);
+      } catch (err) {
+        this.options.log.warn({ err, file: path }, 'cannot save the runs owed a delete on peers: a restart of this daemon forgets them (their TTLs remove them)');
+      }
+    });
+  }
+
+  /** Send `peer` the deletes it is owed (its link is up); those it answered are forgotten, the others tried again later. */
+  private async bury(peer: string): Promise<void> {
+    const stones = this.tombstones.get(peer);
+    if (!stones || this.burying.has(peer)) return;
+    this.burying.add(peer);
+    try {
+      const now = Date.now();
+      const before = stones.size;
+      for (const t of [...stones.values()]) {
+        if (t.expiresAt > now) {
+          try {
+            await this.options.peers!.request(peer, { op: 'delete', run: t.run, token: t.token }, PEER_REQUEST_TIMEOUT_MS);
+            this.options.log.info({ run: t.run, peer }, 'run deleted on a peer that was down when it was deleted here');
+          } catch (err) {
+            this.options.log.debug({ run: t.run, peer, err }, 'a peer did not take the delete of a run it was owed; tried again later');
+            continue;
+          }
+        }
+        if (stones.get(t.run) === t) stones.delete(t.run);
+      }
+      if (stones.size !== before) this.saveTombstones();
+    } finally {
+      this.burying.delete(peer);
+    }
   }
 
   /**
@@ -159,6 +269,7 @@ export class Cluster {
   readonly onLinkUp = (node: string): void => {
     void this.shareWorkflows(node, [...this.options.workflows.values()]);
     this.tellUntold(node);
+    void this.bury(node);
   };
 
   private tellUntold(node: string): void {
@@ -182,6 +293,8 @@ export class Cluster {
     const run = await runs.create(request);
     this.options.fallback.prepare(run);
     const others = this.nodesOf(run).filter((n) => n !== node);
+    /** the nodes sent the run: they may hold a part of it, to delete should creation fail */
+    const asked = new Set<string>();
     try {
       for (const other of others) {
         if (!peers?.knows(other)) {
@@ -189,6 +302,11 @@ export class Cluster {
             details: { node: other },
           });
         }
+      }
+      // a node known to be down fails the run now: waiting out the request timeout would not bring it back
+      for (const other of others) {
+        const down = peers!.whyDown(other);
+        if (down) throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot create run "${run.id}": ${down.message}`, { cause: down, details: { run: run.id, node: other, link: 'down' } });
       }
       const shared = {
         run: run.id,
@@ -200,30 +318,46 @@ export class Cluster {
       const store = this.options.fallback.store.location;
       await Promise.all(
         others.map(async (other) => {
+          asked.add(other);
           const answer = (await peers!.request(other, { op: 'prepare', ...shared, store }, PEER_REQUEST_TIMEOUT_MS)) as { store?: unknown } | null;
           if (typeof answer?.store === 'string') this.peerStores.set(other, answer.store);
         }),
       );
       await Promise.all([this.openChannels(run), ...others.map((other) => peers!.request(other, { op: 'open', run: run.id }, PEER_REQUEST_TIMEOUT_MS))]);
     } catch (err) {
-      await this.deleteRun(run.id).catch(() => undefined);
+      await this.deleteRun(run.id, asked).catch(() => undefined);
       throw err;
     }
     this.options.onRunReady?.(run);
     return run;
   }
 
-  /** Delete a run here and on the other nodes it involves (which may have forgotten it already). */
-  async deleteRun(id: string): Promise<void> {
+  /**
+   * Delete a run here and on the other nodes it involves (which may have forgotten it already);
+   * `only`: just those of them (the ones a failed creation reached). A node without a link now
+   * is not waited for, nor one that does not answer: this node keeps a tombstone for it (on
+   * disk, under state/) and deletes its part when its link comes up — until the run's TTL would
+   * have removed it anyway.
+   */
+  async deleteRun(id: string, only?: ReadonlySet<string>): Promise<void> {
     const { runs, peers, node } = this.options;
     const run = runs.get(id);
     await runs.delete(id);
-    // a peer without a link now is not waited for: its TTL removes its part
-    const others = this.nodesOf(run).filter((n) => n !== node && peers?.isUp(n));
-    const results = await Promise.allSettled(others.map((other) => peers!.request(other, { op: 'delete', run: id }, PEER_REQUEST_TIMEOUT_MS)));
+    const others = this.nodesOf(run).filter((n) => n !== node && (only === undefined || only.has(n)));
+    const up = others.filter((n) => peers?.isUp(n));
+    for (const other of others) if (!up.includes(other) && peers?.knows(other)) this.entomb(other, run);
+    const results = await Promise.allSettled(up.map((other) => peers!.request(other, { op: 'delete', run: id, token: run.token }, PEER_REQUEST_TIMEOUT_MS)));
     results.forEach((r, i) => {
-      if (r.status === 'rejected') this.options.log.warn({ run: id, peer: others[i], err: r.reason as Error }, 'peer did not delete its part of the run; its TTL will');
+      if (r.status === 'fulfilled') return;
+      this.options.log.warn({ run: id, peer: up[i], err: r.reason as Error }, 'peer did not delete its part of the run: it is deleted there once the link to it is up again');
+      this.entomb(up[i]!, run);
     });
+    const owed = others.filter((n) => this.tombstones.get(n)?.has(id));
+    if (owed.length > 0) {
+      this.options.log.warn({ run: id, peers: owed }, 'run deleted while peers it involves are down: deleted there once their links are up');
+      // on disk before the delete is answered: a daemon killed right after still owes it
+      await this.saving;
+    }
   }
 
   /** A control request from a peer: its part of a run created elsewhere. */
@@ -287,7 +421,9 @@ export class Cluster {
       }
       case 'delete': {
         const id = checkName('run', request.run);
-        if (runs.list().some((r) => r.id === id)) await runs.delete(id);
+        // with a token (sent by one that deleted the run while this node was down), only that very run
+        const found = runs.list().find((r) => r.id === id && (request.token === undefined || r.token === request.token));
+        if (found) await runs.delete(id);
         return null;
       }
       default:

@@ -141,6 +141,7 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
   const workflows = new Map<string, Workflow>();
   const cluster: Cluster = new Cluster({
     node: config.node,
+    dir: config.dir,
     budget,
     runs,
     peers,
@@ -154,6 +155,8 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
     fallback,
     onRunReady: (run) => binder.ready(run),
   });
+  // deletes owed to peers that were down, taken up before the links (and their onLinkUp) start
+  await cluster.restore();
   const relay = new Relay(runs, {
     dir: config.dir,
     budget,

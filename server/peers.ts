@@ -115,6 +115,8 @@ interface Peer {
   since: number;
   links: number;
   lastError: string | undefined;
+  /** the error behind lastError */
+  lastCause: Error | undefined;
   /** bytes of links that are gone */
   pastSent: number;
   pastReceived: number;
@@ -190,7 +192,7 @@ export class PeerLinks {
   }
 
   private newPeer(node: string, url: string | undefined): Peer {
-    return { node, url, mux: undefined, dialedBy: undefined, state: 'connecting', since: Date.now(), links: 0, lastError: undefined, pastSent: 0, pastReceived: 0, waiters: new Set(), dialing: false };
+    return { node, url, mux: undefined, dialedBy: undefined, state: 'connecting', since: Date.now(), links: 0, lastError: undefined, lastCause: undefined, pastSent: 0, pastReceived: 0, waiters: new Set(), dialing: false };
   }
 
   /** Serve peer links on `server` (the TCP control API's) when given, and dial the listed peers. */
@@ -247,6 +249,25 @@ export class PeerLinks {
   /** Is the link to `node` up now? */
   isUp(node: string): boolean {
     return this.peers.get(node)?.mux?.up === true;
+  }
+
+  /**
+   * Is `node` known to be down — its link was up and is lost, or dials to it have failed — and
+   * if so, why: an error (SLUICE_UNAVAILABLE) naming it, saying since when and its last error.
+   * undefined while the link is up, for a peer not tried yet (starting up), and for one this
+   * node does not know.
+   */
+  whyDown(node: string): ConnectError | undefined {
+    const peer = this.peers.get(node);
+    if (!peer || peer.mux?.up) return undefined;
+    if (peer.state !== 'down' && !(peer.state === 'connecting' && peer.lastError !== undefined)) return undefined;
+    const since = new Date(peer.since).toISOString();
+    const what = peer.links > 0 ? `no link since ${since}` : `never linked, dialling since ${since}`;
+    return new ConnectError(
+      ErrorCodes.UNAVAILABLE,
+      `node "${node}" is down (${what}: ${peer.lastError ?? 'link lost'}); start its daemon or mend the network to it${peer.url ? ` (${peer.url})` : ''}, or place the run's steps on other nodes`,
+      { ...(peer.lastCause ? { cause: peer.lastCause } : {}), details: { node, link: 'down', since } },
+    );
   }
 
   /** Is `node` a peer (listed, or linked to us now)? */
@@ -416,6 +437,7 @@ export class PeerLinks {
         // the peer's own dial may have linked while ours failed: that link's state stands
         if (!peer.mux?.up) {
           peer.lastError = message;
+          peer.lastCause = err as Error;
           peer.state = peer.links > 0 ? 'down' : 'connecting';
         }
         await sleep(backoff * (0.75 + Math.random() / 2), signal);
@@ -488,6 +510,7 @@ export class PeerLinks {
     peer.since = Date.now();
     peer.links++;
     peer.lastError = undefined;
+    peer.lastCause = undefined;
     this.options.log.info({ peer: node, dialedBy, links: peer.links }, 'peer link up');
     for (const wake of [...peer.waiters]) wake();
     this.options.onLinkUp?.(node);
@@ -500,6 +523,7 @@ export class PeerLinks {
       linked.state = 'down';
       linked.since = Date.now();
       linked.lastError = why.message;
+      linked.lastCause = why;
       if (!this.stopping.signal.aborted) this.options.log.warn({ peer: node, reason: why.message }, 'peer link down');
     });
   }

@@ -34,7 +34,7 @@ export function wireOneNode(options: {
   const binder = new Binder({ node: 'node-a', runs, timeoutMs: options.bindTimeoutMs, log });
   const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
   const budget = new MemoryBudget(64 << 20);
-  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
+  const cluster = new Cluster({ node: 'node-a', dir, runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
   const relay = new Relay(runs, {
     dir,
     budget,
