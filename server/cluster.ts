@@ -49,6 +49,7 @@ import {
 import type { Fallback } from './fallback.js';
 import type { Metrics } from './metrics.js';
 import { StreamTap } from './failover.js';
+import { factsOf, plan, type PathFacts, type Route } from './paths/plan.js';
 import { CHANNEL_PREFIX, type PeerLinks } from './peers.js';
 import { attachConsumer, terminate } from './relay.js';
 import type { ChannelInfo, CreateRunRequest, Run, RunRegistry } from './runs.js';
@@ -464,7 +465,7 @@ export class Cluster {
       link = this.parked.get(key(run.id, channel.name)) ?? (await this.openChannel(run, channel));
       this.parked.delete(key(run.id, channel.name));
     } catch (err) {
-      if (channel.peer !== undefined && this.sharesStore(channel.peer)) return this.storeInstead(run, channel, producer, head, err as Error);
+      if (this.routeOf(channel, 'producer').unreachable === 'store') return this.storeInstead(run, channel, producer, head, err as Error);
       channel.state = 'failed';
       this.sendAbort(producer, err as Error);
       throw err;
@@ -519,7 +520,7 @@ export class Cluster {
       const linkError = link.input.errored ?? link.output.errored;
       link.destroy();
       const lost = linkError !== null && (isLinkFailure(linkError) || peers?.isUp(channel.peer!) === false);
-      if (lost && !answered && tap.resumable && this.sharesStore(channel.peer!)) {
+      if (lost && !answered && tap.resumable && this.routeOf(channel, 'producer').linkLost === 'resume') {
         log2.warn({ err, at: tap.offset }, 'peer link lost mid-stream: the rest of the stream goes through the object store');
         return await this.failOver(run, channel, producer, tap);
       }
@@ -637,7 +638,7 @@ export class Cluster {
     consumer.destroy();
     if (channel.path !== 'unix') return;
     const lost = isLinkFailure(why) || this.options.peers?.isUp(channel.peer!) === false;
-    if (lost && this.sharesStore(channel.peer!)) {
+    if (lost && this.routeOf(channel, 'consumer').linkLost === 'resume') {
       this.options.log.warn({ run: run.id, channel: channel.name, peer: channel.peer }, 'peer link lost mid-stream: the consumer gets the rest from the object store');
       return this.options.fallback.feed(run, channel);
     }
@@ -690,12 +691,17 @@ export class Cluster {
       link,
       async (reader) => {
         fallback.feed(run, channel);
-        if (!channel.persist) return fallback.write(run, channel, reader, 'spill');
+        if (this.routeOf(channel, 'consumer').late === 'spill') return fallback.write(run, channel, reader, 'spill');
         reader.resume(); // the producer's node writes the copy this consumer will read
         await finished(reader);
       },
       { highWaterMark: relayBufferBytes, budget: this.options.budget, budgetWaitMs: this.options.attachTimeoutMs, log, metrics },
     );
+  }
+
+  /** The route of `channel`'s stream where it enters at its `end` on this node (server/paths/plan.ts). */
+  routeOf(channel: ChannelInfo, end: PathFacts['end']): Route {
+    return plan(factsOf(channel, end, channel.peer !== undefined && this.sharesStore(channel.peer)));
   }
 
   /** Does `peer` use this node's store (so that what one writes, the other can read)? */

@@ -164,6 +164,7 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
     attachTimeoutMs: config.attachTimeoutMs,
     log,
     metrics,
+    plan: (channel) => cluster.routeOf(channel, 'producer'),
     forward: (run, channel, conn, head) => cluster.forward(run, channel, conn, head),
     link: (run, channel) => cluster.link(run, channel),
     fallback,

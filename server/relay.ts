@@ -47,6 +47,7 @@ import {
   type MemoryBudget,
 } from '../transports/index.js';
 import type { Lease } from './balance.js';
+import type { Route } from './paths/plan.js';
 import type { Fallback } from './fallback.js';
 import type { Metrics } from './metrics.js';
 import type { ChannelInfo, Run, RunRegistry } from './runs.js';
@@ -69,6 +70,8 @@ export interface RelayOptions {
   link: (run: Run, channel: ChannelInfo) => Promise<Connection>;
   /** The object-store path: spills, `via: s3`, `persist: true`. */
   fallback: Fallback;
+  /** The route of a stream entering here for `channel` (the path choice, server/paths/plan.ts); throws a typed error for one that cannot be taken. */
+  plan: (channel: ChannelInfo) => Route;
   /** Picks the consumer instance of a stream on a balance edge (`Balancer.pick`). */
   balance: (run: Run, edge: Edge, from: InstanceRef, key: string | undefined) => Promise<Lease>;
   /**
@@ -396,7 +399,15 @@ export class Relay {
 
   /** Carry a producer's stream to its channel's consumer; `lease`, if balanced, learns how it ended. */
   private pass(conn: Connection, bytes: Buffer, run: Run, channel: ChannelInfo, lease: Lease | undefined, failed: (err: unknown, run: unknown) => void): void {
-    if (channel.path === 'remote' && channel.via === 'direct' && !channel.persist) {
+    let route: Route;
+    try {
+      route = this.options.plan(channel);
+    } catch (err) {
+      // a route that cannot be taken: the producer hears why, typed, once its stream is read
+      conn.input.unshift(bytes);
+      return this.relayHere(conn, () => Promise.reject(err as Error));
+    }
+    if (route.deliver === 'peer' && !route.verify) {
       // the consumer is on another node: pass the stream through, bytes untouched; its replay
       // tail (granted on its own) is its buffer, not the relay's
       this.grants.get(conn)?.shrink(CONNECTION_COST);
@@ -411,7 +422,7 @@ export class Relay {
     }
     conn.input.unshift(bytes);
     this.relayHere(conn, (reader) =>
-      this.route(reader, run, channel).then(
+      this.carry(reader, run, channel, route).then(
         () => lease?.end(),
         (err: unknown) => {
           lease?.end(err);
@@ -455,7 +466,15 @@ export class Relay {
   /** An empty stream to a consumer instance that was not picked: it ends that input, verified. */
   private sendElsewhere(run: Run, channel: ChannelInfo, replica: string): void {
     const empty = Readable.from([]);
-    this.deliverAnywhere(empty, empty, run, channel, false, { elsewhere: replica }).then(
+    // a notice, not data: delivered as the channel's route says, with nothing to copy
+    let route: Route;
+    try {
+      route = { ...this.options.plan(channel), copy: false, late: 'spill' };
+    } catch (err) {
+      channel.state = 'failed';
+      return void this.options.log.warn({ err, run: run.id, channel: channel.name }, 'could not tell a consumer instance that the stream went elsewhere');
+    }
+    this.deliverAnywhere(empty, empty, run, channel, route, { elsewhere: replica }).then(
       () => {
         channel.state = 'done';
       },
@@ -473,17 +492,17 @@ export class Relay {
     terminate(conn, route, { highWaterMark: relayBufferBytes, granted, budget, budgetWaitMs: attachTimeoutMs, log, metrics });
   }
 
-  /** Where a verified stream goes: the store only (`via: s3`), the store and its consumer (`persist`), or its consumer. */
-  private async route(reader: ChannelReader, run: Run, channel: ChannelInfo): Promise<void> {
+  /** Carry a stream verified here as its route says: into the store only, to its consumer, or both (a copy beside). */
+  private async carry(reader: ChannelReader, run: Run, channel: ChannelInfo, route: Route): Promise<void> {
     const { fallback } = this.options;
-    if (channel.via === 'store') return fallback.write(run, channel, reader, 'forced');
-    if (!channel.persist) return this.deliverAnywhere(reader, reader, run, channel, false);
+    if (route.deliver === 'store') return fallback.write(run, channel, reader, 'forced');
+    if (!route.copy) return this.deliverAnywhere(reader, reader, run, channel, route);
     const [direct, copy] = tee(reader);
-    await Promise.all([this.deliverAnywhere(direct, reader, run, channel, true), fallback.write(run, channel, copy, 'persist')]);
+    await Promise.all([this.deliverAnywhere(direct, reader, run, channel, route), fallback.write(run, channel, copy, 'persist')]);
   }
 
-  private async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean, extra: Record<string, unknown> = {}): Promise<void> {
-    if (channel.path !== 'remote') return this.deliver(source, held, run, channel, persisted, extra);
+  private async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, route: Route, extra: Record<string, unknown> = {}): Promise<void> {
+    if (route.deliver === 'local') return this.deliver(source, held, run, channel, route, extra);
     const observed = this.options.metrics.streamStarted('remote');
     const writer = new ChannelWriter(await this.options.link(run, channel), { hello: { run: run.id, from: channel.from, to: channel.to, via: 'relay', ...extra } });
     source.on('data', (chunk: Buffer) => observed.bytes(chunk.length));
@@ -543,7 +562,7 @@ export class Relay {
    * and feed the consumer from there once it comes. A persisted stream has its copy written
    * already: then the direct branch is dropped and the consumer is fed from the copy.
    */
-  private async deliver(source: Readable, held: Readable, run: Run, channel: ChannelInfo, persisted: boolean, extra: Record<string, unknown> = {}): Promise<void> {
+  private async deliver(source: Readable, held: Readable, run: Run, channel: ChannelInfo, route: Route, extra: Record<string, unknown> = {}): Promise<void> {
     const { log, metrics, fallback } = this.options;
     const runId = run.id;
     const { name, to, from } = channel;
@@ -557,7 +576,7 @@ export class Relay {
       if (!conn) {
         log2.info({ buffered: held.readableLength }, 'consumer not attached: the stream goes to the object store');
         fallback.feed(run, channel);
-        if (!persisted) return await fallback.write(run, channel, source, 'spill');
+        if (route.late === 'spill') return await fallback.write(run, channel, source, 'spill');
         source.resume();
         return await finished(source);
       }

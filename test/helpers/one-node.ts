@@ -43,6 +43,7 @@ export function wireOneNode(options: {
     log,
     metrics,
     fallback,
+    plan: (channel) => cluster.routeOf(channel, 'producer'),
     forward: (...args) => cluster.forward(...args),
     link: (...args) => cluster.link(...args),
     balance: options.balance ?? (() => Promise.reject(new Error('no balance edges in these tests'))),
