@@ -49,7 +49,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { STATUS_CODES, type Server as HttpServer } from 'node:http';
 import type https from 'node:https';
 import type { Socket } from 'node:net';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifySchemaValidationError } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifySchemaValidationError, type RouteOptions } from 'fastify';
 import { ConnectError, ErrorCodes, RequestError, checkName, isErrorCode, type ErrorCode } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
 import type { Binder } from './binding.js';
@@ -86,6 +86,8 @@ export interface ApiContext {
   https?: { cert: string; key: string } | undefined;
   /** Other limits than `HTTP_LIMITS` (tests). */
   httpLimits?: Partial<HttpLimits> | undefined;
+  /** Told every route as it is registered, with its schemas (server/openapi.ts describes the API from them). */
+  onRoute?: ((route: RouteOptions) => void) | undefined;
 }
 
 /** The control API's server: HTTP, or HTTPS when the context has a certificate. */
@@ -125,7 +127,7 @@ export interface HttpLimits {
 export const HTTP_LIMITS: HttpLimits = { headersTimeoutMs: 10_000, requestTimeoutMs: 30_000, keepAliveTimeoutMs: 5_000, checkIntervalMs: 1_000, maxConnections: 2048 };
 
 /** Longest path parameter (a run or workflow name), characters; a longer one is answered 414. */
-const MAX_PARAM_LENGTH = 100;
+export const MAX_PARAM_LENGTH = 100;
 
 /** `{ code, message, details? }` and its status. */
 interface ErrorAnswer {
@@ -280,7 +282,7 @@ export function buildApi(ctx: ApiContext): ApiServer {
     sendAnswer(reply, result, ctx.metrics);
   });
   app.setNotFoundHandler((request, reply) => {
-    sendAnswer(reply, answer(ErrorCodes.NOT_FOUND, `no route ${request.method} ${shown(request.url.split('?')[0]!)}: the control API is described in README.md (Control API)`), ctx.metrics);
+    sendAnswer(reply, answer(ErrorCodes.NOT_FOUND, `no route ${request.method} ${shown(request.url.split('?')[0]!)}: the control API is described in docs/control-api.md`), ctx.metrics);
   });
   app.addHook('preClose', async () => {
     closing = true;
@@ -300,6 +302,7 @@ export function buildApi(ctx: ApiContext): ApiServer {
       }
     });
   }
+  if (ctx.onRoute) app.addHook('onRoute', ctx.onRoute);
   app.addHook('onResponse', async (request, reply) => {
     ctx.metrics.requests.inc({ route: request.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
   });

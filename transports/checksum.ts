@@ -2,7 +2,7 @@
  * The stream trailer's checksum: XXH3-64 (seed 0) over every payload byte of a stream, written
  * in the trailer as 16 lowercase hex digits (the canonical big-endian form `xxhsum -H3` prints).
  *
- * Chosen by measurement (`node dist/bench/checksum.js --contended`, figures in README.md), under
+ * Chosen by measurement (`node dist/bench/checksum.js --contended`, figures in bench/README.md), under
  * the condition that matters: both cores busy, as they are while a producer and a consumer
  * stream. `xxhash-addon` is the reference C xxHash with run-time AVX2 dispatch, prebuilt: ~16-19
  * GB/s on 64 KiB chunks with both cores busy, ~4 GB/s on 1 KiB pieces. The Rust build in

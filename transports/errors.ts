@@ -7,7 +7,7 @@
  * The low-level error that caused it (an errno from a socket, an S3 response, ...) is kept as
  * `cause`. Low-level errors are translated once, where they arise (`fromSystemError`).
  *
- * The table of codes is documented in README.md ("Error codes"); a test keeps the two in sync.
+ * The table of codes is documented in docs/errors.md; a test keeps the two in sync.
  */
 
 export const ErrorCodes = {

@@ -2,7 +2,7 @@
  * The lean client package, as a function would get it: packages/client packed (`npm pack`, which
  * builds it) and installed into an empty folder. Its tree holds none of the daemon's dependencies,
  * `import('sluice-client')` loads none of them, and two functions using it from there stream
- * through a real daemon. The installed size is printed (README "Install" quotes it).
+ * through a real daemon. The installed size is printed (docs/client.md "Install" quotes it).
  *
  * The install is `npm install --offline` when the npm cache can answer it (it holds the tarballs
  * after `npm ci`, but not the registry's metadata, which `npm ci` does not fetch), else

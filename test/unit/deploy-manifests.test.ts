@@ -4,7 +4,7 @@
  * give the same objects — and every object validates offline against the Kubernetes API schemas
  * with unknown fields refused (test/helpers/k8s-schema.ts); the example function pods too. The
  * daemon's settings in them are checked with the daemon's own config loader. Applying the base
- * again never writes a Secret: the cluster secret is created once, by hand, as the README says.
+ * again never writes a Secret: the cluster secret is created once, by hand, as docs/operations.md says.
  * (The Dockerfile: test/unit/dockerfile-stages.test.ts.)
  */
 import { readdirSync, readFileSync } from 'node:fs';
@@ -129,7 +129,7 @@ describe('deploy/kubernetes', () => {
     const config = daemonConfig(base());
     expect(config).toMatchObject({ node: 'node-1', dir: '/run/sluice', discovery: 'kubernetes', k8sApi: 'https://10.96.0.1:443', k8sNamespace: 'sluice-system', k8sService: 'sluice', listen: { host: '10.1.2.3', port: 7700 }, store: { kind: 'file', path: '/var/lib/sluice/store' } });
     expect(daemonConfig(overlay('s3')).store).toMatchObject({ kind: 's3', bucket: 'sluice-data', prefix: 'streams/', region: 'us-east-1' });
-    // a weak secret is refused, with the fix (the README's `openssl rand -hex 32` is 32 bytes)
+    // a weak secret is refused, with the fix (docs/operations.md's `openssl rand -hex 32` is 32 bytes)
     expect(() => loadConfig({ argv: [], env: { SLUICE_SECRET: 'replace-me' } })).toThrow(/use at least 16 random bytes/);
   });
 
@@ -215,8 +215,8 @@ describe('deploy/kubernetes applied again', () => {
     }
   });
 
-  it("the README's Kubernetes steps make the cluster secret once, with a command that refuses to overwrite it, and apply only kustomizations without a Secret", () => {
-    const readme = readFileSync(join(deployDir, '../README.md'), 'utf8');
+  it("the Kubernetes steps of docs/operations.md make the cluster secret once, with a command that refuses to overwrite it, and apply only kustomizations without a Secret", () => {
+    const readme = readFileSync(join(deployDir, '../docs/operations.md'), 'utf8');
     const section = readme.slice(readme.indexOf('\n## Deploy on Kubernetes'), readme.indexOf('\n## ', readme.indexOf('\n## Deploy on Kubernetes') + 1));
     const commands = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].flatMap((m) => m[1]!.replace(/\s*\\\n\s*/g, ' ').split('\n'));
     const secretSteps = commands.filter((c) => c.includes('sluice-cluster-secret'));
