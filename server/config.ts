@@ -1,6 +1,15 @@
 /**
  * The daemon's configuration: one schema (`CONFIG_OPTIONS`), validated once at start, frozen.
  *
+ * The schema is one typed row per option: its kind (size, duration, count, enum or text), typed
+ * default and bounds (in the option's own unit), flag, environment variable, file key and text.
+ * Everything else is made from the rows: the parser (bounds and messages), the defaults, the JSON
+ * view (`describeConfig`), `sluice daemon --help` (`configHelp`), and, through `npm run
+ * docs:config` (server/config-docs.ts), docs/configuration.md and docs/sluice-config.schema.json.
+ * `ConfigValues` stays a written interface for its documentation; the row helpers check each
+ * row's default and parser against its property's type, and `RowsMatchConfigValues` that the
+ * rows and the properties are the same set. An option is added by adding a property and a row.
+ *
  * Sources, lowest to highest precedence: built-in defaults < config file (JSON or YAML, named by
  * `--config FILE` or `SLUICE_CONFIG`) < environment variables < command-line flags. Every value
  * given is validated, even one a higher source overrides, so a latent mistake in the config file
@@ -26,7 +35,7 @@ import { inspect } from 'node:util';
 import { ErrorCodes, RequestError } from '../transports/errors.js';
 import { DAEMON_SOCKET, NAME_PATTERN, RELAY_SOCKET, defaultRuntimeDir } from '../transports/layout.js';
 import { MAX_UNIX_PATH_BYTES } from '../transports/unix.js';
-import { DAY, GiB, HOUR, KiB, MINUTE, MiB, SECOND, parseDuration as parseDurationValue, parseSize as parseSizeValue } from '../transports/units.js';
+import { DAY, GiB, HOUR, KiB, MINUTE, MiB, SECOND, durationUsage, formatBytes, formatDuration, parseDuration as parseDurationValue, parseSize as parseSizeValue } from '../transports/units.js';
 import type { StoreLocation } from '../transports/store.js';
 import { didYouMean, parseJsonOrYaml } from './workflow.js';
 import { MAX_HELD, MAX_UNVERIFIED } from './binding.js';
@@ -144,438 +153,602 @@ export interface DaemonConfig extends ConfigValues {
   toJSON(): ConfigDescription;
 }
 
-/** A JSON-safe view of a config, the secret replaced by "[redacted]", TLS files by their paths. */
-export interface ConfigDescription {
-  node: string;
-  dir: string;
-  listen: ListenAddress | null;
-  peers: Record<string, string>;
-  store: StoreConfig;
-  secret: '[redacted]' | null;
-  /** the TLS files' paths (never their content) */
-  tlsCert: string | null;
-  tlsKey: string | null;
-  tlsCa: string | null;
-  logLevel: LogLevel;
-  logFormat: LogFormat;
-  relayBufferBytes: number;
-  segmentBytes: number;
-  attachTimeoutMs: number;
-  peerWindowBytes: number;
-  memoryBudgetBytes: number;
-  peerHeartbeatMs: number;
-  runTtlSeconds: number;
-  maxRuns: number;
-  maxBodyBytes: number;
-  graceMs: number;
-  bindTimeoutMs: number;
-  replicaMaxStreams: number;
-  ejectAfterFailures: number;
-  ejectionMs: number;
-  discovery: Discovery;
-  k8sApi: string | null;
-  k8sCredentials: string;
-  k8sNamespace: string | null;
-  k8sService: string;
-  k8sResyncMs: number;
+/** An option's value in the JSON view: undefined as null, the secret redacted, a PEM file by its path. */
+type JsonOf<K extends ConfigKey> = K extends 'secret'
+  ? '[redacted]' | null
+  : [ConfigValues[K]] extends [PemFile | undefined]
+    ? string | null
+    : undefined extends ConfigValues[K]
+      ? Exclude<ConfigValues[K], undefined> | null
+      : ConfigValues[K];
+
+/**
+ * A JSON-safe view of a config (what `JSON.stringify`, `util.inspect` and the start-up log see):
+ * every option in CONFIG_OPTIONS order, the secret replaced by "[redacted]", TLS files by their
+ * paths; then the config file and the sources.
+ */
+export type ConfigDescription = { -readonly [K in ConfigKey]: JsonOf<K> } & {
   configFile: string | null;
   sources: Record<ConfigKey, ConfigSource>;
-}
+};
 
-/** One row of the schema: how an option is written in each source, and what it means. */
-export interface ConfigOption {
+// ---------------------------------------------------------------------------------------------
+// The schema: one typed row per option. The parser (bounds, messages), the defaults, the JSON
+// view, `sluice daemon --help`, docs/configuration.md and docs/sluice-config.schema.json all come
+// from these rows (the last two through `npm run docs:config`, server/config-docs.ts).
+
+/** A JSON Schema (draft 2020-12) fragment. */
+export type JsonSchema = { readonly [keyword: string]: unknown };
+
+/** What every row has: how the option is written in each source, and what it means. */
+interface OptionBase<K extends ConfigKey | 'configFile'> {
   /** The property of DaemonConfig it sets (`configFile` for --config). */
-  readonly key: ConfigKey | 'configFile';
+  readonly key: K;
   readonly flag: `--${string}`;
   /** The flag's argument, as shown in --help. */
   readonly arg: string;
-  readonly env: string;
-  /** The key in the config file (none for --config itself). */
-  readonly fileKey: string | undefined;
-  /** The default, as shown in --help. */
-  readonly default: string;
-  /** Unit and accepted forms, as shown in --help. */
-  readonly unit: string | undefined;
-  /** Accepted range, as shown in --help. */
-  readonly range: string | undefined;
-  readonly description: string;
+  readonly env: `SLUICE_${string}`;
+  /** The key in the config file: the property's own name (none for --config itself). */
+  readonly fileKey: K extends ConfigKey ? K : undefined;
+  /** What it does, for --help and the docs: sentences, no line breaks. */
+  readonly describe: string;
 }
 
-const SIZE_UNIT = 'bytes, or a number with KiB, MiB or GiB (e.g. 8MiB)';
+/** --config: names the file the other options' file keys are read from. */
+export interface ConfigFileOption extends OptionBase<'configFile'> {
+  readonly kind: 'config';
+}
 
-/** The schema: every option with its flag, environment variable, file key, default and unit. */
-export const CONFIG_OPTIONS: readonly ConfigOption[] = deepFreeze([
+/** A size in bytes, written as bytes or with KiB, MiB or GiB. */
+export interface SizeOption<K extends ConfigKey = ConfigKey> extends OptionBase<K> {
+  readonly kind: 'size';
+  /** bytes */
+  readonly default: number;
+  /** bytes */
+  readonly min: number;
+  /** bytes */
+  readonly max: number;
+}
+
+/** A duration kept in `base` units (what a plain number means), written with ms, s, m, h or d. */
+export interface DurationOption<K extends ConfigKey = ConfigKey> extends OptionBase<K> {
+  readonly kind: 'duration';
+  readonly base: 'ms' | 's';
+  /** in `base` units */
+  readonly default: number;
+  /** in `base` units */
+  readonly min: number;
+  /** in `base` units */
+  readonly max: number;
+  /** How the default is written (--help, docs, the example in messages); formatDuration(default) when absent. */
+  readonly shown?: string;
+}
+
+/** A whole number of things. */
+export interface CountOption<K extends ConfigKey = ConfigKey> extends OptionBase<K> {
+  readonly kind: 'count';
+  /** what is counted, e.g. "runs" */
+  readonly unit: string;
+  readonly default: number;
+  readonly min: number;
+  readonly max: number;
+}
+
+/** One of a few words. */
+export interface EnumOption<K extends ConfigKey = ConfigKey, V extends string = string> extends OptionBase<K> {
+  readonly kind: 'enum';
+  readonly values: readonly V[];
+  /** what a value is, for messages: "a log level" */
+  readonly noun: string;
+  readonly default: V;
+}
+
+/** Anything else: a name, a path, an address, a URL, a map; parsed by its own function. */
+export interface TextOption<K extends ConfigKey = ConfigKey, T = unknown> extends OptionBase<K> {
+  readonly kind: 'text';
+  /** Validates a value from any source (a string, or what the file holds); throws Problem. */
+  parse(value: unknown, ctx: ParseContext): T;
+  /** The default value (`undefined`: none), or how to make it from the machine and the options before this one. */
+  readonly default: T | ((d: DefaultContext) => T);
+  /** The default as --help and the docs say it, when it is computed or none (then required). */
+  readonly defaultText?: string;
+  /** What is accepted, as --help and the docs say it. */
+  readonly accepted: string;
+  /** The value's JSON Schema in the config file. */
+  readonly schema: JsonSchema;
+  /** The value in the JSON view, when not the value itself. */
+  json?(value: T): unknown;
+}
+
+export type ConfigOption = ConfigFileOption | SizeOption | DurationOption | CountOption | EnumOption | TextOption;
+/** The rows that set a value (all but --config). */
+export type ValueOption = Exclude<ConfigOption, ConfigFileOption>;
+
+/** What a computed default may use. */
+export interface DefaultContext {
+  readonly env: Readonly<Record<string, string | undefined>>;
+  hostname(): string;
+  uid(): number;
+  /** the values of the options above this one in CONFIG_OPTIONS */
+  readonly values: Readonly<Partial<ConfigValues>>;
+  /** This option's own parser on `raw`; a bad one is refused as "the default --flag". */
+  parse(raw: unknown): unknown;
+}
+
+/** The properties of ConfigValues whose values are `T`. */
+type KeyOf<T> = { [K in ConfigKey]: ConfigValues[K] extends T ? K : never }[ConfigKey];
+
+function sizeOption<K extends KeyOf<number>>(o: Omit<SizeOption<K>, 'kind' | 'arg' | 'fileKey'>): SizeOption<K> {
+  return { kind: 'size', arg: 'BYTES', ...o, fileKey: o.key as SizeOption<K>['fileKey'] };
+}
+
+function durationOption<K extends KeyOf<number>>(o: Omit<DurationOption<K>, 'kind' | 'arg' | 'fileKey'>): DurationOption<K> {
+  return { kind: 'duration', arg: o.base === 'ms' ? 'MS' : 'SECONDS', ...o, fileKey: o.key as DurationOption<K>['fileKey'] };
+}
+
+function countOption<K extends KeyOf<number>>(o: Omit<CountOption<K>, 'kind' | 'arg' | 'fileKey'>): CountOption<K> {
+  return { kind: 'count', arg: 'N', ...o, fileKey: o.key as CountOption<K>['fileKey'] };
+}
+
+function enumOption<K extends KeyOf<string>>(o: Omit<EnumOption<K, ConfigValues[K] & string>, 'kind' | 'fileKey'>): EnumOption<K, ConfigValues[K] & string> {
+  return { kind: 'enum', ...o, fileKey: o.key as EnumOption<K>['fileKey'] };
+}
+
+function textOption<K extends ConfigKey>(o: Omit<TextOption<K, ConfigValues[K]>, 'kind' | 'fileKey'>): TextOption<K, ConfigValues[K]> {
+  return { kind: 'text', ...o, fileKey: o.key as TextOption<K>['fileKey'] };
+}
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+/** An AWS (or S3-compatible) region name, in ?region= and AWS_REGION alike. */
+const REGION = /^[a-z0-9][a-z0-9-]{0,40}$/;
+/** The S3 region when neither the store URL nor the environment names one. */
+export const DEFAULT_S3_REGION = 'us-east-1';
+const PATH_SCHEMA: JsonSchema = { type: 'string', minLength: 1 };
+
+const ROWS = deepFreeze([
   {
+    kind: 'config',
     key: 'configFile',
     flag: '--config',
     arg: 'FILE',
     env: 'SLUICE_CONFIG',
     fileKey: undefined,
-    default: 'none',
-    unit: undefined,
-    range: undefined,
-    description: 'A JSON or YAML file setting any of the file keys below. A relative path is taken from the working directory.',
-  },
-  {
+    describe: 'A JSON or YAML file setting any of the file keys below. A relative path is taken from the working directory.',
+  } satisfies ConfigFileOption,
+  textOption({
     key: 'node',
     flag: '--node',
     arg: 'NAME',
     env: 'SLUICE_NODE',
-    fileKey: 'node',
-    default: 'the host name, lowercased, other characters replaced by "-"',
-    unit: undefined,
-    range: '1-63 characters of a-z, 0-9, _ and -, starting with a letter or digit',
-    description: "This node's name: placements (--place STEP=NODE) and peers refer to it.",
-  },
-  {
+    parse: parseNode,
+    default: (d) => defaultNodeName(d.hostname()),
+    defaultText: 'the host name, lowercased, other characters replaced by "-"',
+    accepted: '1-63 characters of a-z, 0-9, _ and -, starting with a letter or digit',
+    schema: { type: 'string', pattern: NAME_PATTERN.source },
+    describe: "This node's name: placements (--place STEP=NODE) and peers refer to it.",
+  }),
+  textOption({
     key: 'dir',
     flag: '--dir',
     arg: 'DIR',
     env: 'SLUICE_DIR',
-    fileKey: 'dir',
-    default: '$XDG_RUNTIME_DIR/sluice if XDG_RUNTIME_DIR is set, else /tmp/sluice-<uid>',
-    unit: undefined,
-    range: `short enough that DIR/${DAEMON_SOCKET} fits in ${MAX_UNIX_PATH_BYTES} bytes`,
-    description: `The runtime directory: control socket (${DAEMON_SOCKET}), relay socket and runs. A relative path is taken from the working directory.`,
-  },
-  {
+    parse: parseDir,
+    default: (d) => d.parse(defaultRuntimeDir({ ...d.env }, d.uid())) as string,
+    defaultText: '$XDG_RUNTIME_DIR/sluice if XDG_RUNTIME_DIR is set, else /tmp/sluice-<uid>',
+    accepted: `short enough that DIR/${DAEMON_SOCKET} fits in ${MAX_UNIX_PATH_BYTES} bytes`,
+    schema: PATH_SCHEMA,
+    describe: `The runtime directory: control socket (${DAEMON_SOCKET}), relay socket and runs. A relative path is taken from the working directory.`,
+  }),
+  textOption({
     key: 'listen',
     flag: '--listen',
     arg: 'HOST:PORT',
     env: 'SLUICE_LISTEN',
-    fileKey: 'listen',
-    default: 'none (the control API is served on the Unix socket only)',
-    unit: undefined,
-    range: 'port 0-65535 (0: any free port); IPv6 in brackets, e.g. [::1]:7700',
-    description: 'Also serve the control API over TCP at this address.',
-  },
-  {
+    parse: (v) => parseListen(text(v, 'HOST:PORT, e.g. 127.0.0.1:7700')),
+    default: undefined,
+    defaultText: 'none (the control API is served on the Unix socket only)',
+    accepted: 'port 0-65535 (0: any free port); IPv6 in brackets, e.g. [::1]:7700',
+    schema: { type: 'string', pattern: ':[0-9]{1,5}$', examples: ['127.0.0.1:7700', '[::1]:7700'] },
+    describe: 'Also serve the control API over TCP at this address.',
+  }),
+  textOption({
     key: 'peers',
     flag: '--peers',
     arg: 'NAME=URL,...',
     env: 'SLUICE_PEERS',
-    fileKey: 'peers',
-    default: 'none',
-    unit: undefined,
-    range: 'URLs are ws:// (the peer serves plain HTTP) or wss:// (the peer serves TLS: --tls-cert there, its certificate checked against --tls-ca here)',
-    description:
+    parse: parsePeers,
+    default: {},
+    defaultText: 'none',
+    accepted: 'URLs are ws:// (the peer serves plain HTTP) or wss:// (the peer serves TLS: --tls-cert there, its certificate checked against --tls-ca here)',
+    schema: {
+      anyOf: [
+        { type: 'string', examples: ['node-2=ws://10.0.0.2:7700,node-3=wss://node-3.example:7700'] },
+        { type: 'object', propertyNames: { pattern: NAME_PATTERN.source }, additionalProperties: { type: 'string', pattern: '^wss?://' } },
+      ],
+    },
+    describe:
       "Static peers: other nodes' daemons, by node name. In the file, a mapping of NAME: URL or the same string. An entry with this node's own name is skipped, so every node can share one list. The flag can be repeated.",
-  },
-  {
+  }),
+  textOption({
     key: 'store',
     flag: '--store',
     arg: 'URL',
     env: 'SLUICE_STORE',
-    fileKey: 'store',
-    default: 'file://<dir>/store',
-    unit: undefined,
-    range: 'file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX[?endpoint=URL&region=REGION&forcePathStyle=true|false]',
-    description:
-      'The object store for spilled, forced (via: s3) and persisted data. Credentials for S3 come from the usual AWS environment variables or files, never from this URL.',
-  },
-  {
+    parse: (v) => parseStore(text(v, 'file:///path or s3://bucket/prefix')),
+    default: (d) => ({ kind: 'file', path: join(d.values.dir!, 'store') }),
+    defaultText: 'file://<dir>/store',
+    accepted: 'file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX[?endpoint=URL&region=REGION&forcePathStyle=true|false]',
+    schema: { type: 'string', pattern: '^(file|s3)://', examples: ['file:///var/lib/sluice/store', 's3://sluice-data/streams/?region=eu-west-1'] },
+    json: (store) => ({ ...store }),
+    describe: `The object store for spilled, forced (via: s3) and persisted data. Credentials for S3 come from the usual AWS environment variables or files, never from this URL. The S3 region is the URL's region, else AWS_REGION, else AWS_DEFAULT_REGION, else ${DEFAULT_S3_REGION}.`,
+  }),
+  textOption({
     key: 'secret',
     flag: '--secret-file',
     arg: 'FILE',
     env: 'SLUICE_SECRET',
-    fileKey: 'secret',
-    default: 'none',
-    unit: undefined,
-    range: `at least ${MIN_SECRET_BYTES} bytes`,
-    description:
+    parse: parseSecret,
+    default: undefined,
+    defaultText: 'none',
+    accepted: `at least ${MIN_SECRET_BYTES} bytes`,
+    schema: { type: 'string', minLength: 1 },
+    json: (secret) => (secret === undefined ? null : '[redacted]'),
+    describe:
       'The cluster secret that authenticates peer links. The flag names a file holding it (a trailing newline is ignored); the environment variable and the file key hold the secret itself.',
-  },
-  {
+  }),
+  textOption({
     key: 'tlsCert',
     flag: '--tls-cert',
     arg: 'FILE',
     env: 'SLUICE_TLS_CERT',
-    fileKey: 'tlsCert',
-    default: 'none (the --listen port serves plain HTTP and ws://)',
-    unit: undefined,
-    range: 'a PEM file: this node\'s certificate, optionally followed by intermediate CA certificates; needs --tls-key and --listen',
-    description:
+    parse: (v, ctx) => {
+      const file = readPem(v, ctx, 'certificate');
+      certificates(file);
+      return file;
+    },
+    default: undefined,
+    defaultText: 'none (the --listen port serves plain HTTP and ws://)',
+    accepted: "a PEM file: this node's certificate, optionally followed by intermediate CA certificates; needs --tls-key and --listen",
+    schema: PATH_SCHEMA,
+    json: (file) => file?.path ?? null,
+    describe:
       "Serve the --listen port over TLS with this certificate: the control API becomes HTTPS and peers must dial this node with wss:// (plain ws:// and HTTP are refused). Its subjectAltName must name the host the other nodes' --peers use for this node. The flag, the variable and the file key name the file (a relative path is taken from the working directory), read once at start; so do those of --tls-key and --tls-ca.",
-  },
-  {
+  }),
+  textOption({
     key: 'tlsKey',
     flag: '--tls-key',
     arg: 'FILE',
     env: 'SLUICE_TLS_KEY',
-    fileKey: 'tlsKey',
-    default: 'none',
-    unit: undefined,
-    range: 'a PEM file: the unencrypted private key of --tls-cert',
-    description: 'The private key of --tls-cert.',
-  },
-  {
+    parse: (v, ctx) => {
+      const file = readPem(v, ctx, 'private key');
+      privateKey(file);
+      return file;
+    },
+    default: undefined,
+    defaultText: 'none',
+    accepted: 'a PEM file: the unencrypted private key of --tls-cert',
+    schema: PATH_SCHEMA,
+    json: (file) => file?.path ?? null,
+    describe: 'The private key of --tls-cert.',
+  }),
+  textOption({
     key: 'tlsCa',
     flag: '--tls-ca',
     arg: 'FILE',
     env: 'SLUICE_TLS_CA',
-    fileKey: 'tlsCa',
-    default: "Node's default CAs",
-    unit: undefined,
-    range: 'a PEM file of one or more CA certificates',
-    description:
+    parse: (v, ctx) => {
+      const file = readPem(v, ctx, 'CA bundle');
+      certificates(file);
+      return file;
+    },
+    default: undefined,
+    defaultText: "Node's default CAs",
+    accepted: 'a PEM file of one or more CA certificates',
+    schema: PATH_SCHEMA,
+    json: (file) => file?.path ?? null,
+    describe:
       'The CAs trusted when dialling wss:// peers: a peer whose certificate does not chain to one of them is never linked (SLUICE_UNAUTHORIZED: "TLS verification of peer ... failed"). Given, it replaces Node\'s default CAs. Needs no --tls-cert: a node can dial wss:// peers without serving TLS itself.',
-  },
-  {
+  }),
+  enumOption({
     key: 'logLevel',
     flag: '--log-level',
     arg: 'LEVEL',
     env: 'SLUICE_LOG_LEVEL',
-    fileKey: 'logLevel',
+    values: LOG_LEVELS,
+    noun: 'a log level',
     default: 'info',
-    unit: undefined,
-    range: LOG_LEVELS.join(', '),
-    description: 'The least severe level logged.',
-  },
-  {
+    describe: 'The least severe level logged.',
+  }),
+  enumOption({
     key: 'logFormat',
     flag: '--log-format',
     arg: 'FORMAT',
     env: 'SLUICE_LOG_FORMAT',
-    fileKey: 'logFormat',
+    values: LOG_FORMATS,
+    noun: 'a log format',
     default: 'json',
-    unit: undefined,
-    range: LOG_FORMATS.join(', '),
-    description:
+    describe:
       'How log lines (JSON, one per line, on standard output) write their level: json as pino does, a number ("level":30 for info; 10 trace, 20 debug, 40 warn, 50 error, 60 fatal); json-levels by its name ("level":"info"), for log collectors that do not map pino\'s numbers.',
-  },
-  {
+  }),
+  sizeOption({
     key: 'relayBufferBytes',
     flag: '--relay-buffer',
-    arg: 'BYTES',
     env: 'SLUICE_RELAY_BUFFER',
-    fileKey: 'relayBufferBytes',
-    default: '8MiB',
-    unit: SIZE_UNIT,
-    range: '64KiB..1GiB',
-    description: 'Per-channel buffer the daemon holds for a producer whose consumer is not attached yet; once it is full (or the attach timeout passes) the stream spills to the object store.',
-  },
-  {
+    default: 8 * MiB,
+    min: 64 * KiB,
+    max: GiB,
+    describe: 'Per-channel buffer the daemon holds for a producer whose consumer is not attached yet; once it is full (or the attach timeout passes) the stream spills to the object store.',
+  }),
+  sizeOption({
     key: 'segmentBytes',
     flag: '--segment-size',
-    arg: 'BYTES',
     env: 'SLUICE_SEGMENT_SIZE',
-    fileKey: 'segmentBytes',
-    default: '8MiB',
-    unit: SIZE_UNIT,
-    range: '64KiB..1GiB',
-    description:
+    default: 8 * MiB,
+    min: 64 * KiB,
+    max: GiB,
+    describe:
       'Size of the objects a stream is cut into in the object store. A consumer reads a segment once it is whole, so smaller segments reach it sooner; each spilling stream holds up to three in memory. Segments above 16 MiB go to S3 as multipart uploads.',
-  },
-  {
+  }),
+  durationOption({
     key: 'attachTimeoutMs',
     flag: '--attach-timeout',
-    arg: 'MS',
     env: 'SLUICE_ATTACH_TIMEOUT',
-    fileKey: 'attachTimeoutMs',
-    default: '30s',
-    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 30s)',
-    range: '100ms..1h',
-    description: 'How long a producer waits for its consumer to attach.',
-  },
-  {
+    base: 'ms',
+    default: 30 * SECOND,
+    min: 100,
+    max: HOUR,
+    describe: 'How long a producer waits for its consumer to attach.',
+  }),
+  sizeOption({
     key: 'peerWindowBytes',
     flag: '--peer-window',
-    arg: 'BYTES',
     env: 'SLUICE_PEER_WINDOW',
-    fileKey: 'peerWindowBytes',
-    default: '2MiB',
-    unit: SIZE_UNIT,
-    range: '64KiB..64MiB',
-    description: 'Credit window of each cross-node channel on a peer link: the most bytes in flight per channel and the most the receiving daemon buffers for it. A stalled consumer holds back only its own channel.',
-  },
-  {
+    default: 2 * MiB,
+    min: 64 * KiB,
+    max: 64 * MiB,
+    describe: 'Credit window of each cross-node channel on a peer link: the most bytes in flight per channel and the most the receiving daemon buffers for it. A stalled consumer holds back only its own channel.',
+  }),
+  sizeOption({
     key: 'memoryBudgetBytes',
     flag: '--memory-budget',
-    arg: 'BYTES',
     env: 'SLUICE_MEMORY_BUDGET',
-    fileKey: 'memoryBudgetBytes',
-    default: '256MiB',
-    unit: SIZE_UNIT,
-    range: '16MiB..64GiB',
-    description:
+    default: 256 * MiB,
+    min: 16 * MiB,
+    max: 64 * GiB,
+    describe:
       "What the buffers of all streams on this daemon hold together at most: relay buffers, cross-node streams' replay tails, peer channels' receive windows. Streams take full buffers while the budget lasts, then smaller ones; a stream that cannot get 64 KiB waits (its producer held back) up to the attach timeout, then fails SLUICE_UNAVAILABLE naming this option. Leave room in the container's memory limit for the daemon itself (about 80 MiB) and the store's segments.",
-  },
-  {
+  }),
+  durationOption({
     key: 'peerHeartbeatMs',
     flag: '--peer-heartbeat',
-    arg: 'MS',
     env: 'SLUICE_PEER_HEARTBEAT',
-    fileKey: 'peerHeartbeatMs',
-    default: '2s',
-    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 2s)',
-    range: '50ms..1m',
-    description: 'Peer links are pinged this often; a link silent for three intervals is declared down, its channels fail with typed errors, and it is dialled again.',
-  },
-  {
+    base: 'ms',
+    default: 2 * SECOND,
+    min: 50,
+    max: MINUTE,
+    describe: 'Peer links are pinged this often; a link silent for three intervals is declared down, its channels fail with typed errors, and it is dialled again.',
+  }),
+  durationOption({
     key: 'runTtlSeconds',
     flag: '--run-ttl',
-    arg: 'SECONDS',
     env: 'SLUICE_RUN_TTL',
-    fileKey: 'runTtlSeconds',
-    default: '24h',
-    unit: 'seconds, or a number with s, m, h or d (e.g. 24h)',
-    range: '10s..30d',
-    description: 'A run that is never deleted is removed this long after it was created, with its endpoints and buffers (a run can ask for its own TTL).',
-  },
-  {
+    base: 's',
+    default: DAY / SECOND,
+    shown: '24h',
+    min: 10,
+    max: (30 * DAY) / SECOND,
+    describe: 'A run that is never deleted is removed this long after it was created, with its endpoints and buffers (a run can ask for its own TTL).',
+  }),
+  countOption({
     key: 'maxRuns',
     flag: '--max-runs',
-    arg: 'N',
     env: 'SLUICE_MAX_RUNS',
-    fileKey: 'maxRuns',
-    default: '1000',
     unit: 'runs',
-    range: '1..100000',
-    description: 'The most live runs this daemon keeps; creating one more is refused.',
-  },
-  {
+    default: 1000,
+    min: 1,
+    max: 100_000,
+    describe: 'The most live runs this daemon keeps; creating one more is refused.',
+  }),
+  sizeOption({
     key: 'maxBodyBytes',
     flag: '--max-body',
-    arg: 'BYTES',
     env: 'SLUICE_MAX_BODY',
-    fileKey: 'maxBodyBytes',
-    default: '1MiB',
-    unit: SIZE_UNIT,
-    range: '1KiB..16MiB',
-    description: 'The largest control API request body accepted.',
-  },
-  {
+    default: MiB,
+    min: KiB,
+    max: 16 * MiB,
+    describe: 'The largest control API request body accepted.',
+  }),
+  durationOption({
     key: 'graceMs',
     flag: '--grace',
-    arg: 'MS',
     env: 'SLUICE_GRACE',
-    fileKey: 'graceMs',
-    default: '25s',
-    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 25s)',
-    range: '0ms..1h',
-    description:
+    base: 'ms',
+    default: 25 * SECOND,
+    min: 0,
+    max: HOUR,
+    describe:
       'On SIGTERM or SIGINT the daemon stops admitting channels and runs at once (readyz turns 503), lets streams in flight finish (relayed, delivered from a peer, or fed from the store) for up to this long, then cuts what is left and exits. Streams still waiting for their consumer go to the object store when 5s (at most half of it) are left; the next daemon on this directory feeds them. On Kubernetes set terminationGracePeriodSeconds a few seconds above it.',
-  },
-  {
+  }),
+  durationOption({
     key: 'bindTimeoutMs',
     flag: '--bind-timeout',
-    arg: 'MS',
     env: 'SLUICE_BIND_TIMEOUT',
-    fileKey: 'bindTimeoutMs',
-    default: '30s',
-    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 30s)',
-    range: '0ms..1h',
-    description: `Late binding: a function that connects before its run is known on this node (its pods not seen yet, the run still being shared by a peer or not created yet) is held this long, and bound as soon as the run is ready here; then SLUICE_NOT_FOUND. 0 answers SLUICE_NOT_FOUND at once. A wrong token is refused at once wherever it can be checked; at most ${MAX_HELD} functions are held at once (${MAX_UNVERIFIED} whose token cannot be checked yet), more are answered SLUICE_NOT_FOUND at once.`,
-  },
-  {
+    base: 'ms',
+    default: 30 * SECOND,
+    min: 0,
+    max: HOUR,
+    describe: `Late binding: a function that connects before its run is known on this node (its pods not seen yet, the run still being shared by a peer or not created yet) is held this long, and bound as soon as the run is ready here; then SLUICE_NOT_FOUND. 0 answers SLUICE_NOT_FOUND at once. A wrong token is refused at once wherever it can be checked; at most ${MAX_HELD} functions are held at once (${MAX_UNVERIFIED} whose token cannot be checked yet), more are answered SLUICE_NOT_FOUND at once.`,
+  }),
+  countOption({
     key: 'replicaMaxStreams',
     flag: '--replica-max-streams',
-    arg: 'N',
     env: 'SLUICE_REPLICA_MAX_STREAMS',
-    fileKey: 'replicaMaxStreams',
-    default: '8',
     unit: 'streams',
-    range: '1..100000',
-    description:
+    default: 8,
+    min: 1,
+    max: 100_000,
+    describe:
       'On a `fanout: balance` edge, a consumer replica (an instance index of the step on a node, across runs) with this many streams in flight — routed by this node or, as its peers report, by them — is saturated: it gets no new stream until one ends, and local-first spills to the other replicas. When every replica is saturated a new stream waits (its producer held back) up to --attach-timeout, then fails with SLUICE_UNAVAILABLE.',
-  },
-  {
+  }),
+  countOption({
     key: 'ejectAfterFailures',
     flag: '--eject-after',
-    arg: 'N',
     env: 'SLUICE_EJECT_AFTER',
-    fileKey: 'ejectAfterFailures',
-    default: '5',
     unit: 'failures in a row',
-    range: '1..1000',
-    description:
-      'A consumer replica of a balance edge whose streams fail this many times in a row on its side (not the producer\'s) is ejected: it gets no new stream for --ejection-time, then is admitted again. Never more than half the replicas of a step are ejected at once (the panic threshold). Peers learn of an ejection over the peer links.',
-  },
-  {
+    default: 5,
+    min: 1,
+    max: 1000,
+    describe:
+      "A consumer replica of a balance edge whose streams fail this many times in a row on its side (not the producer's) is ejected: it gets no new stream for --ejection-time, then is admitted again. Never more than half the replicas of a step are ejected at once (the panic threshold). Peers learn of an ejection over the peer links.",
+  }),
+  durationOption({
     key: 'ejectionMs',
     flag: '--ejection-time',
-    arg: 'MS',
     env: 'SLUICE_EJECTION_TIME',
-    fileKey: 'ejectionMs',
-    default: '30s',
-    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 30s)',
-    range: '100ms..1h',
-    description: 'How long a replica\'s first ejection lasts; its k-th lasts k times as long, at most 10 times this.',
-  },
-  {
+    base: 'ms',
+    default: 30 * SECOND,
+    min: 100,
+    max: HOUR,
+    describe: "How long a replica's first ejection lasts; its k-th lasts k times as long, at most 10 times this.",
+  }),
+  enumOption({
     key: 'discovery',
     flag: '--discovery',
     arg: 'MODE',
     env: 'SLUICE_DISCOVERY',
-    fileKey: 'discovery',
+    values: DISCOVERY_MODES,
+    noun: 'a discovery mode',
     default: 'none',
-    unit: undefined,
-    range: DISCOVERY_MODES.join(', '),
-    description:
-      'kubernetes: learn the peers from the EndpointSlices of the headless Service --k8s-service (beside --peers), and the placement of runs from the pods scheduled to this node that carry the labels sluice.dev/run, sluice.dev/step and sluice.dev/workflow (their channels are prepared before the pods\' containers start). Needs the cluster secret and the Kubernetes API (--k8s-api).',
-  },
-  {
+    describe:
+      "kubernetes: learn the peers from the EndpointSlices of the headless Service --k8s-service (beside --peers), and the placement of runs from the pods scheduled to this node that carry the labels sluice.dev/run, sluice.dev/step and sluice.dev/workflow (their channels are prepared before the pods' containers start). Needs the cluster secret and the Kubernetes API (--k8s-api).",
+  }),
+  textOption({
     key: 'k8sApi',
     flag: '--k8s-api',
     arg: 'URL',
     env: 'SLUICE_K8S_API',
-    fileKey: 'k8sApi',
-    default: 'https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT (set in every pod)',
-    unit: undefined,
-    range: 'an https:// URL (or http:// for a local proxy or a test server)',
-    description: 'The Kubernetes API server, for --discovery kubernetes.',
-  },
-  {
+    parse: parseK8sApi,
+    default: (d) => inClusterApi(d.env),
+    defaultText: 'https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT (set in every pod)',
+    accepted: 'an https:// URL (or http:// for a local proxy or a test server)',
+    schema: { type: 'string', pattern: '^https?://' },
+    describe: 'The Kubernetes API server, for --discovery kubernetes.',
+  }),
+  textOption({
     key: 'k8sCredentials',
     flag: '--k8s-credentials',
     arg: 'DIR',
     env: 'SLUICE_K8S_CREDENTIALS',
-    fileKey: 'k8sCredentials',
+    parse: (v, ctx) => {
+      const s = text(v, `a directory, e.g. ${K8S_CREDENTIALS_DIR}`);
+      if (s.includes('\0')) throw new Problem('contains a NUL byte; give a plain directory path');
+      return resolve(ctx.cwd, s);
+    },
     default: K8S_CREDENTIALS_DIR,
-    unit: undefined,
-    range: 'a directory holding token, and optionally ca.crt and namespace',
-    description:
+    accepted: 'a directory holding token, and optionally ca.crt and namespace',
+    schema: PATH_SCHEMA,
+    describe:
       "Where the service account's credentials are: the bearer token (read again at every connection, as bound tokens rotate), the CA of the API server's certificate (Node's default CAs when absent), and this pod's namespace.",
-  },
-  {
+  }),
+  textOption({
     key: 'k8sNamespace',
     flag: '--k8s-namespace',
     arg: 'NAMESPACE',
     env: 'SLUICE_K8S_NAMESPACE',
-    fileKey: 'k8sNamespace',
-    default: 'the namespace file in --k8s-credentials (the daemon pod\'s own namespace)',
-    unit: undefined,
-    range: 'a DNS label: 1-63 characters of a-z, 0-9 and -',
-    description: 'The namespace of the headless Service --k8s-service.',
-  },
-  {
+    parse: (v) => dnsLabel(text(v, 'a namespace, e.g. sluice-system'), 'a namespace'),
+    default: undefined,
+    defaultText: "the namespace file in --k8s-credentials (the daemon pod's own namespace)",
+    accepted: 'a DNS label: 1-63 characters of a-z, 0-9 and -',
+    schema: { type: 'string', pattern: DNS_LABEL.source },
+    describe: 'The namespace of the headless Service --k8s-service.',
+  }),
+  textOption({
     key: 'k8sService',
     flag: '--k8s-service',
     arg: 'NAME',
     env: 'SLUICE_K8S_SERVICE',
-    fileKey: 'k8sService',
+    parse: (v) => dnsLabel(text(v, 'a Service name, e.g. sluice'), 'a Service name'),
     default: 'sluice',
-    unit: undefined,
-    range: 'a DNS label: 1-63 characters of a-z, 0-9 and -',
-    description:
+    accepted: 'a DNS label: 1-63 characters of a-z, 0-9 and -',
+    schema: { type: 'string', pattern: DNS_LABEL.source },
+    describe:
       'The headless Service selecting the daemon pods: each ready endpoint of its EndpointSlices is a peer, named by the endpoint\'s nodeName and dialled at ws://ADDRESS:PORT (wss:// when this node serves TLS), PORT being the Service port named "peer" (else its first port).',
-  },
-  {
+  }),
+  durationOption({
     key: 'k8sResyncMs',
     flag: '--k8s-resync',
-    arg: 'MS',
     env: 'SLUICE_K8S_RESYNC',
-    fileKey: 'k8sResyncMs',
-    default: '5m',
-    unit: 'milliseconds, or a number with ms, s, m or h (e.g. 5m)',
-    range: '1s..1h',
-    description: 'How often the Kubernetes watches list everything again, in case an event was missed.',
-  },
-] satisfies ConfigOption[]);
+    base: 'ms',
+    default: 5 * MINUTE,
+    min: SECOND,
+    max: HOUR,
+    describe: 'How often the Kubernetes watches list everything again, in case an event was missed.',
+  }),
+] as const);
+
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+type Expect<T extends true> = T;
+/**
+ * Compile-time check: the rows' keys are exactly ConfigValues' properties (and --config). A type
+ * error here means a property without a row or a row without a property: add the missing one.
+ * (Each row's default and parser are checked against its property's type by the row helpers.)
+ */
+export type RowsMatchConfigValues = Expect<Same<(typeof ROWS)[number]['key'], ConfigKey | 'configFile'>>;
+
+/** The schema: every option, in the order --help and the docs list them. */
+export const CONFIG_OPTIONS: readonly ConfigOption[] = ROWS;
+
+const SIZE_UNIT = 'bytes, or a number with KiB, MiB or GiB (e.g. 8MiB)';
+
+/** How --help and the docs show an option's default, unit and accepted values (all from its row). */
+export interface OptionText {
+  /** the default as written: a value (`literal`) or words saying what it is */
+  readonly default: string;
+  /** the default is a value one could write (`8MiB`, `info`), not a description */
+  readonly literal: boolean;
+  readonly unit: string | undefined;
+  readonly accepted: string | undefined;
+}
+
+export function optionText(o: ConfigOption): OptionText {
+  switch (o.kind) {
+    case 'config':
+      return { default: 'none', literal: false, unit: undefined, accepted: undefined };
+    case 'size':
+      return { default: formatBytes(o.default), literal: true, unit: SIZE_UNIT, accepted: `${formatBytes(o.min)}..${formatBytes(o.max)}` };
+    case 'duration': {
+      const ms = o.base === 'ms' ? 1 : SECOND;
+      const shown = shownDuration(o);
+      return { default: shown, literal: true, unit: durationUsage(o.base, shown), accepted: `${formatDuration(o.min * ms)}..${formatDuration(o.max * ms)}` };
+    }
+    case 'count':
+      return { default: String(o.default), literal: true, unit: o.unit, accepted: `${o.min}..${o.max}` };
+    case 'enum':
+      return { default: o.default, literal: true, unit: undefined, accepted: o.values.join(', ') };
+    case 'text': {
+      if (o.defaultText !== undefined) return { default: o.defaultText, literal: false, unit: undefined, accepted: o.accepted };
+      if (typeof o.default !== 'string') throw new Error(`config option ${o.key}: a default that is computed, none or not a string needs a defaultText`);
+      return { default: o.default, literal: true, unit: undefined, accepted: o.accepted };
+    }
+  }
+}
+
+/** How a duration option's default is written: its `shown`, else the default formatted. */
+function shownDuration(o: DurationOption): string {
+  return o.shown ?? formatDuration(o.default * (o.base === 'ms' ? 1 : SECOND));
+}
+
+/** What --help and the docs say before the options. */
+const CONFIG_INTRO = [
+  'Runs the per-node forwarding daemon. Every option can also be set by an environment variable',
+  'or a key in the config file (--config). A flag wins over the environment, the environment',
+  'over the file, the file over the built-in default.',
+] as const;
 
 export interface LoadConfigOptions {
   /** The arguments after `sluice daemon`. */
   argv: readonly string[];
+  /** The environment: the options' variables, and what some defaults use (XDG_RUNTIME_DIR, KUBERNETES_SERVICE_HOST/PORT, AWS_REGION, AWS_DEFAULT_REGION). */
   env: Readonly<Record<string, string | undefined>>;
   /** Reads the config file, the secret file and the TLS files; `fs.readFileSync(path, 'utf8')` by default. */
   readFile?: (path: string) => string;
@@ -596,15 +769,15 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
   const flags = parseArgv(options.argv);
 
   // The config file: --config, else SLUICE_CONFIG.
-  const configGiven = flags.get('configFile') ?? given(env, 'SLUICE_CONFIG', 'env');
+  const configOption = optionFor('configFile');
+  const configGiven = flags.get('configFile') ?? given(env, configOption.env, 'env');
   let configFile: string | undefined;
   let fileValues = new Map<ConfigKey, unknown>();
   if (configGiven) {
-    const option = optionFor('configFile');
     const path = String(configGiven.value);
-    if (path.trim() === '') throw configError(option, configGiven, undefined, 'is empty; give the path of a JSON or YAML file');
+    if (path.trim() === '') throw configError(configOption, configGiven, undefined, 'is empty; give the path of a JSON or YAML file');
     configFile = resolve(cwd, path);
-    fileValues = readConfigFile(configFile, option, configGiven, readFile);
+    fileValues = readConfigFile(configFile, configOption, configGiven, readFile);
   }
 
   const ctx = { cwd, readFile };
@@ -614,7 +787,7 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
   const winners = new Map<ConfigKey, Given>();
   // Validate every value given, lowest precedence first, so the winner is the last one parsed.
   for (const option of CONFIG_OPTIONS) {
-    if (option.key === 'configFile') continue;
+    if (option.kind === 'config') continue;
     const key = option.key;
     const candidates: Given[] = [];
     if (fileValues.has(key)) candidates.push({ source: 'file', value: fileValues.get(key), file: configFile });
@@ -629,46 +802,20 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     }
   }
 
-  // Defaults; some depend on other options.
-  const defaults: { [K in ConfigKey]?: () => ConfigValues[K] } = {
-    node: () => defaultNodeName(options.hostname ?? osHostname()),
-    dir: () => {
-      const dir = defaultRuntimeDir({ ...env }, options.uid ?? process.getuid?.() ?? 0);
-      return parseWith(optionFor('dir'), { source: 'default', value: dir }, ctx) as string;
-    },
-    listen: () => undefined,
-    peers: () => ({}),
-    store: () => ({ kind: 'file', path: join(values['dir'] as string, 'store') }),
-    secret: () => undefined,
-    tlsCert: () => undefined,
-    tlsKey: () => undefined,
-    tlsCa: () => undefined,
-    logLevel: () => 'info',
-    logFormat: () => 'json',
-    relayBufferBytes: () => 8 * MiB,
-    segmentBytes: () => 8 * MiB,
-    attachTimeoutMs: () => 30 * SECOND,
-    peerWindowBytes: () => 2 * MiB,
-    memoryBudgetBytes: () => 256 * MiB,
-    peerHeartbeatMs: () => 2 * SECOND,
-    runTtlSeconds: () => 86_400,
-    maxRuns: () => 1000,
-    maxBodyBytes: () => MiB,
-    graceMs: () => 25 * SECOND,
-    bindTimeoutMs: () => 30 * SECOND,
-    replicaMaxStreams: () => 8,
-    ejectAfterFailures: () => 5,
-    ejectionMs: () => 30 * SECOND,
-    discovery: () => 'none',
-    k8sApi: () => inClusterApi(env),
-    k8sCredentials: () => K8S_CREDENTIALS_DIR,
-    k8sNamespace: () => undefined,
-    k8sService: () => 'sluice',
-    k8sResyncMs: () => 5 * MINUTE,
+  // Defaults, in row order: a computed one may use the options above it (the store, the directory).
+  const machine = {
+    env,
+    hostname: () => options.hostname ?? osHostname(),
+    uid: () => options.uid ?? process.getuid?.() ?? 0,
+    values: values as Partial<ConfigValues>,
   };
   for (const option of CONFIG_OPTIONS) {
-    if (option.key === 'configFile' || option.key in values) continue;
-    values[option.key] = defaults[option.key]!();
+    if (option.kind === 'config' || option.key in values) continue;
+    const fallback = option.default;
+    values[option.key] =
+      typeof fallback === 'function'
+        ? (fallback as (d: DefaultContext) => unknown)({ ...machine, parse: (raw) => parseWith(option, { source: 'default', value: raw }, ctx) })
+        : fallback;
     sources[option.key] = 'default';
   }
 
@@ -679,6 +826,7 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
     for (const [name, url] of Object.entries(peers)) if (name !== node) rest[name] = url;
     values['peers'] = rest;
   }
+  values['store'] = withRegion(values['store'] as StoreConfig, env);
 
   checkTls(values as unknown as ConfigValues, winners);
   checkDiscovery(values as Record<ConfigKey, unknown>, winners, readFile);
@@ -689,43 +837,44 @@ export function loadConfig(options: LoadConfigOptions): DaemonConfig {
   return deepFreeze(config);
 }
 
+/**
+ * An S3 store with its region: the URL's ?region=, else AWS_REGION, else AWS_DEFAULT_REGION (the
+ * variables the AWS SDK and CLI read), else us-east-1. Decided here, once, so the store itself
+ * never reads the environment.
+ */
+function withRegion(store: StoreConfig, env: Readonly<Record<string, string | undefined>>): StoreConfig {
+  if (store.kind !== 's3' || store.region !== undefined) return store;
+  for (const name of ['AWS_REGION', 'AWS_DEFAULT_REGION']) {
+    const region = env[name];
+    if (region === undefined || region === '') continue;
+    if (!REGION.test(region)) {
+      throw new RequestError(ErrorCodes.CONFIG, `${name} ${showValue(region)}: not a region name; use e.g. ${DEFAULT_S3_REGION}, or give the store's region in its URL (?region=REGION)`, {
+        details: { option: 'store', source: 'env', name },
+      });
+    }
+    return { ...store, region };
+  }
+  return { ...store, region: DEFAULT_S3_REGION };
+}
+
 /** A JSON-safe copy of `config` with the secret redacted: what to log at start-up. */
 export function describeConfig(config: DaemonConfig): ConfigDescription {
-  return {
-    node: config.node,
-    dir: config.dir,
-    listen: config.listen ? { host: config.listen.host, port: config.listen.port } : null,
-    peers: { ...config.peers },
-    store: { ...config.store },
-    secret: config.secret === undefined ? null : '[redacted]',
-    tlsCert: config.tlsCert?.path ?? null,
-    tlsKey: config.tlsKey?.path ?? null,
-    tlsCa: config.tlsCa?.path ?? null,
-    logLevel: config.logLevel,
-    logFormat: config.logFormat,
-    relayBufferBytes: config.relayBufferBytes,
-    segmentBytes: config.segmentBytes,
-    attachTimeoutMs: config.attachTimeoutMs,
-    peerWindowBytes: config.peerWindowBytes,
-    memoryBudgetBytes: config.memoryBudgetBytes,
-    peerHeartbeatMs: config.peerHeartbeatMs,
-    runTtlSeconds: config.runTtlSeconds,
-    maxRuns: config.maxRuns,
-    maxBodyBytes: config.maxBodyBytes,
-    graceMs: config.graceMs,
-    bindTimeoutMs: config.bindTimeoutMs,
-    replicaMaxStreams: config.replicaMaxStreams,
-    ejectAfterFailures: config.ejectAfterFailures,
-    ejectionMs: config.ejectionMs,
-    discovery: config.discovery,
-    k8sApi: config.k8sApi ?? null,
-    k8sCredentials: config.k8sCredentials,
-    k8sNamespace: config.k8sNamespace ?? null,
-    k8sService: config.k8sService,
-    k8sResyncMs: config.k8sResyncMs,
-    configFile: config.configFile ?? null,
-    sources: { ...config.sources },
-  };
+  const view: Record<string, unknown> = {};
+  for (const o of CONFIG_OPTIONS) {
+    if (o.kind === 'config') continue;
+    const value: unknown = config[o.key];
+    view[o.key] = o.kind === 'text' && o.json ? o.json(value) : jsonValue(value);
+  }
+  view['configFile'] = config.configFile ?? null;
+  view['sources'] = { ...config.sources };
+  return view as ConfigDescription;
+}
+
+/** undefined as null; an object (an address, the peers) copied, so the view is not frozen. */
+function jsonValue(value: unknown): unknown {
+  if (value === undefined) return null;
+  if (typeof value === 'object' && value !== null) return { ...value };
+  return value;
 }
 
 /**
@@ -733,20 +882,15 @@ export function describeConfig(config: DaemonConfig): ConfigDescription {
  * with its flag, variable, file key, default and unit.
  */
 export function configHelp(): string {
-  const lines = [
-    'Runs the per-node forwarding daemon. Every option can also be set by an environment variable',
-    'or a key in the config file (--config). A flag wins over the environment, the environment',
-    'over the file, the file over the built-in default.',
-    '',
-    'Options:',
-  ];
+  const lines: string[] = [...CONFIG_INTRO, '', 'Options:'];
   for (const o of CONFIG_OPTIONS) {
+    const t = optionText(o);
     lines.push('', `  ${o.flag} ${o.arg}`);
-    for (const l of wrap(o.description, 90)) lines.push(`      ${l}`);
-    const where = [`env ${o.env}`, ...(o.fileKey ? [`file key ${o.fileKey}`] : []), `default: ${o.default}`];
+    for (const l of wrap(o.describe, 90)) lines.push(`      ${l}`);
+    const where = [`env ${o.env}`, ...(o.fileKey ? [`file key ${o.fileKey}`] : []), `default: ${t.default}`];
     for (const l of wrap(where.join(' · '), 90)) lines.push(`      ${l}`);
-    if (o.unit) for (const l of wrap(`unit: ${o.unit}`, 90)) lines.push(`      ${l}`);
-    if (o.range) for (const l of wrap(`accepted: ${o.range}`, 90)) lines.push(`      ${l}`);
+    if (t.unit) for (const l of wrap(`unit: ${t.unit}`, 90)) lines.push(`      ${l}`);
+    if (t.accepted) for (const l of wrap(`accepted: ${t.accepted}`, 90)) lines.push(`      ${l}`);
   }
   lines.push('', '  --help', '      Print this text.', '');
   return lines.join('\n');
@@ -762,10 +906,12 @@ interface Given {
   file?: string | undefined;
 }
 
-interface ParseContext {
-  cwd: string;
-  readFile: (path: string) => string;
-  source: ConfigSource;
+/** What a parser may use besides the value. */
+export interface ParseContext {
+  readonly cwd: string;
+  readonly readFile: (path: string) => string;
+  /** where the value came from: the secret's flag names a file, its variable holds the secret; only the file may hold a mapping of peers */
+  readonly source: ConfigSource;
 }
 
 /** A value is wrong; the message says why and how to fix it (the caller adds which option). */
@@ -778,123 +924,87 @@ class Problem extends Error {
   }
 }
 
-type Parsers = { [K in ConfigKey]: (value: unknown, ctx: ParseContext) => ConfigValues[K] };
+/** The parsers of the rows of kind size, duration, count and enum: bounds and words from the row. */
+function parseValue(option: ValueOption, v: unknown, ctx: ParseContext): unknown {
+  switch (option.kind) {
+    case 'size':
+      return parseSize(v, option.min, option.max);
+    case 'duration': {
+      const ms = option.base === 'ms' ? 1 : SECOND;
+      return parseDuration(v, option.base, option.min * ms, option.max * ms, durationUsage(option.base, shownDuration(option)));
+    }
+    case 'count':
+      return parseCount(v, option.min, option.max);
+    case 'enum': {
+      const choices = option.values.join(', ');
+      const s = text(v, `one of ${choices}`);
+      if (option.values.includes(s)) return s;
+      const hint = didYouMean(s, option.values);
+      throw new Problem(`not ${option.noun}${hint ? ` (did you mean "${hint}"?)` : ''}; use one of ${choices}`);
+    }
+    case 'text':
+      return option.parse(v, ctx);
+  }
+}
 
-const parsers: Parsers = {
-  node: (v) => {
-    const s = text(v, 'a node name, e.g. node-1');
-    if (!NAME_PATTERN.test(s)) {
-      const suggestion = toName(s);
-      throw new Problem(`not a valid node name; use 1-63 characters of a-z, 0-9, _ and -, starting with a letter or digit${suggestion && suggestion !== s ? ` (e.g. "${suggestion}")` : ''}`);
-    }
-    return s;
-  },
-  dir: (v, ctx) => {
-    const s = text(v, 'a directory, e.g. /run/sluice');
-    if (s.includes('\0')) throw new Problem('contains a NUL byte; give a plain directory path');
-    const dir = resolve(ctx.cwd, s);
-    const longest = [DAEMON_SOCKET, RELAY_SOCKET].reduce((a, b) => (a.length >= b.length ? a : b));
-    const bytes = Buffer.byteLength(join(dir, longest));
-    if (bytes > MAX_UNIX_PATH_BYTES) {
-      throw new Problem(`the socket path ${join(dir, longest)} would be ${bytes} bytes, over the Unix socket limit of ${MAX_UNIX_PATH_BYTES}; use a shorter directory`);
-    }
-    return dir;
-  },
-  listen: (v) => parseListen(text(v, 'HOST:PORT, e.g. 127.0.0.1:7700')),
-  peers: (v, ctx) => parsePeers(v, ctx),
-  store: (v) => parseStore(text(v, 'file:///path or s3://bucket/prefix')),
-  secret: (v, ctx) => {
-    let secret: string;
-    if (ctx.source === 'flag') {
-      const path = resolve(ctx.cwd, text(v, 'the path of a file holding the secret'));
-      try {
-        secret = ctx.readFile(path);
-      } catch (err) {
-        throw new Problem(`cannot read the secret file ${path} (${errText(err)}); check the path and its permissions`, err);
-      }
-      secret = secret.replace(/(\r?\n)+$/, '');
-    } else {
-      if (typeof v !== 'string') throw new Problem(`must be a string (the secret itself), not ${typeName(v)}`);
-      secret = v;
-    }
-    const bytes = Buffer.byteLength(secret);
-    if (bytes < MIN_SECRET_BYTES) {
-      throw new Problem(`the secret is ${bytes === 0 ? 'empty' : `${bytes} bytes`}; use at least ${MIN_SECRET_BYTES} random bytes (e.g. the output of \`openssl rand -hex 32\`)`);
-    }
-    if (bytes > MAX_SECRET_BYTES) throw new Problem(`the secret is ${bytes} bytes, over the limit of ${MAX_SECRET_BYTES}; 32 random bytes are plenty`);
-    return secret;
-  },
-  tlsCert: (v, ctx) => {
-    const file = readPem(v, ctx, 'certificate');
-    certificates(file);
-    return file;
-  },
-  tlsKey: (v, ctx) => {
-    const file = readPem(v, ctx, 'private key');
-    privateKey(file);
-    return file;
-  },
-  tlsCa: (v, ctx) => {
-    const file = readPem(v, ctx, 'CA bundle');
-    certificates(file);
-    return file;
-  },
-  logLevel: (v) => {
-    const s = text(v, `one of ${LOG_LEVELS.join(', ')}`);
-    if ((LOG_LEVELS as readonly string[]).includes(s)) return s as LogLevel;
-    const hint = didYouMean(s, LOG_LEVELS);
-    throw new Problem(`not a log level${hint ? ` (did you mean "${hint}"?)` : ''}; use one of ${LOG_LEVELS.join(', ')}`);
-  },
-  logFormat: (v) => {
-    const s = text(v, `one of ${LOG_FORMATS.join(', ')}`);
-    if ((LOG_FORMATS as readonly string[]).includes(s)) return s as LogFormat;
-    const hint = didYouMean(s, LOG_FORMATS);
-    throw new Problem(`not a log format${hint ? ` (did you mean "${hint}"?)` : ''}; use one of ${LOG_FORMATS.join(', ')}`);
-  },
-  relayBufferBytes: (v) => parseSize(v, 64 * KiB, GiB),
-  segmentBytes: (v) => parseSize(v, 64 * KiB, GiB),
-  attachTimeoutMs: (v) => parseDuration(v, 'ms', 100, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
-  peerWindowBytes: (v) => parseSize(v, 64 * KiB, 64 * MiB),
-  memoryBudgetBytes: (v) => parseSize(v, 16 * MiB, 64 * GiB),
-  peerHeartbeatMs: (v) => parseDuration(v, 'ms', 50, MINUTE, 'milliseconds or a number with ms, s, m or h (e.g. 2s)'),
-  runTtlSeconds: (v) => parseDuration(v, 's', 10 * SECOND, 30 * DAY, 'seconds or a number with s, m, h or d (e.g. 24h)') ,
-  maxRuns: (v) => parseCount(v, 1, 100_000),
-  maxBodyBytes: (v) => parseSize(v, KiB, 16 * MiB),
-  graceMs: (v) => parseDuration(v, 'ms', 0, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 25s)'),
-  bindTimeoutMs: (v) => parseDuration(v, 'ms', 0, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
-  replicaMaxStreams: (v) => parseCount(v, 1, 100_000),
-  ejectAfterFailures: (v) => parseCount(v, 1, 1000),
-  ejectionMs: (v) => parseDuration(v, 'ms', 100, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 30s)'),
-  discovery: (v) => {
-    const s = text(v, `one of ${DISCOVERY_MODES.join(', ')}`);
-    if ((DISCOVERY_MODES as readonly string[]).includes(s)) return s as Discovery;
-    const hint = didYouMean(s, DISCOVERY_MODES);
-    throw new Problem(`not a discovery mode${hint ? ` (did you mean "${hint}"?)` : ''}; use one of ${DISCOVERY_MODES.join(', ')}`);
-  },
-  k8sApi: (v) => {
-    const s = text(v, 'the API server URL, e.g. https://10.96.0.1:443');
-    let url: URL;
+function parseNode(v: unknown): string {
+  const s = text(v, 'a node name, e.g. node-1');
+  if (!NAME_PATTERN.test(s)) {
+    const suggestion = toName(s);
+    throw new Problem(`not a valid node name; use 1-63 characters of a-z, 0-9, _ and -, starting with a letter or digit${suggestion && suggestion !== s ? ` (e.g. "${suggestion}")` : ''}`);
+  }
+  return s;
+}
+
+function parseDir(v: unknown, ctx: ParseContext): string {
+  const s = text(v, 'a directory, e.g. /run/sluice');
+  if (s.includes('\0')) throw new Problem('contains a NUL byte; give a plain directory path');
+  const dir = resolve(ctx.cwd, s);
+  const longest = [DAEMON_SOCKET, RELAY_SOCKET].reduce((a, b) => (a.length >= b.length ? a : b));
+  const bytes = Buffer.byteLength(join(dir, longest));
+  if (bytes > MAX_UNIX_PATH_BYTES) {
+    throw new Problem(`the socket path ${join(dir, longest)} would be ${bytes} bytes, over the Unix socket limit of ${MAX_UNIX_PATH_BYTES}; use a shorter directory`);
+  }
+  return dir;
+}
+
+function parseSecret(v: unknown, ctx: ParseContext): string {
+  let secret: string;
+  if (ctx.source === 'flag') {
+    const path = resolve(ctx.cwd, text(v, 'the path of a file holding the secret'));
     try {
-      url = new URL(s);
-    } catch {
-      throw new Problem('not a URL; use https://HOST:PORT, e.g. https://10.96.0.1:443');
+      secret = ctx.readFile(path);
+    } catch (err) {
+      throw new Problem(`cannot read the secret file ${path} (${errText(err)}); check the path and its permissions`, err);
     }
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new Problem('must be an https:// URL (or http:// for a local proxy); e.g. https://10.96.0.1:443');
-    if (url.username || url.password || url.search || url.hash) throw new Problem('takes no credentials, ?query or #fragment: the token comes from --k8s-credentials');
-    return s.replace(/\/+$/, '');
-  },
-  k8sCredentials: (v, ctx) => {
-    const s = text(v, `a directory, e.g. ${K8S_CREDENTIALS_DIR}`);
-    if (s.includes('\0')) throw new Problem('contains a NUL byte; give a plain directory path');
-    return resolve(ctx.cwd, s);
-  },
-  k8sNamespace: (v) => dnsLabel(text(v, 'a namespace, e.g. sluice-system'), 'a namespace'),
-  k8sService: (v) => dnsLabel(text(v, 'a Service name, e.g. sluice'), 'a Service name'),
-  k8sResyncMs: (v) => parseDuration(v, 'ms', SECOND, HOUR, 'milliseconds or a number with ms, s, m or h (e.g. 5m)'),
-};
+    secret = secret.replace(/(\r?\n)+$/, '');
+  } else {
+    if (typeof v !== 'string') throw new Problem(`must be a string (the secret itself), not ${typeName(v)}`);
+    secret = v;
+  }
+  const bytes = Buffer.byteLength(secret);
+  if (bytes < MIN_SECRET_BYTES) {
+    throw new Problem(`the secret is ${bytes === 0 ? 'empty' : `${bytes} bytes`}; use at least ${MIN_SECRET_BYTES} random bytes (e.g. the output of \`openssl rand -hex 32\`)`);
+  }
+  if (bytes > MAX_SECRET_BYTES) throw new Problem(`the secret is ${bytes} bytes, over the limit of ${MAX_SECRET_BYTES}; 32 random bytes are plenty`);
+  return secret;
+}
+
+function parseK8sApi(v: unknown): string {
+  const s = text(v, 'the API server URL, e.g. https://10.96.0.1:443');
+  let url: URL;
+  try {
+    url = new URL(s);
+  } catch {
+    throw new Problem('not a URL; use https://HOST:PORT, e.g. https://10.96.0.1:443');
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new Problem('must be an https:// URL (or http:// for a local proxy); e.g. https://10.96.0.1:443');
+  if (url.username || url.password || url.search || url.hash) throw new Problem('takes no credentials, ?query or #fragment: the token comes from --k8s-credentials');
+  return s.replace(/\/+$/, '');
+}
 
 function dnsLabel(s: string, what: string): string {
-  if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(s)) throw new Problem(`not ${what}: use a DNS label, 1-63 characters of a-z, 0-9 and -, starting and ending with a letter or digit`);
+  if (!DNS_LABEL.test(s)) throw new Problem(`not ${what}: use a DNS label, 1-63 characters of a-z, 0-9 and -, starting and ending with a letter or digit`);
   return s;
 }
 
@@ -923,7 +1033,7 @@ function checkDiscovery(values: Record<ConfigKey, unknown>, winners: ReadonlyMap
     } catch (err) {
       return fail(`cannot read the namespace from ${file} (${errText(err)}): give --k8s-namespace NAMESPACE, or --k8s-credentials DIR where the service account is mounted`);
     }
-    if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ns)) fail(`${file} holds ${JSON.stringify(ns.slice(0, 64))}, not a namespace: give --k8s-namespace NAMESPACE`);
+    if (!DNS_LABEL.test(ns)) fail(`${file} holds ${JSON.stringify(ns.slice(0, 64))}, not a namespace: give --k8s-namespace NAMESPACE`);
     values['k8sNamespace'] = ns;
   }
 }
@@ -988,10 +1098,9 @@ function checkTls(values: ConfigValues, winners: ReadonlyMap<ConfigKey, Given>):
   if (!values.listen) fail('tlsCert', undefined, 'needs --listen HOST:PORT: TLS is served on the --listen port, and there is none; add --listen, or drop --tls-cert and --tls-key');
 }
 
-function parseWith(option: ConfigOption, given: Given, ctx: Omit<ParseContext, 'source'>): unknown {
-  const parse = parsers[option.key as ConfigKey] as (value: unknown, ctx: ParseContext) => unknown;
+function parseWith(option: ValueOption, given: Given, ctx: Omit<ParseContext, 'source'>): unknown {
   try {
-    return parse(given.value, { ...ctx, source: given.source });
+    return parseValue(option, given.value, { ...ctx, source: given.source });
   } catch (err) {
     if (!(err instanceof Problem)) throw err;
     throw configError(option, given, err.reason, err.message);
@@ -1250,7 +1359,7 @@ function parseStore(s: string): StoreConfig {
   }
   const region = url.searchParams.get('region');
   if (region !== null) {
-    if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(region)) throw new Problem(`region ${JSON.stringify(region)} is not a region name; use e.g. us-east-1`);
+    if (!REGION.test(region)) throw new Problem(`region ${JSON.stringify(region)} is not a region name; use e.g. us-east-1`);
     store.region = region;
   }
   const pathStyle = url.searchParams.get('forcePathStyle');

@@ -6,6 +6,9 @@
  * SLUICE_STORE_UNAVAILABLE. Objects larger than `partBytes` go up as multipart uploads with parts
  * in parallel (`@aws-sdk/lib-storage`).
  *
+ * The region is `where.region` (the daemon's config always sets it: server/config.ts resolves
+ * ?region=, AWS_REGION, AWS_DEFAULT_REGION); us-east-1 when a caller gives none.
+ *
  * Against stores other than AWS, request and response checksums are computed only where S3
  * requires them: the SDK's newer default (a CRC on every streamed upload) is stored corrupted by
  * some S3-compatible servers and refused by others.
@@ -65,7 +68,7 @@ export class S3Store implements ObjectStore {
     this.partsInFlight = options.partsInFlight ?? 4;
     this.client = new S3Client({
       ...(where.endpoint ? { endpoint: where.endpoint } : {}),
-      region: where.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+      region: where.region ?? 'us-east-1',
       forcePathStyle: where.forcePathStyle,
       maxAttempts: options.maxAttempts ?? 4,
       ...(options.credentials ? { credentials: options.credentials } : {}),

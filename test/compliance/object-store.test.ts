@@ -273,6 +273,29 @@ describe('store start-up checks', () => {
     store.close();
   });
 
+  it("signs for the region its location names, never the process's AWS_REGION (the daemon's config decides it)", async () => {
+    const saved = { AWS_REGION: process.env.AWS_REGION, AWS_DEFAULT_REGION: process.env.AWS_DEFAULT_REGION };
+    process.env.AWS_REGION = 'ap-south-1';
+    process.env.AWS_DEFAULT_REGION = 'ap-south-1';
+    try {
+      const region = async (where: { region?: string }): Promise<string> => {
+        const store = new S3Store({ kind: 's3', bucket: s3.bucket, prefix: '', endpoint: s3.endpoint, forcePathStyle: true, ...where }, { credentials });
+        try {
+          return await (store as unknown as { client: { config: { region: () => Promise<string> } } }).client.config.region();
+        } finally {
+          store.close();
+        }
+      };
+      expect(await region({ region: 'eu-west-3' })).toBe('eu-west-3');
+      expect(await region({})).toBe('us-east-1');
+    } finally {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+    }
+  });
+
   it('refuses a directory that cannot be written', async () => {
     writeFileSync(join(scratch, 'plain-file'), '');
     await expect(new DirectoryStore(join(scratch, 'plain-file', 'store')).check()).rejects.toMatchObject({ code: 'SLUICE_CONFIG' });

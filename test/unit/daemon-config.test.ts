@@ -6,7 +6,7 @@
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { ErrorCodes, RequestError } from '../../transports/index.js';
-import { CONFIG_OPTIONS, configHelp, describeConfig, loadConfig, type DaemonConfig, type LoadConfigOptions } from '../../server/config.js';
+import { CONFIG_OPTIONS, configHelp, describeConfig, loadConfig, optionText, type DaemonConfig, type LoadConfigOptions } from '../../server/config.js';
 import { issue } from '../helpers/certs.js';
 
 const SECRET = 'correct-horse-battery-staple-42';
@@ -233,11 +233,11 @@ describe('stores', () => {
   it.each([
     ['file:///var/lib/sluice/store', { kind: 'file', path: '/var/lib/sluice/store' }],
     ['file://localhost/var/store', { kind: 'file', path: '/var/store' }],
-    ['s3://sluice-data', { kind: 's3', bucket: 'sluice-data', prefix: '', forcePathStyle: false }],
-    ['s3://sluice-data/runs/prod', { kind: 's3', bucket: 'sluice-data', prefix: 'runs/prod/', forcePathStyle: false }],
+    ['s3://sluice-data', { kind: 's3', bucket: 'sluice-data', prefix: '', region: 'us-east-1', forcePathStyle: false }],
+    ['s3://sluice-data/runs/prod', { kind: 's3', bucket: 'sluice-data', prefix: 'runs/prod/', region: 'us-east-1', forcePathStyle: false }],
     [
       's3://sluice.data/runs/?endpoint=http://127.0.0.1:9000',
-      { kind: 's3', bucket: 'sluice.data', prefix: 'runs/', endpoint: 'http://127.0.0.1:9000', forcePathStyle: true },
+      { kind: 's3', bucket: 'sluice.data', prefix: 'runs/', endpoint: 'http://127.0.0.1:9000', region: 'us-east-1', forcePathStyle: true },
     ],
     [
       's3://b12/p?endpoint=https://rgw.example&region=eu-west-1&forcePathStyle=false',
@@ -245,6 +245,25 @@ describe('stores', () => {
     ],
   ])('parses %s', (value, expected) => {
     expect(load(['--store', value]).store).toEqual(expected);
+  });
+
+  it("takes an S3 store's region from its URL, else AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1", () => {
+    const region = (env: Record<string, string>, url = 's3://bucket/p') => (load(['--store', url], env).store as { region?: string }).region;
+    expect(region({})).toBe('us-east-1');
+    expect(region({ AWS_DEFAULT_REGION: 'eu-west-2' })).toBe('eu-west-2');
+    expect(region({ AWS_REGION: 'ap-south-1', AWS_DEFAULT_REGION: 'eu-west-2' })).toBe('ap-south-1');
+    expect(region({ AWS_REGION: '', AWS_DEFAULT_REGION: 'eu-west-2' })).toBe('eu-west-2');
+    expect(region({ AWS_REGION: 'ap-south-1' }, 's3://bucket/p?region=eu-central-1')).toBe('eu-central-1');
+    // a file store has no region, whatever the environment says
+    expect(load([], { AWS_REGION: 'ap-south-1' }).store).toEqual({ kind: 'file', path: '/tmp/sluice-1234/store' });
+    expect(load([], { AWS_REGION: 'Not A Region' }).store.kind).toBe('file');
+  });
+
+  it('refuses a bad AWS_REGION for an S3 store, naming the variable', () => {
+    const err = refusal(['--store', 's3://bucket/p'], { AWS_REGION: 'EU West' });
+    expect(err.code).toBe(ErrorCodes.CONFIG);
+    expect(err.message).toBe('AWS_REGION "EU West": not a region name; use e.g. us-east-1, or give the store\'s region in its URL (?region=REGION)');
+    expect(err.details).toEqual({ option: 'store', source: 'env', name: 'AWS_REGION' });
   });
 
   it.each([
@@ -723,8 +742,10 @@ describe('the schema and --help', () => {
       expect(help).toContain(`  ${o.flag} ${o.arg}\n`);
       expect(help).toContain(`env ${o.env}`);
       if (o.fileKey) expect(help).toContain(`file key ${o.fileKey}`);
-      expect(help.replace(/\s+/g, ' ')).toContain(`default: ${o.default}`);
-      if (o.unit) expect(help.replace(/\s+/g, ' ')).toContain(`unit: ${o.unit}`);
+      const shown = optionText(o);
+      expect(help.replace(/\s+/g, ' ')).toContain(`default: ${shown.default}`);
+      if (shown.unit) expect(help.replace(/\s+/g, ' ')).toContain(`unit: ${shown.unit}`);
+      if (shown.accepted) expect(help.replace(/\s+/g, ' ')).toContain(`accepted: ${shown.accepted}`);
     }
     expect(help.split('\n').every((line) => line.length <= 100)).toBe(true);
   });
