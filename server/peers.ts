@@ -39,9 +39,11 @@ import {
   WsTransport,
   acceptEach,
   checkName,
+  codeOf,
   decodeRecords,
   encodeRecord,
   firstChunk,
+  hasCode,
   isErrorCode,
   type Connection,
   type Listener,
@@ -354,7 +356,7 @@ export class PeerLinks {
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `peer "${node}" closed the request without an answer`, { details: { node } });
     } catch (err) {
       if (answered) throw err;
-      const code = (err as { code?: unknown }).code;
+      const code = codeOf(err);
       if (isErrorCode(code)) throw Object.assign(err as Error, { linkBroke: code === ErrorCodes.UNAVAILABLE });
       throw Object.assign(new ConnectError(ErrorCodes.UNAVAILABLE, `request to peer "${node}" failed: ${(err as Error).message}`, { cause: err, details: { node } }), { linkBroke: true });
     } finally {
@@ -374,7 +376,7 @@ export class PeerLinks {
       if (typeof request !== 'object' || request === null) throw new RequestError(ErrorCodes.INVALID, 'a control request must be a map');
       answer = { ok: true, result: (await this.options.onRequest(from, request as Record<string, unknown>)) ?? null };
     } catch (err) {
-      const code = (err as { code?: unknown }).code;
+      const code = codeOf(err);
       answer = { ok: false, error: { code: isErrorCode(code) ? code : ErrorCodes.UNAVAILABLE, message: (err as Error).message } };
       this.options.log.warn({ err, peer: from }, 'control request from a peer failed');
     }
@@ -428,10 +430,10 @@ export class PeerLinks {
         backoff = BACKOFF_MIN_MS;
       } catch (err) {
         if (signal.aborted) return;
-        const code = (err as { code?: unknown }).code;
+        const code = codeOf(err);
         const message = isErrorCode(code) ? `${code}: ${(err as Error).message}` : (err as Error).message;
         if (peer.lastError !== message) {
-          const level = (err as { code?: string }).code === ErrorCodes.UNAUTHORIZED ? 'error' : 'warn';
+          const level = code === ErrorCodes.UNAUTHORIZED ? 'error' : 'warn';
           this.options.log[level]({ peer: peer.node, url, err }, 'cannot link to peer; retrying');
         }
         // the peer's own dial may have linked while ours failed: that link's state stands
@@ -460,7 +462,7 @@ export class PeerLinks {
   /** A failed TLS verification of `peer`, reworded to say which file to fix; other errors as they are. */
   private explainTls(peer: Peer, url: string, err: unknown): unknown {
     const tls = (err as SluiceError).details?.['tls'];
-    if ((err as SluiceError).code !== ErrorCodes.UNAUTHORIZED || typeof tls !== 'string') return err;
+    if (!hasCode(err, ErrorCodes.UNAUTHORIZED) || typeof tls !== 'string') return err;
     const host = new URL(url).hostname;
     const ca = this.options.ca;
     let fix: string;
