@@ -45,6 +45,7 @@ import {
   firstChunk,
   hasCode,
   isErrorCode,
+  pause,
   type Connection,
   type Listener,
   type MemoryBudget,
@@ -144,19 +145,6 @@ function parseHello(bytes: Buffer): Record<string, unknown> {
     throw new ProtocolError('the peer did not start the peer-link handshake');
   }
   return value as Record<string, unknown>;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    timer.unref();
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 /** Wait for `promise`, or for `signal` to fire, whichever comes first; no listener is left behind. */
@@ -402,13 +390,13 @@ export class PeerLinks {
     const { signal } = this.stopping;
     let backoff = BACKOFF_MIN_MS;
     const defer = this.options.node > peer.node;
-    if (defer) await sleep(DEFER_MS, signal);
+    if (defer) await pause(DEFER_MS, signal);
     while (!signal.aborted && peer.url !== undefined && this.peers.get(peer.node) === peer) {
       const url = peer.url;
       if (peer.mux?.up) {
         await untilAborted(peer.mux.closed, signal);
         backoff = BACKOFF_MIN_MS;
-        if (defer) await sleep(DEFER_MS, signal);
+        if (defer) await pause(DEFER_MS, signal);
         continue;
       }
       try {
@@ -442,7 +430,7 @@ export class PeerLinks {
           peer.lastCause = err as Error;
           peer.state = peer.links > 0 ? 'down' : 'connecting';
         }
-        await sleep(backoff * (0.75 + Math.random() / 2), signal);
+        await pause(backoff * (0.75 + Math.random() / 2), signal);
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }
     }
