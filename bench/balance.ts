@@ -27,7 +27,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import { control } from '../client/control.js';
-import { createCluster, namespacesAvailable, type Cluster, type NetnsNode } from '../test/helpers/netns.js';
+import { createCluster, namespacesAvailable, type Cluster, type NetnsNode } from '../harness/netns.js';
 import { MiB } from './data.js';
 import { spawnDaemon, stopDaemonProcess, waitPeered, watchDaemon, type Daemon } from './daemons.js';
 import { median, size, type Case } from './report.js';

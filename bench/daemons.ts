@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { control } from '../client/control.js';
 import { DAEMON_NODE_FLAGS } from '../server/node-flags.js';
 import type { PeerStatus } from '../server/peers.js';
-import type { NetnsNode } from '../test/helpers/netns.js';
+import type { NetnsNode } from '../harness/netns.js';
 import { WS_STEPS, type RunRef } from './protocol.js';
 
 const CLI = fileURLToPath(new URL('../server/cli.js', import.meta.url));

@@ -12,7 +12,7 @@ import { finished } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { connect } from '../client/index.js';
-import { ChannelReader, ChannelWriter, fifoTransport, unixTransport } from '../transports/index.js';
+import { ChannelReader, ChannelWriter, fifoTransport, hasCode, unixTransport } from '../transports/index.js';
 import { WS_STEPS, type RunRef, type Subject } from './protocol.js';
 
 const { O_RDONLY, O_WRONLY, O_NONBLOCK } = fs.constants;
@@ -119,7 +119,7 @@ async function openFifoWriter(endpoint: string): Promise<number> {
     try {
       return await openFd(endpoint, O_WRONLY | O_NONBLOCK);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENXIO' || attempt >= 1000) throw err;
+      if (!hasCode(err, 'ENXIO') || attempt >= 1000) throw err;
       await sleep(5);
     }
   }

@@ -7,14 +7,14 @@
  * headline ratio is the median of those paired ratios, which cancels most of the machine's drift.
  *
  * Then the cross-node section does the same between two network namespaces on a veth bridge
- * (test/helpers/netns.ts): plain TCP, plain relays, and Sluice's daemons with their peer link.
+ * (harness/netns.ts): plain TCP, plain relays, and Sluice's daemons with their peer link.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createCluster, namespacesAvailable, type Cluster, type NetnsNode } from '../test/helpers/netns.js';
+import { createCluster, namespacesAvailable, type Cluster, type NetnsNode } from '../harness/netns.js';
 import { GiB, KiB, MiB, RECORD_BYTES } from './data.js';
 import { Daemons, killDaemons } from './daemons.js';
 import { StoreDaemon } from './stores.js';

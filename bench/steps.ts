@@ -14,7 +14,7 @@ import { finished } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { control } from '../client/control.js';
 import { connect, type Sluice } from '../client/index.js';
-import { ACK_SUFFIX, ChannelReader, ChannelWriter, MemoryTransport, runDirectory } from '../transports/index.js';
+import { ACK_SUFFIX, ChannelReader, ChannelWriter, MemoryTransport, codeOf, runDirectory } from '../transports/index.js';
 import { BLOCK_BYTES, RECORD_BYTES, Verifier, WARM_EVENT_BYTES, WRITE_BYTES, cpuMsSince, makeBlock, nowNs } from './data.js';
 import { dial, listenNet, serve, firstConnection } from './media.js';
 import { send, type InputStat, type RunRef, type S3HopsJob, type StepCommand, type StepJob, type WfPath } from './protocol.js';
@@ -443,7 +443,7 @@ async function dialPong(at: string): Promise<net.Socket> {
       await once(socket, 'connect');
       return socket;
     } catch (err) {
-      if (attempt > 5000 || !['ENOENT', 'ECONNREFUSED'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      if (attempt > 5000 || !['ENOENT', 'ECONNREFUSED'].includes(codeOf(err) ?? '')) throw err;
       await sleep(1);
     }
   }

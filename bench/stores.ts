@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { DAEMON_NODE_FLAGS } from '../server/node-flags.js';
 import { control } from '../client/control.js';
-import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../test/fixtures/s3-server.js';
+import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../harness/s3-server.js';
 import { stopDaemonProcess, watchDaemon } from './daemons.js';
 import { peakRssMb, resetPeakRss, writeBytes } from './proc.js';
 import { WS_STEPS, type RunRef } from './protocol.js';

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { namespacesAvailable } from '../test/helpers/netns.js';
+import { namespacesAvailable } from '../harness/netns.js';
 import { GiB, KiB, MiB, RECORD_BYTES } from './data.js';
 import type { WfPath } from './protocol.js';
 import { S3Server, ensureBucket, type S3Target } from './s3.js';

@@ -4,7 +4,7 @@
  */
 import { fork, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import type { NetnsNode } from '../test/helpers/netns.js';
+import type { NetnsNode } from '../harness/netns.js';
 import type { Job, StepCommand, WorkerMessage } from './protocol.js';
 
 const WORKER = fileURLToPath(new URL('./worker.js', import.meta.url));

@@ -8,7 +8,7 @@ import { createHistogram } from 'node:perf_hooks';
 import type { InputStat, RunRef, StepJob, StepResult, WfPath, WorkerMessage } from './protocol.js';
 import { DAEMON_PATHS } from './protocol.js';
 import fs from 'node:fs';
-import { createCluster, type NetnsNode } from '../test/helpers/netns.js';
+import { createCluster, type NetnsNode } from '../harness/netns.js';
 import { Daemons } from './daemons.js';
 import { peakRssMb, resetPeakRss, writeBytes } from './proc.js';
 import { deleteObject, s3Client, type S3Server, type S3Target } from './s3.js';

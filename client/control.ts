@@ -5,7 +5,7 @@
  */
 import http from 'node:http';
 import { join } from 'node:path';
-import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, isErrorCode } from '../transports/client.js';
+import { ConnectError, DAEMON_SOCKET, ErrorCodes, RequestError, codeOf, isErrorCode } from '../transports/client.js';
 
 export interface ControlResponse<T> {
   status: number;
@@ -36,7 +36,7 @@ export async function control<T = unknown>(dir: string, method: string, path: st
     request.on('error', reject);
     request.end(payload);
   }).catch((err: unknown) => {
-    throw new ConnectError(ErrorCodes.UNAVAILABLE, `no Sluice daemon answers on ${socketPath} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): start one with "sluice daemon", or point --dir / SLUICE_DIR at its directory`, {
+    throw new ConnectError(ErrorCodes.UNAVAILABLE, `no Sluice daemon answers on ${socketPath} (${codeOf(err) ?? (err as Error).message}): start one with "sluice daemon", or point --dir / SLUICE_DIR at its directory`, {
       cause: err,
       details: { socketPath },
     });

@@ -31,11 +31,11 @@ import {
   MANIFEST_FILE,
   RELAY_SOCKET,
   RequestError,
-  SluiceError,
   checkName,
   decodeRecords,
   encodeRecord,
   fifoTransport,
+  hasCode,
   runDirectory,
   unixTransport,
   type InstanceRef,
@@ -439,9 +439,17 @@ export class Sluice {
    * the consumer instance (its HELLO names the step, no instance) and tells the others.
    */
   private async openBalanced(step: string, options: OutputOptions): Promise<ChannelWriter> {
-    const conn = await unixTransport.dial(this.relaySocket, { timeoutMs: options.timeoutMs ?? 10_000 });
-    const hello = { run: this.run, from: this.self, to: { step }, token: this.token, ...(options.key !== undefined ? { key: options.key } : {}) };
-    return new ChannelWriter(conn, { hello, via: this.relayName });
+    return this.throughDaemon({ run: this.run, from: this.self, to: { step }, ...(options.key !== undefined ? { key: options.key } : {}) }, options.timeoutMs ?? 10_000);
+  }
+
+  /**
+   * A stream through this node's daemon, dialled on its relay socket: the HELLO carries the run
+   * token (the daemon checks it, a function's direct FIFO needs none), and a broken connection
+   * is reported as the daemon's failure, by name.
+   */
+  private async throughDaemon(hello: Record<string, unknown>, timeoutMs: number): Promise<ChannelWriter> {
+    const conn = await unixTransport.dial(this.relaySocket, { timeoutMs });
+    return new ChannelWriter(conn, { hello: { ...hello, token: this.token }, via: this.relayName });
   }
 
   private get relaySocket(): string {
@@ -458,17 +466,15 @@ export class Sluice {
     const hello = { run: this.run, from: this.self, to };
     if (channel.path === 'relay') {
       // the consumer is on another node: this node's daemon forwards over its peer link
-      const conn = await unixTransport.dial(this.relaySocket, { timeoutMs });
-      return new ChannelWriter(conn, { hello: { ...hello, token: this.token }, via: this.relayName });
+      return this.throughDaemon(hello, timeoutMs);
     }
     try {
       // direct when the consumer is reading already: no daemon in the path
       return new ChannelWriter(await fifoTransport.dial(join(this.runDir, channel.name), { timeoutMs: 0 }), { hello });
     } catch (err) {
-      if ((err as SluiceError).code !== ErrorCodes.UNAVAILABLE) throw err;
+      if (!hasCode(err, ErrorCodes.UNAVAILABLE)) throw err;
     }
-    const conn = await unixTransport.dial(this.relaySocket, { timeoutMs });
-    return new ChannelWriter(conn, { hello: { ...hello, token: this.token }, via: this.relayName });
+    return this.throughDaemon(hello, timeoutMs);
   }
 
   private async openConsumer(from: InstanceRef): Promise<ChannelReader> {
@@ -514,7 +520,7 @@ export async function connect(options: ConnectOptions & { dir: string; run: stri
     try {
       return JSON.parse(await readFile(manifestPath, 'utf8')) as RunManifest;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      if (hasCode(err, 'ENOENT')) return undefined;
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot read run "${run}": ${(err as Error).message}`, { cause: err });
     }
   };

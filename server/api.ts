@@ -50,7 +50,7 @@ import { STATUS_CODES, type Server as HttpServer } from 'node:http';
 import type https from 'node:https';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifySchemaValidationError, type RouteOptions } from 'fastify';
-import { ConnectError, ErrorCodes, RequestError, checkName, isErrorCode, type ErrorCode } from '../transports/index.js';
+import { ConnectError, ErrorCodes, RequestError, checkName, codeOf, isErrorCode, type ErrorCode } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
 import type { Binder } from './binding.js';
 import type { Balancer } from './balance.js';
@@ -185,7 +185,7 @@ function frameworkAnswer(err: FastifyError, maxBodyBytes: number): ErrorAnswer |
 
 /** Sluice errors as they are; Fastify's translated; the rest is SLUICE_INTERNAL (and logged). */
 function toAnswer(err: FastifyError, maxBodyBytes: number): ErrorAnswer {
-  const code = (err as { code?: unknown }).code;
+  const code = codeOf(err);
   if (isErrorCode(code)) return answer(code, err.message, undefined, (err as { details?: unknown }).details || undefined);
   if (err.validation) return answer(ErrorCodes.INVALID, err.message, 400);
   const known = frameworkAnswer(err, maxBodyBytes);

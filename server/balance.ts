@@ -28,7 +28,7 @@
  * the stream opens.
  */
 import type { Logger } from 'pino';
-import { ConnectError, ErrorCodes, type InstanceRef } from '../transports/index.js';
+import { ConnectError, ErrorCodes, codeOf, type InstanceRef } from '../transports/index.js';
 import { AffinityRing, OutlierDetector, pickAlwaysLocal, pickLeastLoaded, pickLocalFirst, type Instance, type OutlierOptions } from './routing.js';
 import type { Run } from './runs.js';
 import type { Edge, Policy } from './workflow.js';
@@ -209,10 +209,10 @@ export class Balancer {
         ended = true;
         replica.inFlight--;
         if (affinity) this.rings.get(affinity.ring)?.release(affinity.token);
-        const code = (error as { code?: unknown } | undefined)?.code;
+        const code = codeOf(error);
         const producers = (error as { details?: { producerGone?: unknown } } | undefined)?.details?.producerGone === true;
         if (error === undefined) this.detector.success(id);
-        else if (!producers && !(typeof code === 'string' && PRODUCER_FAULTS.has(code))) {
+        else if (!producers && !(code !== undefined && PRODUCER_FAULTS.has(code))) {
           replica.failed++;
           const group = [...this.replicas.entries()].filter(([, r]) => r.workflow === replica.workflow && r.step === replica.step).map(([k]) => k);
           if (this.detector.failure(id, group)) {

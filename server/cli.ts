@@ -11,7 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { connect } from '../client/index.js';
 import { control } from '../client/control.js';
-import { ErrorCodes, NAME_PATTERN, defaultRuntimeDir, isErrorCode } from '../transports/index.js';
+import { ErrorCodes, NAME_PATTERN, codeOf, defaultRuntimeDir, hasCode } from '../transports/index.js';
 import { DAY, SECOND, durationUsage, parseDuration } from '../transports/units.js';
 import { demo, demoConsumer, demoFunction, demoPaths } from './demo.js';
 import { configHelp, loadConfig } from './config.js';
@@ -145,7 +145,7 @@ function flags<O extends Options>(command: string, args: string[], options: O, p
   try {
     parsed = parseArgs({ args, options: all, allowPositionals: positionals, strict: true }) as unknown as typeof parsed;
   } catch (err) {
-    const code = (err as { code?: string }).code;
+    const code = codeOf(err);
     const message = (err as Error).message;
     const named = /'(-[^' ]+)/.exec(message)?.[1] ?? '';
     const see = `"sluice ${command} --help" lists its options`;
@@ -232,7 +232,7 @@ async function daemonCommand(args: string[]): Promise<number> {
     config = loadConfig({ argv: args, env: process.env });
   } catch (err) {
     // nothing started: the invocation (its flags, environment or config file) is what is wrong
-    if (isErrorCode((err as { code?: unknown }).code) && (err as { code: string }).code === ErrorCodes.CONFIG) throw new UsageError((err as Error).message, 'daemon', ErrorCodes.CONFIG);
+    if (hasCode(err, ErrorCodes.CONFIG)) throw new UsageError((err as Error).message, 'daemon', ErrorCodes.CONFIG);
     throw err;
   }
   const daemon = await startDaemon(config, { version: packageVersion() });
@@ -666,7 +666,7 @@ main(process.argv.slice(2)).then(
       process.exitCode = 2;
       return;
     }
-    process.stderr.write(`sluice: ${isErrorCode((err as { code?: unknown }).code) ? `${(err as { code: string }).code}: ` : ''}${(err as Error).message}\n`);
+    process.stderr.write(`sluice: ${hasCode(err) ? `${codeOf(err)}: ` : ''}${(err as Error).message}\n`);
     process.exitCode = 1;
   },
 );

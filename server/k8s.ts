@@ -24,7 +24,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { ConnectError, ErrorCodes, ProtocolError, type ErrorCode } from '../transports/index.js';
+import { ConnectError, ErrorCodes, ProtocolError, pause, type ErrorCode } from '../transports/index.js';
 
 /** The fields of an object's metadata the daemon reads. */
 export interface ObjectMeta {
@@ -226,7 +226,7 @@ export class Informer<T extends KubeObject> {
         const message = (err as Error).message;
         if (message !== lastError) log.warn({ path: this.options.path, err }, 'Kubernetes watch failed; resuming');
         lastError = message;
-        await sleep(backoff * (0.75 + Math.random() / 2), this.stopping.signal);
+        await pause(backoff * (0.75 + Math.random() / 2), this.stopping.signal);
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }
     }
@@ -318,16 +318,4 @@ export class Informer<T extends KubeObject> {
 
 function keyOf(o: KubeObject): string {
   return `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

@@ -39,10 +39,13 @@ import {
   WsTransport,
   acceptEach,
   checkName,
+  codeOf,
   decodeRecords,
   encodeRecord,
   firstChunk,
+  hasCode,
   isErrorCode,
+  pause,
   type Connection,
   type Listener,
   type MemoryBudget,
@@ -142,19 +145,6 @@ function parseHello(bytes: Buffer): Record<string, unknown> {
     throw new ProtocolError('the peer did not start the peer-link handshake');
   }
   return value as Record<string, unknown>;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    timer.unref();
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 /** Wait for `promise`, or for `signal` to fire, whichever comes first; no listener is left behind. */
@@ -354,7 +344,7 @@ export class PeerLinks {
       throw new ConnectError(ErrorCodes.UNAVAILABLE, `peer "${node}" closed the request without an answer`, { details: { node } });
     } catch (err) {
       if (answered) throw err;
-      const code = (err as { code?: unknown }).code;
+      const code = codeOf(err);
       if (isErrorCode(code)) throw Object.assign(err as Error, { linkBroke: code === ErrorCodes.UNAVAILABLE });
       throw Object.assign(new ConnectError(ErrorCodes.UNAVAILABLE, `request to peer "${node}" failed: ${(err as Error).message}`, { cause: err, details: { node } }), { linkBroke: true });
     } finally {
@@ -374,7 +364,7 @@ export class PeerLinks {
       if (typeof request !== 'object' || request === null) throw new RequestError(ErrorCodes.INVALID, 'a control request must be a map');
       answer = { ok: true, result: (await this.options.onRequest(from, request as Record<string, unknown>)) ?? null };
     } catch (err) {
-      const code = (err as { code?: unknown }).code;
+      const code = codeOf(err);
       answer = { ok: false, error: { code: isErrorCode(code) ? code : ErrorCodes.UNAVAILABLE, message: (err as Error).message } };
       this.options.log.warn({ err, peer: from }, 'control request from a peer failed');
     }
@@ -400,13 +390,13 @@ export class PeerLinks {
     const { signal } = this.stopping;
     let backoff = BACKOFF_MIN_MS;
     const defer = this.options.node > peer.node;
-    if (defer) await sleep(DEFER_MS, signal);
+    if (defer) await pause(DEFER_MS, signal);
     while (!signal.aborted && peer.url !== undefined && this.peers.get(peer.node) === peer) {
       const url = peer.url;
       if (peer.mux?.up) {
         await untilAborted(peer.mux.closed, signal);
         backoff = BACKOFF_MIN_MS;
-        if (defer) await sleep(DEFER_MS, signal);
+        if (defer) await pause(DEFER_MS, signal);
         continue;
       }
       try {
@@ -428,10 +418,10 @@ export class PeerLinks {
         backoff = BACKOFF_MIN_MS;
       } catch (err) {
         if (signal.aborted) return;
-        const code = (err as { code?: unknown }).code;
+        const code = codeOf(err);
         const message = isErrorCode(code) ? `${code}: ${(err as Error).message}` : (err as Error).message;
         if (peer.lastError !== message) {
-          const level = (err as { code?: string }).code === ErrorCodes.UNAUTHORIZED ? 'error' : 'warn';
+          const level = code === ErrorCodes.UNAUTHORIZED ? 'error' : 'warn';
           this.options.log[level]({ peer: peer.node, url, err }, 'cannot link to peer; retrying');
         }
         // the peer's own dial may have linked while ours failed: that link's state stands
@@ -440,7 +430,7 @@ export class PeerLinks {
           peer.lastCause = err as Error;
           peer.state = peer.links > 0 ? 'down' : 'connecting';
         }
-        await sleep(backoff * (0.75 + Math.random() / 2), signal);
+        await pause(backoff * (0.75 + Math.random() / 2), signal);
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }
     }
@@ -460,7 +450,7 @@ export class PeerLinks {
   /** A failed TLS verification of `peer`, reworded to say which file to fix; other errors as they are. */
   private explainTls(peer: Peer, url: string, err: unknown): unknown {
     const tls = (err as SluiceError).details?.['tls'];
-    if ((err as SluiceError).code !== ErrorCodes.UNAUTHORIZED || typeof tls !== 'string') return err;
+    if (!hasCode(err, ErrorCodes.UNAUTHORIZED) || typeof tls !== 'string') return err;
     const host = new URL(url).hostname;
     const ca = this.options.ca;
     let fix: string;

@@ -42,7 +42,7 @@ import {
   writeHeader,
   type FrameSink,
 } from './codec.js';
-import { ConnectError, ErrorCodes, ProtocolError, SluiceError, StreamError, brokenRelay, fromSystemError, isErrorCode, type ErrorCode } from './errors.js';
+import { ConnectError, ErrorCodes, ProtocolError, SluiceError, StreamError, brokenRelay, codeOf, fromSystemError, isErrorCode, type ErrorCode } from './errors.js';
 import type { Connection } from './transport.js';
 
 /** Payloads shorter than this are copied behind their header rather than written separately, bytes. */
@@ -174,7 +174,8 @@ function farewell(conn: Connection, frame: Buffer | undefined): void {
 }
 
 function abortFrame(channel: number, err: Error | null | undefined, fallback: string): Buffer {
-  const code = err && isErrorCode((err as SluiceError).code) ? (err as SluiceError).code : fallback;
+  const given = codeOf(err);
+  const code = isErrorCode(given) ? given : fallback;
   return encodeControl(FrameType.ABORT, channel, { code, message: err?.message ?? 'stream abandoned' });
 }
 

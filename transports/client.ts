@@ -7,7 +7,7 @@
  * (packages/client) is built from client/ and what this file imports;
  * test/unit/client-lean-import.test.ts checks that importing the client loads none of the rest.
  */
-export { ErrorCodes, ConnectError, RequestError, SluiceError, hasCode, isErrorCode, type ErrorCode } from './errors.js';
+export { ErrorCodes, ConnectError, RequestError, SluiceError, codeOf, hasCode, isErrorCode, type ErrorCode } from './errors.js';
 export { ChannelReader, ChannelWriter } from './channel.js';
 export { decodeRecords, encodeRecord } from './records.js';
 export { DAEMON_SOCKET, MANIFEST_FILE, RELAY_SOCKET, checkName, defaultRuntimeDir, runDirectory, type InstanceRef, type RunManifest } from './layout.js';

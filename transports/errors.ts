@@ -94,9 +94,26 @@ export class ConnectError extends SluiceError {}
 /** A request was refused: invalid input, unknown names, wrong credentials, bad configuration. */
 export class RequestError extends SluiceError {}
 
-/** Is `err` a Sluice error with this code? Works across copies of the library. */
-export function hasCode(err: unknown, code: ErrorCode): boolean {
-  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code;
+/**
+ * The `code` an error carries — one of Sluice's (`SLUICE_*`), an errno (`ENOENT`), one of Node's
+ * (`ERR_*`) — or undefined when it has none, or a `code` that is not a string. Takes anything
+ * (a thrown value need not be an Error, nor an object) and never throws.
+ */
+export function codeOf(err: unknown): string | undefined {
+  if (typeof err !== 'object' || err === null) return undefined;
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/**
+ * Does `err` carry this code? Matches by `code`, not `instanceof`, so it works across copies of
+ * the library and for plain objects that crossed a process boundary; any string code may be
+ * asked for (an errno such as `'ENOENT'` too). Without `code`: does `err` carry one of Sluice's
+ * codes (see `isErrorCode`)? Takes anything and never throws.
+ */
+export function hasCode(err: unknown, code?: ErrorCode | string): boolean {
+  const given = codeOf(err);
+  return code === undefined ? isErrorCode(given) : given === code;
 }
 
 const unreachableErrnos = new Set(['ENOENT', 'ECONNREFUSED', 'ENXIO', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTDIR']);
@@ -112,10 +129,8 @@ const goneErrnos = new Set(['EPIPE', 'ECONNRESET', 'ERR_STREAM_PREMATURE_CLOSE',
  */
 export function fromSystemError(err: unknown, role: 'producer' | 'relayed' | 'consumer' | 'dial', context: Record<string, unknown> = {}): SluiceError {
   if (err instanceof SluiceError) return err;
-  if (typeof err === 'object' && err !== null && isErrorCode((err as { code?: unknown }).code)) {
-    return err as SluiceError;
-  }
-  const errno = typeof err === 'object' && err !== null ? String((err as { code?: unknown }).code ?? '') : '';
+  if (hasCode(err)) return err as SluiceError;
+  const errno = codeOf(err) ?? '';
   const text = err instanceof Error ? err.message : String(err);
   const details = { ...context, errno: errno || undefined };
   if (role === 'dial') {

@@ -20,7 +20,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import { promisify } from 'node:util';
-import { ConnectError, ErrorCodes, RequestError } from './errors.js';
+import { ConnectError, ErrorCodes, RequestError, codeOf, hasCode } from './errors.js';
 import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type DialOptions, type Listener, type ListenOptions, type Transport } from './transport.js';
 import { abortedError, retryUntil } from './waiting.js';
 
@@ -59,7 +59,7 @@ export async function ensureFifos(endpoint: string, mode: number): Promise<boole
       const stat = await fs.promises.lstat(file);
       if (!stat.isFIFO()) throw new RequestError(ErrorCodes.INVALID, `${file} exists and is not a FIFO; refusing to use it`, { details: { endpoint } });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if (!hasCode(err, 'ENOENT')) throw err;
       missing.push(file);
     }
   }
@@ -163,7 +163,7 @@ export class FifoTransport implements Transport {
       }
       return pairConnection(readSocket(ackFd), writeSocket(dataFd));
     };
-    return retryUntil('dial fifo', attempt, (err) => ['ENOENT', 'ENXIO'].includes((err as NodeJS.ErrnoException).code ?? ''), {
+    return retryUntil('dial fifo', attempt, (err) => ['ENOENT', 'ENXIO'].includes(codeOf(err) ?? ''), {
       signal: options.signal,
       timeoutMs: options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS,
       endpoint,

@@ -13,7 +13,7 @@ export { ShmTransport, shmTransport, RING_SUFFIX, SHM_DEFAULT_RING_BYTES, SHM_DE
 export { WsTransport, WS_DEFAULT_MAX_PAYLOAD, WS_DEFAULT_HANDSHAKE_TIMEOUT_MS, WS_CLOSE_UNAUTHORIZED, type WsTransportOptions, type WsDialOptions } from './ws.js';
 export { Mux, MuxTransport, isLinkFailure, type MuxOptions } from './mux.js';
 export { firstChunk, mediumError } from './streams.js';
-export { acceptEach } from './waiting.js';
+export { acceptEach, pause } from './waiting.js';
 export * from './store.js';
 export { DirectoryStore } from './store-file.js';
 // store-s3.js is not re-exported: functions import this index, and the AWS SDK costs them start-up time

@@ -6,7 +6,7 @@
  * fake for unit tests.
  */
 import { Readable, Writable } from 'node:stream';
-import { ConnectError, ErrorCodes } from './errors.js';
+import { ConnectError, ErrorCodes, hasCode } from './errors.js';
 import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type DialOptions, type Listener, type Transport } from './transport.js';
 import { AcceptQueue, retryUntil } from './waiting.js';
 
@@ -112,7 +112,7 @@ export class MemoryTransport implements Transport {
       listener.queue.offer(theirs);
       return mine;
     };
-    return retryUntil('dial memory', attempt, (err) => (err as NodeJS.ErrnoException).code === 'ENOENT', {
+    return retryUntil('dial memory', attempt, (err) => hasCode(err, 'ENOENT'), {
       signal: options.signal,
       timeoutMs: options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS,
       endpoint,

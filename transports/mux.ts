@@ -30,7 +30,7 @@
  */
 import { Readable, Writable } from 'node:stream';
 import { FrameDecoder, FrameType, HEADER_BYTES, encodeControl, writeHeader, type FrameSink } from './codec.js';
-import { ConnectError, ErrorCodes, ProtocolError, isErrorCode } from './errors.js';
+import { ConnectError, ErrorCodes, ProtocolError, codeOf, hasCode, isErrorCode } from './errors.js';
 import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type DialOptions, type Listener, type Transport } from './transport.js';
 import { destroyWith, mediumError } from './streams.js';
 import { AcceptQueue, retryUntil } from './waiting.js';
@@ -138,7 +138,7 @@ class Virtual implements Connection {
   abandon(error: Error | undefined): void {
     if (this.reset) return;
     this.reset = true;
-    const given = (error as { code?: unknown } | undefined)?.code;
+    const given = codeOf(error);
     const code = isErrorCode(given) ? given : ErrorCodes.CONSUMER_GONE;
     this.mux.sendControl(FrameType.RESET, this.id, { code, message: error?.message ?? 'connection closed' });
     this.mux.forget(this);
@@ -379,7 +379,7 @@ export class Mux {
         take = this.handler(endpoint);
       } catch (err) {
         grant?.release();
-        const code = (err as { code?: unknown }).code;
+        const code = codeOf(err);
         return refuse(isErrorCode(code) ? code : ErrorCodes.UNAVAILABLE, (err as Error).message);
       }
     }
@@ -489,7 +489,7 @@ export class MuxTransport implements Transport {
       'dial over the peer link',
       () => this.dialSide.open(endpoint),
       // nothing listens yet: wait for it; the link itself down: no point waiting
-      (err) => (err as { code?: string }).code === ErrorCodes.UNAVAILABLE && (err as { details?: { link?: string } }).details?.link !== 'down',
+      (err) => hasCode(err, ErrorCodes.UNAVAILABLE) && (err as { details?: { link?: string } }).details?.link !== 'down',
       { signal: options.signal, timeoutMs: options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS, endpoint },
     );
   }

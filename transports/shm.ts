@@ -42,7 +42,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { Readable, Writable } from 'node:stream';
 import { promisify } from 'node:util';
-import { ConnectError, ErrorCodes, ProtocolError, RequestError } from './errors.js';
+import { ConnectError, ErrorCodes, ProtocolError, RequestError, codeOf, hasCode } from './errors.js';
 import { ACK_SUFFIX, ensureFifos } from './fifo.js';
 import { mediumError } from './streams.js';
 import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type DialOptions, type Listener, type ListenOptions, type Transport } from './transport.js';
@@ -459,7 +459,7 @@ async function ensureRing(file: string, bytes: number, mode: number): Promise<{ 
   try {
     fd = await openFd(file, O_RDWR | O_CREAT | O_EXCL, mode);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot create shm ring ${file}: ${(err as Error).message}`, { cause: err, details: { file } });
+    if (!hasCode(err, 'EEXIST')) throw new ConnectError(ErrorCodes.UNAVAILABLE, `cannot create shm ring ${file}: ${(err as Error).message}`, { cause: err, details: { file } });
     const stat = await fs.promises.lstat(file);
     if (!stat.isFile()) throw new RequestError(ErrorCodes.INVALID, `${file} exists and is not a regular file; refusing to use it as a ring`, { details: { file } });
     checkRingSize(stat.size, file);
@@ -620,7 +620,7 @@ export class ShmTransport implements Transport {
         throw err;
       }
     };
-    return retryUntil('dial shm', attempt, (err) => ['ENOENT', 'ENXIO'].includes((err as NodeJS.ErrnoException).code ?? ''), {
+    return retryUntil('dial shm', attempt, (err) => ['ENOENT', 'ENXIO'].includes(codeOf(err) ?? ''), {
       signal: options.signal,
       timeoutMs: options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS,
       endpoint,

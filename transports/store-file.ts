@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { ErrorCodes, RequestError } from './errors.js';
+import { ErrorCodes, RequestError, codeOf } from './errors.js';
 import { checkKey, storeError, type ObjectStore, type StoredObject } from './store.js';
 
 /** Files being written carry this suffix until renamed; `list` skips them. */
@@ -49,7 +49,7 @@ export class DirectoryStore implements ObjectStore {
     try {
       return await fs.readFile(join(this.root, checkKey(key)));
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
+      const code = codeOf(err);
       if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
       throw storeError(`get ${key}`, err, { key });
     }
@@ -65,7 +65,7 @@ export class DirectoryStore implements ObjectStore {
         .map((e) => `${prefix}${e.name}/`)
         .sort();
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
+      const code = codeOf(err);
       if (code === 'ENOENT' || code === 'ENOTDIR') return [];
       throw storeError(`list folders of ${prefix}`, err, { prefix });
     }
@@ -82,7 +82,7 @@ export class DirectoryStore implements ObjectStore {
       try {
         entries = await fs.readdir(join(this.root, relative), { withFileTypes: true });
       } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
+        const code = codeOf(err);
         if (code === 'ENOENT' || code === 'ENOTDIR') return;
         throw storeError(`list ${prefix}`, err, { prefix });
       }

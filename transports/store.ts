@@ -49,7 +49,7 @@
 import { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { StreamChecksum, checksumOf } from './checksum.js';
-import { ConnectError, ErrorCodes, RequestError, SluiceError, StreamError, isErrorCode } from './errors.js';
+import { ConnectError, ErrorCodes, RequestError, SluiceError, StreamError, codeOf, isErrorCode } from './errors.js';
 
 export interface StoredObject {
   key: string;
@@ -303,7 +303,7 @@ export class StoredStreamWriter extends Writable {
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     this.current = undefined;
     if (!error) return callback();
-    const code = (error as { code?: unknown }).code;
+    const code = codeOf(error);
     const record = { code: isErrorCode(code) ? code : ErrorCodes.PRODUCER_ABORTED, message: error.message };
     // best effort: a store that is gone cannot take the marker either, and readers then wait for the run's end
     this.put(ABORTED_OBJECT, Buffer.from(JSON.stringify(record))).then(

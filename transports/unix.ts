@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs/promises';
 import net from 'node:net';
-import { ConnectError, ErrorCodes, RequestError } from './errors.js';
+import { ConnectError, ErrorCodes, RequestError, codeOf } from './errors.js';
 import { DEFAULT_DIAL_TIMEOUT_MS, type Connection, type DialOptions, type Listener, type ListenOptions, type Transport } from './transport.js';
 import { AcceptQueue, retryUntil } from './waiting.js';
 
@@ -117,7 +117,7 @@ export class UnixTransport implements Transport {
         });
         socket.once('error', reject);
       });
-    return retryUntil('dial unix', attempt, (err) => ['ENOENT', 'ECONNREFUSED'].includes((err as NodeJS.ErrnoException).code ?? ''), {
+    return retryUntil('dial unix', attempt, (err) => ['ENOENT', 'ECONNREFUSED'].includes(codeOf(err) ?? ''), {
       signal: options.signal,
       timeoutMs: options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS,
       endpoint,

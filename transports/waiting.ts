@@ -50,6 +50,25 @@ export async function retryUntil<T>(
   }
 }
 
+/**
+ * Wait `ms`, or less if `signal` fires first; it resolves either way, never rejects, so a loop
+ * that backs off between attempts checks `signal.aborted` itself after it. Its timer does not
+ * keep the process alive, and no listener is left on `signal`. Where an abort should throw,
+ * `setTimeout(ms, undefined, { signal })` from node:timers/promises is the one to use.
+ */
+export function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    timer.unref();
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
 /** Connections that arrived before anyone asked for them, and `accept()` calls waiting for one. */
 /** Hand every connection `listener` accepts to `serve`, until the listener is closed. */
 export async function acceptEach(listener: Listener, serve: (conn: Connection) => void): Promise<void> {

@@ -44,7 +44,7 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Readable, Writable } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { ConnectError, ErrorCodes, ProtocolError, RequestError } from './errors.js';
+import { ConnectError, ErrorCodes, ProtocolError, RequestError, codeOf, hasCode } from './errors.js';
 import { DEFAULT_DIAL_TIMEOUT_MS, type AcceptOptions, type Connection, type DialOptions, type Listener, type Transport } from './transport.js';
 import { destroyWith, mediumError } from './streams.js';
 import { AcceptQueue, abortedError, retryUntil } from './waiting.js';
@@ -127,7 +127,7 @@ const TLS_VERIFICATION_CODES = new Set([
 
 /** A dial's error as a typed TLS failure, or undefined when it is not about TLS. */
 function tlsFailure(err: Error, endpoint: string): ConnectError | undefined {
-  const code = String((err as { code?: unknown }).code ?? '');
+  const code = codeOf(err) ?? '';
   if (TLS_VERIFICATION_CODES.has(code)) {
     return new ConnectError(ErrorCodes.UNAUTHORIZED, `TLS verification of ${endpoint} failed: ${err.message} (${code})`, { cause: err, details: { endpoint, tls: code } });
   }
@@ -266,7 +266,7 @@ class WsConnection implements Connection {
   }
 
   onError(err: Error): void {
-    const code = (err as NodeJS.ErrnoException).code ?? '';
+    const code = codeOf(err) ?? '';
     this.failure ??= code.startsWith('WS_ERR_') ? new ProtocolError(`websocket protocol violation: ${err.message}`, { cause: err }) : err;
   }
 
@@ -522,7 +522,7 @@ export class WsTransport implements Transport {
     const url = `${tls ? 'wss' : 'ws'}://${formatEndpoint(target.host, target.port)}${this.urlPath}`;
     const { signal } = options;
     const attempt = (): Promise<Connection> => this.attempt(url, endpoint, signal, tls);
-    return retryUntil('dial ws', attempt, (err) => (err as NodeJS.ErrnoException).code === 'ECONNREFUSED', {
+    return retryUntil('dial ws', attempt, (err) => hasCode(err, 'ECONNREFUSED'), {
       signal,
       timeoutMs: options.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS,
       endpoint,

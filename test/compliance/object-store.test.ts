@@ -19,7 +19,7 @@ import {
   type ObjectStore,
 } from '../../transports/index.js';
 import { S3Store } from '../../transports/store-s3.js';
-import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../fixtures/s3-server.js';
+import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../../harness/s3-server.js';
 import { drain, seededBytes, sha256 } from '../helpers/streams.js';
 
 const credentials = { accessKeyId: S3RVER_CREDENTIALS.AWS_ACCESS_KEY_ID, secretAccessKey: S3RVER_CREDENTIALS.AWS_SECRET_ACCESS_KEY };

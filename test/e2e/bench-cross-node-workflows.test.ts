@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type * as Workflows from '../../bench/workflows.js';
-import { namespacesAvailable } from '../helpers/netns.js';
+import { namespacesAvailable } from '../../harness/netns.js';
 
 const availability = await namespacesAvailable();
 const skipReason = availability.ok ? '' : ` (skipped: ${availability.why})`;

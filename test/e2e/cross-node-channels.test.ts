@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { connect } from '../../client/index.js';
 import { runFunction, startDaemonProcess, type DaemonProcess, ok } from '../helpers/daemon.js';
-import { createCluster, namespacesAvailable, type Cluster } from '../helpers/netns.js';
+import { createCluster, namespacesAvailable, type Cluster } from '../../harness/netns.js';
 
 const availability = await namespacesAvailable();
 const skipReason = availability.ok ? '' : ` (skipped: ${availability.why})`;

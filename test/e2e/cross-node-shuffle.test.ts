@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { runFunction, startDaemonProcess, type DaemonProcess, ok, said } from '../helpers/daemon.js';
-import { createCluster, namespacesAvailable, type Cluster } from '../helpers/netns.js';
+import { createCluster, namespacesAvailable, type Cluster } from '../../harness/netns.js';
 
 const availability = await namespacesAvailable();
 const skipReason = availability.ok ? '' : ` (skipped: ${availability.why})`;

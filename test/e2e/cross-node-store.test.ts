@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { runFunction, type DaemonProcess, type FnResult, ok } from '../helpers/daemon.js';
-import { namespacesAvailable, type Cluster } from '../helpers/netns.js';
+import { namespacesAvailable, type Cluster } from '../../harness/netns.js';
 import { linksUp, startSharedStoreNodes, type SharedStoreNodes } from '../helpers/shared-store-nodes.js';
 
 const availability = await namespacesAvailable();

@@ -2,7 +2,7 @@
 import { once } from 'node:events';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCluster, namespacesAvailable, netnsList, type Cluster, type NetnsNode } from '../helpers/netns.js';
+import { createCluster, namespacesAvailable, netnsList, type Cluster, type NetnsNode } from '../../harness/netns.js';
 
 const availability = await namespacesAvailable();
 const skipReason = availability.ok ? '' : ` (skipped: ${availability.why})`;

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { connect } from '../../client/index.js';
 import { S3Store } from '../../transports/store-s3.js';
-import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../fixtures/s3-server.js';
+import { S3RVER_CREDENTIALS, startEmbeddedS3, type EmbeddedS3 } from '../../harness/s3-server.js';
 import { runFunction, startDaemonProcess, type DaemonProcess, ok } from '../helpers/daemon.js';
 import { drain, outcome, seededBytes, sha256 } from '../helpers/streams.js';
 

@@ -19,7 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { connect } from '../../client/index.js';
 import { startDaemonProcess, type DaemonProcess } from '../helpers/daemon.js';
-import { createCluster, namespacesAvailable, type Cluster } from '../helpers/netns.js';
+import { createCluster, namespacesAvailable, type Cluster } from '../../harness/netns.js';
 import { seededBytes } from '../helpers/streams.js';
 import { prng } from '../unit/prng.js';
 

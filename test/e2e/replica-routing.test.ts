@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { control } from '../../client/control.js';
 import { connect, type Input } from '../../client/index.js';
 import { startDaemonProcess, type DaemonProcess } from '../helpers/daemon.js';
-import { createCluster, namespacesAvailable, type Cluster } from '../helpers/netns.js';
+import { createCluster, namespacesAvailable, type Cluster } from '../../harness/netns.js';
 
 const availability = await namespacesAvailable();
 const skipReason = availability.ok ? '' : ` (skipped: ${availability.why})`;

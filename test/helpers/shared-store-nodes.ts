@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { control } from '../../client/control.js';
 import { startDaemonProcess, type DaemonProcess } from './daemon.js';
-import { createCluster, type Cluster } from './netns.js';
+import { createCluster, type Cluster } from '../../harness/netns.js';
 
 /** Each daemon's --listen port, on its node's address. */
 const PORT = 7700;

@@ -10,6 +10,7 @@ import {
   RequestError,
   SluiceError,
   StreamError,
+  codeOf,
   fromSystemError,
   hasCode,
   isErrorCode,
@@ -129,6 +130,23 @@ describe('error codes', () => {
       expect(hasCode(value, ErrorCodes.PROTOCOL)).toBe(false);
     },
   );
+
+  it('hasCode matches any string code (an errno too), and without a code whether the error carries one of Sluice\'s', () => {
+    expect(hasCode(systemError('ENOENT'), 'ENOENT')).toBe(true);
+    expect(hasCode(systemError('ENOENT'), 'ENXIO')).toBe(false);
+    expect(hasCode(new ProtocolError('x'))).toBe(true);
+    expect(hasCode({ code: 'SLUICE_TIMEOUT' })).toBe(true);
+    expect(hasCode(systemError('ECONNRESET'))).toBe(false);
+    expect(hasCode({ code: 'SLUICE_NO_SUCH_CODE' })).toBe(false);
+    expect(hasCode(undefined)).toBe(false);
+  });
+
+  it('codeOf gives the string code of anything thrown, and undefined when there is none', () => {
+    expect(codeOf(new ProtocolError('x'))).toBe(ErrorCodes.PROTOCOL);
+    expect(codeOf(systemError('EPIPE'))).toBe('EPIPE');
+    expect(codeOf({ code: 'ERR_STREAM_PREMATURE_CLOSE' })).toBe('ERR_STREAM_PREMATURE_CLOSE');
+    for (const none of [null, undefined, 'ENOENT', 42, {}, new Error('no code'), { code: 404 }]) expect(codeOf(none)).toBeUndefined();
+  });
 });
 
 describe('fromSystemError', () => {

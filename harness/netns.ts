@@ -12,9 +12,13 @@
  * deletes their interfaces); a process 'exit' hook does the same synchronously, and clusters
  * left behind by a killed test process (its pid no longer alive) are removed by the next
  * createCluster().
+ *
+ * In harness/, beside the embedded S3 server, because the e2e tests and the benchmarks both use
+ * it: bench/ does not import test/.
  */
 import { execFile, execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { promisify } from 'node:util';
+import { hasCode } from '../transports/errors.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -154,7 +158,7 @@ function alive(pid: number): boolean {
     process.kill(pid, 0);
     return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    return hasCode(err, 'EPERM');
   }
 }
 
