@@ -51,7 +51,7 @@ import type { Metrics } from './metrics.js';
 import { StreamTap } from './failover.js';
 import { factsOf, plan, type PathFacts, type Route } from './paths/plan.js';
 import { CHANNEL_PREFIX, type PeerLinks } from './peers.js';
-import { attachConsumer, terminate } from './relay.js';
+import { attachConsumer, terminate } from './paths/local.js';
 import type { ChannelInfo, CreateRunRequest, Run, RunRegistry } from './runs.js';
 import { validateWorkflow, type Workflow } from './workflow.js';
 

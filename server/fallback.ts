@@ -36,7 +36,7 @@ import {
   type ObjectStore,
 } from '../transports/index.js';
 import type { Metrics } from './metrics.js';
-import { attachConsumer } from './relay.js';
+import { attachConsumer } from './paths/local.js';
 import type { ChannelInfo, Run } from './runs.js';
 
 export type StoreReason = 'spill' | 'forced' | 'unreachable' | 'persist' | 'failover';

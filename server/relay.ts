@@ -37,7 +37,6 @@ import {
   checkName,
   encodeControl,
   refuseConnection,
-  fifoTransport,
   unixTransport,
   type Connection,
   type FrameSink,
@@ -47,6 +46,7 @@ import {
   type MemoryBudget,
 } from '../transports/index.js';
 import type { Lease } from './balance.js';
+import { MIN_RELAY_GRANT, attachConsumer, errorCode, terminate } from './paths/local.js';
 import type { Route } from './paths/plan.js';
 import type { Fallback } from './fallback.js';
 import type { Metrics } from './metrics.js';
@@ -82,8 +82,6 @@ export interface RelayOptions {
   budget: MemoryBudget;
 }
 
-/** The smallest relay buffer a stream takes from the memory budget, bytes. */
-export const MIN_RELAY_GRANT = 64 * 1024;
 /**
  * What a producer's connection costs the daemon besides its buffer, bytes, charged to the memory
  * budget from the moment it is read: the medium's reads (64 KiB each), the HELLO's bytes kept
@@ -101,59 +99,6 @@ interface Balanced {
 
 /** Longest affinity key a producer may name, characters. */
 const MAX_KEY_LENGTH = 256;
-
-export interface TerminateOptions {
-  /** the reader's buffer it would like, bytes: taken from `budget`, less when the budget is short */
-  highWaterMark: number;
-  /** the daemon-wide memory budget the reader's buffer is granted from */
-  budget: MemoryBudget;
-  /** how long a stream waits for `MIN_RELAY_GRANT` bytes of the budget, ms; then SLUICE_UNAVAILABLE to its producer */
-  budgetWaitMs: number;
-  /** the reader's buffer granted already (the relay's ingress takes it before it reads a byte): no second grant */
-  granted?: number;
-  log: Logger;
-  metrics: Metrics;
-}
-
-/**
- * Terminate a producer's stream here (verify it) and hand the verified bytes to `route`; the
- * producer is acknowledged once `route` resolves, or aborted with the code it rejects with.
- * Its buffer is a grant from the memory budget, given back when the reader closes; while no
- * grant can be had the producer is not read (back-pressure), and after `budgetWaitMs` it is
- * refused with SLUICE_UNAVAILABLE.
- */
-export function terminate(conn: Connection, route: (reader: ChannelReader) => Promise<void>, options: TerminateOptions): void {
-  const { budget, log, metrics } = options;
-  if (options.granted !== undefined) return void verify(conn, route, options.granted, log, metrics);
-  budget.take(options.highWaterMark, MIN_RELAY_GRANT, AbortSignal.timeout(options.budgetWaitMs)).then(
-    (grant) => {
-      if (conn.input.destroyed) return grant.release();
-      verify(conn, route, grant.bytes, log, metrics).once('close', grant.release);
-    },
-    (err: unknown) => {
-      metrics.errors.inc({ code: errorCode(err) });
-      log.warn({ err }, 'stream refused: the memory budget is held by other streams');
-      refuseConnection(conn, err as Error, ErrorCodes.UNAVAILABLE);
-    },
-  );
-}
-
-function verify(conn: Connection, route: (reader: ChannelReader) => Promise<void>, highWaterMark: number, log: Logger, metrics: Metrics): ChannelReader {
-  let settle!: { resolve: () => void; reject: (err: unknown) => void };
-  const delivered = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
-  delivered.catch(() => undefined);
-  const reader = new ChannelReader(conn, { highWaterMark, acknowledge: () => delivered });
-  reader.on('error', () => undefined); // reported where the pipeline fails
-  reader.once('hello', (hello: Record<string, unknown>) => {
-    route(reader).then(settle.resolve, (err: unknown) => {
-      settle.reject(err);
-      metrics.errors.inc({ code: errorCode(err) });
-      log.warn({ err, run: hello.run }, 'relay failed');
-      reader.destroy(err as Error);
-    });
-  });
-  return reader;
-}
 
 /** Copy `source` into two streams, each going at the pace of the slower (back-pressure both ways). */
 function tee(source: Readable): [PassThrough, PassThrough] {
@@ -220,12 +165,6 @@ export function peekHello(input: Readable, timeoutMs: number): Promise<{ hello: 
   });
 }
 
-/** The code of a SluiceError, for metrics and logs; 'unknown' for anything else. */
-function errorCode(err: unknown): string {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : 'unknown';
-}
-
 /** A producer that connects and says nothing is dropped after this long, ms. */
 const HELLO_TIMEOUT_MS = 10_000;
 
@@ -235,24 +174,6 @@ function instance(what: string, value: unknown): InstanceRef {
     throw new RequestError(ErrorCodes.INVALID, `relay HELLO: "${what}" must be { step, index }`);
   }
   return { step: checkName(`${what} step`, v.step), index: v.index as number };
-}
-
-/**
- * Open the consumer's end of a channel prepared on this node, waiting up to `attachTimeoutMs` for
- * the consumer to open its FIFO (or listen on its socket): SLUICE_TIMEOUT, naming the consumer,
- * if it does not.
- */
-export async function attachConsumer(run: Run, channel: ChannelInfo, attachTimeoutMs: number, signal?: AbortSignal): Promise<Connection> {
-  const transport = channel.path === 'unix' ? unixTransport : fifoTransport;
-  try {
-    return await transport.dial(join(run.directory, channel.name), { timeoutMs: attachTimeoutMs, ...(signal ? { signal } : {}) });
-  } catch (err) {
-    if ((err as { code?: string }).code !== ErrorCodes.UNAVAILABLE) throw err;
-    throw new ConnectError(ErrorCodes.TIMEOUT, `consumer ${channel.to.step}[${channel.to.index}] did not attach within ${attachTimeoutMs} ms`, {
-      cause: err,
-      details: { run: run.id, channel: channel.name },
-    });
-  }
 }
 
 export class Relay {

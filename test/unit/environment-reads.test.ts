@@ -13,10 +13,7 @@ import { describe, expect, it } from 'vitest';
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
 /** Files that may read the environment for a reason of their own, with it. */
-const EXEMPT: Record<string, string> = {
-  // until the config change lands
-  'transports/store-s3.ts': 'reads AWS_REGION / AWS_DEFAULT_REGION for the default region',
-};
+const EXEMPT: Record<string, string> = {};
 
 function mayRead(file: string): boolean {
   if (file === 'server/config.ts' || file === 'server/cli.ts') return true;
