@@ -46,9 +46,9 @@ import {
   type Grant,
   type MemoryBudget,
 } from '../transports/index.js';
-import type { Fallback } from './fallback.js';
+import type { Fallback } from './paths/store.js';
 import type { Metrics } from './metrics.js';
-import { StreamTap } from './failover.js';
+import { StreamTap } from './paths/tap.js';
 import { factsOf, plan, type PathFacts, type Route } from './paths/plan.js';
 import { CHANNEL_PREFIX, type PeerLinks } from './peers.js';
 import { attachConsumer, terminate } from './paths/local.js';

@@ -11,7 +11,7 @@ import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
 import { Balancer } from './balance.js';
 import { Cluster } from './cluster.js';
-import { Fallback } from './fallback.js';
+import { Fallback } from './paths/store.js';
 import { KubeClient, type Informer, type KubeObject } from './k8s.js';
 import { LABELS, discoverPeers, discoverPlacements, runTokenFor } from './k8s-discovery.js';
 import { openStore } from '../transports/store-s3.js';

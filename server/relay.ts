@@ -48,7 +48,7 @@ import {
 import type { Lease } from './balance.js';
 import { MIN_RELAY_GRANT, attachConsumer, errorCode, terminate } from './paths/local.js';
 import type { Route } from './paths/plan.js';
-import type { Fallback } from './fallback.js';
+import type { Fallback } from './paths/store.js';
 import type { Metrics } from './metrics.js';
 import type { ChannelInfo, Run, RunRegistry } from './runs.js';
 import type { Edge } from './workflow.js';

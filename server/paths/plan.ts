@@ -18,8 +18,8 @@
  * | the node holding a stream is lost                | the store copy, else SLUICE_LOST: not built yet (SLUICE_UNAVAILABLE) |
  *
  * The legs that carry a route out: the relay socket's ingress and local delivery
- * (server/relay.ts), the peer leg and its failover (server/cluster.ts, server/failover.ts), the
- * store (server/fallback.ts). They ask `plan` and do what it says; none of them decides a path.
+ * (server/relay.ts), the peer leg and its failover (server/cluster.ts, server/paths/tap.ts), the
+ * store (server/paths/store.ts). They ask `plan` and do what it says; none of them decides a path.
  */
 import { ConnectError, ErrorCodes } from '../../transports/index.js';
 import type { ChannelInfo } from '../runs.js';

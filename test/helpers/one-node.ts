@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { Binder } from '../../server/binding.js';
 import { Cluster } from '../../server/cluster.js';
-import { Fallback } from '../../server/fallback.js';
+import { Fallback } from '../../server/paths/store.js';
 import type { Metrics } from '../../server/metrics.js';
 import { Relay, type RelayOptions } from '../../server/relay.js';
 import type { RunRegistry } from '../../server/runs.js';

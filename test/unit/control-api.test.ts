@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApi } from '../../server/api.js';
 import { Binder, MAX_UNVERIFIED } from '../../server/binding.js';
 import { Cluster } from '../../server/cluster.js';
-import { Fallback } from '../../server/fallback.js';
+import { Fallback } from '../../server/paths/store.js';
 import { createMetrics, type Metrics } from '../../server/metrics.js';
 import { Relay } from '../../server/relay.js';
 import { RunRegistry } from '../../server/runs.js';

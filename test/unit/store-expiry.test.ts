@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Fallback } from '../../server/fallback.js';
+import { Fallback } from '../../server/paths/store.js';
 import { createMetrics } from '../../server/metrics.js';
 import { DirectoryStore } from '../../transports/index.js';
 

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { buffer } from 'node:stream/consumers';
 import { describe, expect, it } from 'vitest';
-import { StreamTap } from '../../server/failover.js';
+import { StreamTap } from '../../server/paths/tap.js';
 import { FrameType, encodeControl, encodeHeader } from '../../transports/index.js';
 
 /** A producer's stream on the wire: HELLO, DATA frames of `frame` bytes, END. */

@@ -12,7 +12,7 @@
  * has and verifies the whole stream against that trailer.
  */
 import { PassThrough } from 'node:stream';
-import { FrameDecoder, FrameType, MAX_FRAME_PAYLOAD_LIMIT, ErrorCodes, ProtocolError, StreamError, type FrameSink } from '../transports/index.js';
+import { FrameDecoder, FrameType, MAX_FRAME_PAYLOAD_LIMIT, ErrorCodes, ProtocolError, StreamError, type FrameSink } from '../../transports/index.js';
 
 export interface Takeover {
   /** payload offset of the first byte of `payload`, bytes */

@@ -34,10 +34,10 @@ import {
   runPrefix,
   streamPrefix,
   type ObjectStore,
-} from '../transports/index.js';
-import type { Metrics } from './metrics.js';
-import { attachConsumer } from './paths/local.js';
-import type { ChannelInfo, Run } from './runs.js';
+} from '../../transports/index.js';
+import type { Metrics } from '../metrics.js';
+import { attachConsumer } from './local.js';
+import type { ChannelInfo, Run } from '../runs.js';
 
 export type StoreReason = 'spill' | 'forced' | 'unreachable' | 'persist' | 'failover';
 
