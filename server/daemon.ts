@@ -11,6 +11,7 @@ import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
 import { Balancer } from './balance.js';
 import { Cluster } from './cluster.js';
+import { PeerLeg } from './paths/peer.js';
 import { Fallback } from './paths/store.js';
 import { KubeClient, type Informer, type KubeObject } from './k8s.js';
 import { LABELS, discoverPeers, discoverPlacements, runTokenFor } from './k8s-discovery.js';
@@ -88,7 +89,7 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
         },
         onChannel: (from, endpoint) => {
           if (draining) throw stopping();
-          return cluster.onChannel(from, endpoint);
+          return peer.onChannel(from, endpoint);
         },
         onLinkUp: (node) => cluster.onLinkUp(node),
       })
@@ -139,9 +140,8 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
   // runs taken up again are ready as they are
   for (const run of runs.list()) binder.ready(run);
   const workflows = new Map<string, Workflow>();
-  const cluster: Cluster = new Cluster({
+  const peer: PeerLeg = new PeerLeg({
     node: config.node,
-    dir: config.dir,
     budget,
     runs,
     peers,
@@ -151,10 +151,9 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
     replayBytes: config.peerWindowBytes + 1024 * 1024,
     log,
     metrics,
-    workflows,
     fallback,
-    onRunReady: (run) => binder.ready(run),
   });
+  const cluster: Cluster = new Cluster({ node: config.node, dir: config.dir, runs, peers, log, workflows, fallback, peer, onRunReady: (run) => binder.ready(run) });
   // deletes owed to peers that were down, taken up before the links (and their onLinkUp) start
   await cluster.restore();
   const relay = new Relay(runs, {
@@ -164,9 +163,9 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
     attachTimeoutMs: config.attachTimeoutMs,
     log,
     metrics,
-    plan: (channel) => cluster.routeOf(channel, 'producer'),
-    forward: (run, channel, conn, head) => cluster.forward(run, channel, conn, head),
-    link: (run, channel) => cluster.link(run, channel),
+    plan: (channel) => peer.routeOf(channel, 'producer'),
+    forward: (run, channel, conn, head) => peer.forward(run, channel, conn, head),
+    link: (run, channel) => peer.link(run, channel),
     fallback,
     balance: (run, edge, from, key) => balancer.pick(run, edge, from, key),
   });

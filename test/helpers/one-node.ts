@@ -8,6 +8,7 @@ import { Binder } from '../../server/binding.js';
 import { Cluster } from '../../server/cluster.js';
 import { Fallback } from '../../server/paths/store.js';
 import type { Metrics } from '../../server/metrics.js';
+import { PeerLeg } from '../../server/paths/peer.js';
 import { Relay, type RelayOptions } from '../../server/relay.js';
 import type { RunRegistry } from '../../server/runs.js';
 import type { Workflow } from '../../server/workflow.js';
@@ -34,7 +35,8 @@ export function wireOneNode(options: {
   const binder = new Binder({ node: 'node-a', runs, timeoutMs: options.bindTimeoutMs, log });
   const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
   const budget = new MemoryBudget(64 << 20);
-  const cluster = new Cluster({ node: 'node-a', dir, runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
+  const peer = new PeerLeg({ node: 'node-a', runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, fallback });
+  const cluster = new Cluster({ node: 'node-a', dir, runs, peers: undefined, log, workflows, fallback, peer, onRunReady: (run) => binder.ready(run) });
   const relay = new Relay(runs, {
     dir,
     budget,
@@ -43,9 +45,9 @@ export function wireOneNode(options: {
     log,
     metrics,
     fallback,
-    plan: (channel) => cluster.routeOf(channel, 'producer'),
-    forward: (...args) => cluster.forward(...args),
-    link: (...args) => cluster.link(...args),
+    plan: (channel) => peer.routeOf(channel, 'producer'),
+    forward: (...args) => peer.forward(...args),
+    link: (...args) => peer.link(...args),
     balance: options.balance ?? (() => Promise.reject(new Error('no balance edges in these tests'))),
   });
   return { cluster, relay, binder };
