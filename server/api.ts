@@ -55,8 +55,8 @@ import type { Metrics } from './metrics.js';
 import type { Binder } from './binding.js';
 import type { Balancer } from './balance.js';
 import type { Cluster } from './cluster.js';
+import type { Ingress } from './paths/ingress.js';
 import type { PeerLinks } from './peers.js';
-import type { Relay } from './relay.js';
 import type { Run, RunRegistry } from './runs.js';
 import { validateWorkflow, type Workflow } from './workflow.js';
 
@@ -66,7 +66,8 @@ export interface ApiContext {
   runs: RunRegistry;
   cluster: Cluster;
   peers: PeerLinks | undefined;
-  relay: Relay;
+  /** the relay socket's ingress */
+  relay: Ingress;
   /** routing of balance edges: replicas' load and health, where streams went */
   balancer?: Balancer | undefined;
   metrics: Metrics;

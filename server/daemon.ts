@@ -11,13 +11,14 @@ import type { DaemonConfig } from './config.js';
 import { createMetrics } from './metrics.js';
 import { Balancer } from './balance.js';
 import { Cluster } from './cluster.js';
+import { Ingress } from './paths/ingress.js';
+import { LocalDelivery } from './paths/local.js';
 import { PeerLeg } from './paths/peer.js';
 import { Fallback } from './paths/store.js';
 import { KubeClient, type Informer, type KubeObject } from './k8s.js';
 import { LABELS, discoverPeers, discoverPlacements, runTokenFor } from './k8s-discovery.js';
 import { openStore } from '../transports/store-s3.js';
 import { PeerLinks } from './peers.js';
-import { Relay } from './relay.js';
 import { RunRegistry } from './runs.js';
 import { DAEMON_NODE_FLAGS, hasDaemonNodeFlags } from './node-flags.js';
 import type { Workflow } from './workflow.js';
@@ -156,23 +157,12 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
   const cluster: Cluster = new Cluster({ node: config.node, dir: config.dir, runs, peers, log, workflows, fallback, peer, onRunReady: (run) => binder.ready(run) });
   // deletes owed to peers that were down, taken up before the links (and their onLinkUp) start
   await cluster.restore();
-  const relay = new Relay(runs, {
-    dir: config.dir,
-    budget,
-    relayBufferBytes: config.relayBufferBytes,
-    attachTimeoutMs: config.attachTimeoutMs,
-    log,
-    metrics,
-    plan: (channel) => peer.routeOf(channel, 'producer'),
-    forward: (run, channel, conn, head) => peer.forward(run, channel, conn, head),
-    link: (run, channel) => peer.link(run, channel),
-    fallback,
-    balance: (run, edge, from, key) => balancer.pick(run, edge, from, key),
-  });
-  await relay.start();
+  const delivery = new LocalDelivery({ relayBufferBytes: config.relayBufferBytes, attachTimeoutMs: config.attachTimeoutMs, log, metrics, fallback, peer });
+  const ingress = new Ingress({ runs, dir: config.dir, budget, relayBufferBytes: config.relayBufferBytes, attachTimeoutMs: config.attachTimeoutMs, log, metrics, peer, local: delivery, balancer });
+  await ingress.start();
 
   let ready = false;
-  const context = { node: config.node, version: options.version, runs, cluster, peers, relay, balancer, metrics, workflows, binder, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
+  const context = { node: config.node, version: options.version, runs, cluster, peers, relay: ingress, balancer, metrics, workflows, binder, maxBodyBytes: config.maxBodyBytes, ready: () => ready };
   const servers: ApiServer[] = [];
   const socketPath = join(config.dir, DAEMON_SOCKET);
   await removeStaleSocket(socketPath);
@@ -185,7 +175,7 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
     const loopback = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(config.listen.host);
     if (!config.secret && !loopback) {
       await local.close();
-      await relay.stop();
+      await ingress.stop();
       await runs.stop();
       throw new RequestError(ErrorCodes.CONFIG, `--listen ${config.listen.host}:${config.listen.port} would open the control API to the network: set a cluster secret (--secret-file or SLUICE_SECRET), which TCP clients then present as a bearer token, or listen on 127.0.0.1`);
     }
@@ -249,7 +239,7 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
         log.info({ graceMs }, 'sluice daemon stopping');
         for (const informer of informers) informer.stop();
         binder.close();
-        await relay.stop();
+        await ingress.stop();
         const deadline = Date.now() + graceMs;
         // streams still waiting for their consumer then go to the store, in time to be written
         const spillAt = deadline - Math.min(graceMs / 2, SPILL_RESERVE_MS);
@@ -258,19 +248,20 @@ export async function startDaemon(config: DaemonConfig, options: StartOptions): 
         // gauge), and stored streams being fed to a consumer, may finish
         const inFlight = async (): Promise<number> => {
           const relaying = (await metrics.relayChannels.get()).values.reduce((n, v) => n + v.value, 0);
-          return Math.max(relay.activeChannels, relaying) + fallback.feeding;
+          return Math.max(ingress.activeChannels, relaying) + fallback.feeding;
         };
         while ((await inFlight()) > 0 && Date.now() < deadline) {
           if (!spilled && Date.now() >= spillAt) {
             spilled = true;
             log.info('grace period ending: streams still waiting for their consumer go to the object store');
-            relay.spillWaiting();
+            delivery.spillWaiting();
           }
           await new Promise((r) => setTimeout(r, 50));
         }
         const left = await inFlight();
         if (left > 0) log.warn({ streams: left }, 'grace period over: cutting streams in flight');
-        relay.abortInFlight();
+        ingress.abortInFlight();
+        delivery.abortInFlight();
         await peers?.close();
         await Promise.all(servers.map((s) => s.close()));
         await runs.stop();

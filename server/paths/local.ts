@@ -2,12 +2,18 @@
  * Local delivery: the pieces every leg uses to hand a stream to a consumer on this node, or to
  * verify one here — attach to the consumer's prepared endpoint, terminate the channel protocol
  * (verify the stream) within the memory budget, and the one way to refuse a connection (an ABORT,
- * then close: `refuseConnection` in transports/channel.ts).
+ * then close: `refuseConnection` in transports/channel.ts) — and `LocalDelivery`, which carries a
+ * stream verified here as its route says: to its consumer on this node (waiting for it to attach,
+ * spilling to the store when it is late), into the store, both (a tee), or, verified, over the
+ * peer link.
  */
 import { join } from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import { finished, pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import {
   ChannelReader,
+  ChannelWriter,
   ConnectError,
   ErrorCodes,
   codeOf,
@@ -19,6 +25,7 @@ import {
 } from '../../transports/index.js';
 import type { Metrics } from '../metrics.js';
 import type { ChannelInfo, Run } from '../runs.js';
+import type { Route } from './plan.js';
 
 /** The smallest relay buffer a stream takes from the memory budget, bytes. */
 export const MIN_RELAY_GRANT = 64 * 1024;
@@ -99,3 +106,151 @@ export async function attachConsumer(run: Run, channel: ChannelInfo, attachTimeo
   }
 }
 
+/**
+ * What local delivery needs of the store leg (server/paths/store.ts's `Fallback`, which itself
+ * attaches to consumers through this file): write a verified stream, feed a consumer from it.
+ */
+export interface StoreForDelivery {
+  write(run: Run, channel: ChannelInfo, source: Readable, reason: 'spill' | 'forced' | 'persist'): Promise<void>;
+  feed(run: Run, channel: ChannelInfo): void;
+}
+
+/** What local delivery needs of the peer leg (server/paths/peer.ts, which imports this file): a connection on the link for a channel. */
+export interface LinkForDelivery {
+  link(run: Run, channel: ChannelInfo): Promise<Connection>;
+}
+
+export interface LocalDeliveryOptions {
+  relayBufferBytes: number;
+  attachTimeoutMs: number;
+  log: Logger;
+  metrics: Metrics;
+  /** The object-store path: spills, `via: s3`, `persist: true`. */
+  fallback: StoreForDelivery;
+  /** A connection on the peer link for a channel whose consumer is on another node. */
+  peer: LinkForDelivery;
+}
+
+/** Copy `source` into two streams, each going at the pace of the slower (back-pressure both ways). */
+function tee(source: Readable): [PassThrough, PassThrough] {
+  const branches: [PassThrough, PassThrough] = [new PassThrough(), new PassThrough()];
+  for (const branch of branches) {
+    source.pipe(branch);
+    branch.on('error', (err) => source.destroy(err));
+  }
+  source.on('error', (err) => branches.forEach((b) => b.destroy(err)));
+  return branches;
+}
+
+export class LocalDelivery {
+  private readonly shutdown = new AbortController();
+  private readonly draining = new AbortController();
+  /** consumers' connections being delivered into */
+  private readonly consumers = new Set<Connection>();
+
+  constructor(private readonly options: LocalDeliveryOptions) {}
+
+  /**
+   * Draining (SIGTERM): streams waiting for their consumer to attach go to the store now rather
+   * than at the attach timeout, and so do those that start waiting from now on; the next daemon
+   * on this directory feeds them to their consumers.
+   */
+  spillWaiting(): void {
+    this.draining.abort();
+  }
+
+  /**
+   * The grace period is over: stop waiting for consumers, and cut every consumer's connection
+   * still being delivered into (a stalled consumer's FIFO would keep the process up).
+   */
+  abortInFlight(): void {
+    this.shutdown.abort();
+    for (const conn of this.consumers) conn.destroy();
+  }
+
+  /** Carry a stream verified here as its route says: into the store only, to its consumer, or both (a copy beside). */
+  async carry(reader: ChannelReader, run: Run, channel: ChannelInfo, route: Route): Promise<void> {
+    const { fallback } = this.options;
+    if (route.deliver === 'store') return fallback.write(run, channel, reader, 'forced');
+    if (!route.copy) return this.deliverAnywhere(reader, reader, run, channel, route);
+    const [direct, copy] = tee(reader);
+    await Promise.all([this.deliverAnywhere(direct, reader, run, channel, route), fallback.write(run, channel, copy, 'persist')]);
+  }
+
+  /** Deliver a verified stream where its route says: to its consumer on this node, or over the peer link (`extra`: fields added to its HELLO). */
+  async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, route: Route, extra: Record<string, unknown> = {}): Promise<void> {
+    if (route.deliver === 'local') return this.deliver(source, held, run, channel, route, extra);
+    const observed = this.options.metrics.streamStarted('remote');
+    const writer = new ChannelWriter(await this.options.peer.link(run, channel), { hello: { run: run.id, from: channel.from, to: channel.to, via: 'relay', ...extra } });
+    source.on('data', (chunk: Buffer) => observed.bytes(chunk.length));
+    await pipeline(source, writer);
+    observed.done();
+  }
+
+  /**
+   * Deliver a verified stream to its consumer on this node, or — if the consumer does not attach
+   * within the attach timeout, or the relay buffer (`held`'s) fills first — spill it to the store
+   * and feed the consumer from there once it comes. A persisted stream has its copy written
+   * already: then the direct branch is dropped and the consumer is fed from the copy.
+   */
+  private async deliver(source: Readable, held: Readable, run: Run, channel: ChannelInfo, route: Route, extra: Record<string, unknown> = {}): Promise<void> {
+    const { log, metrics, fallback } = this.options;
+    const runId = run.id;
+    const { name, to, from } = channel;
+    channel.state = 'relaying';
+    metrics.relayChannels.inc();
+    const observed = metrics.streamStarted(channel.path === 'unix' ? 'unix' : 'fifo');
+    const log2 = log.child({ run: runId, channel: name });
+    log2.debug('relaying: waiting for the consumer to attach');
+    try {
+      const conn = await this.attachOrGiveUp(held, run, channel);
+      if (!conn) {
+        log2.info({ buffered: held.readableLength }, 'consumer not attached: the stream goes to the object store');
+        fallback.feed(run, channel);
+        if (route.late === 'spill') return await fallback.write(run, channel, source, 'spill');
+        source.resume();
+        return await finished(source);
+      }
+      // cut with the producers' connections when the grace period ends: a stalled consumer's FIFO
+      // (a persisted stream's direct branch has no producer connection of its own) would keep the process up
+      this.consumers.add(conn);
+      conn.input.once('close', () => this.consumers.delete(conn));
+      const writer = new ChannelWriter(conn, { hello: { run: runId, from, to, via: 'relay', ...extra } });
+      source.on('data', (chunk: Buffer) => {
+        channel.relayedBytes += chunk.length;
+        metrics.relayBytes.inc(chunk.length);
+        observed.bytes(chunk.length);
+      });
+      await pipeline(source, writer);
+      channel.state = 'done';
+      observed.done();
+      log2.info({ bytes: channel.relayedBytes }, 'relayed stream delivered and verified');
+    } catch (err) {
+      channel.state = 'failed';
+      throw err;
+    } finally {
+      metrics.relayChannels.dec();
+    }
+  }
+
+  /** The consumer's connection, or undefined when it did not attach in time or the buffer filled first. */
+  private async attachOrGiveUp(held: Readable, run: Run, channel: ChannelInfo): Promise<Connection | undefined> {
+    const { attachTimeoutMs, relayBufferBytes } = this.options;
+    const giveUp = new AbortController();
+    const timer = setTimeout(() => giveUp.abort(), attachTimeoutMs);
+    // A stream whose grant from the memory budget is smaller than --relay-buffer never gets here:
+    // it waits for its consumer, its producer held back, rather than spill because others buffer.
+    const full = setInterval(() => {
+      if (held.readableLength >= relayBufferBytes) giveUp.abort();
+    }, 20);
+    try {
+      return await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), AbortSignal.any([giveUp.signal, this.draining.signal, this.shutdown.signal]));
+    } catch (err) {
+      if ((giveUp.signal.aborted || this.draining.signal.aborted) && !this.shutdown.signal.aborted) return undefined;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      clearInterval(full);
+    }
+  }
+}

@@ -17,9 +17,9 @@
  * | consumer not placed yet (sequential engine)      | hold on the producer's node, forwarded ahead: not built yet (SLUICE_UNAVAILABLE) |
  * | the node holding a stream is lost                | the store copy, else SLUICE_LOST: not built yet (SLUICE_UNAVAILABLE) |
  *
- * The legs that carry a route out: the relay socket's ingress and local delivery
- * (server/relay.ts), the peer leg and its failover (server/cluster.ts, server/paths/tap.ts), the
- * store (server/paths/store.ts). They ask `plan` and do what it says; none of them decides a path.
+ * The legs that carry a route out, beside this file: the relay socket's ingress (ingress.ts), local
+ * delivery (local.ts), the peer leg (peer.ts) and its failover tap (tap.ts), the store (store.ts).
+ * They ask `plan` and do what it says; none of them decides a path.
  */
 import { ConnectError, ErrorCodes } from '../../transports/index.js';
 import type { ChannelInfo } from '../runs.js';

@@ -1,22 +1,25 @@
 /**
- * The in-process pieces of one daemon with no peers — cluster, relay, binder — put together as
- * the daemon does, for tests that drive the control API through inject() or a socket.
+ * The in-process pieces of one daemon with no peers — cluster, peer leg, local delivery, the relay
+ * socket's ingress, binder — put together as the daemon does, for tests that drive the control API
+ * through inject() or a socket.
  */
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { Binder } from '../../server/binding.js';
 import { Cluster } from '../../server/cluster.js';
 import { Fallback } from '../../server/paths/store.js';
+import type { Balancer, Lease } from '../../server/balance.js';
 import type { Metrics } from '../../server/metrics.js';
+import { Ingress } from '../../server/paths/ingress.js';
+import { LocalDelivery } from '../../server/paths/local.js';
 import { PeerLeg } from '../../server/paths/peer.js';
-import { Relay, type RelayOptions } from '../../server/relay.js';
 import type { RunRegistry } from '../../server/runs.js';
 import type { Workflow } from '../../server/workflow.js';
 import { DirectoryStore, MemoryBudget } from '../../transports/index.js';
 
 export interface OneNode {
   cluster: Cluster;
-  relay: Relay;
+  relay: Ingress;
   binder: Binder;
 }
 
@@ -29,7 +32,7 @@ export function wireOneNode(options: {
   workflows: Map<string, Workflow>;
   bindTimeoutMs: number;
   /** picks the instance of a balance edge; default: refuses (no balance edges) */
-  balance?: RelayOptions['balance'];
+  balance?: (...args: Parameters<Balancer['pick']>) => Promise<Lease>;
 }): OneNode {
   const { dir, runs, log, metrics, workflows } = options;
   const binder = new Binder({ node: 'node-a', runs, timeoutMs: options.bindTimeoutMs, log });
@@ -37,18 +40,18 @@ export function wireOneNode(options: {
   const budget = new MemoryBudget(64 << 20);
   const peer = new PeerLeg({ node: 'node-a', runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, fallback });
   const cluster = new Cluster({ node: 'node-a', dir, runs, peers: undefined, log, workflows, fallback, peer, onRunReady: (run) => binder.ready(run) });
-  const relay = new Relay(runs, {
+  const local = new LocalDelivery({ relayBufferBytes: 1 << 20, attachTimeoutMs: 1000, log, metrics, fallback, peer });
+  const relay = new Ingress({
+    runs,
     dir,
     budget,
     relayBufferBytes: 1 << 20,
     attachTimeoutMs: 1000,
     log,
     metrics,
-    fallback,
-    plan: (channel) => peer.routeOf(channel, 'producer'),
-    forward: (...args) => peer.forward(...args),
-    link: (...args) => peer.link(...args),
-    balance: options.balance ?? (() => Promise.reject(new Error('no balance edges in these tests'))),
+    peer,
+    local,
+    balancer: { pick: options.balance ?? (() => Promise.reject(new Error('no balance edges in these tests'))) },
   });
   return { cluster, relay, binder };
 }

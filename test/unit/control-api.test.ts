@@ -11,7 +11,7 @@ import { Binder, MAX_UNVERIFIED } from '../../server/binding.js';
 import { Cluster } from '../../server/cluster.js';
 import { Fallback } from '../../server/paths/store.js';
 import { createMetrics, type Metrics } from '../../server/metrics.js';
-import { Relay } from '../../server/relay.js';
+import { Ingress as Relay } from '../../server/paths/ingress.js';
 import { RunRegistry } from '../../server/runs.js';
 import { validateWorkflow, type Workflow } from '../../server/workflow.js';
 import { MANIFEST_FILE, isErrorCode, runDirectory } from '../../transports/index.js';

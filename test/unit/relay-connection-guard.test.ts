@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Lease } from '../../server/balance.js';
 import { createMetrics } from '../../server/metrics.js';
-import type { Relay } from '../../server/relay.js';
+import type { Ingress as Relay } from '../../server/paths/ingress.js';
 import { RunRegistry } from '../../server/runs.js';
 import { validateWorkflow, type Workflow } from '../../server/workflow.js';
 import { ChannelWriter, RELAY_SOCKET, unixTransport } from '../../transports/index.js';

@@ -21,7 +21,7 @@ import { producerStream } from '../gen.js';
 import type { Target } from '../harness.js';
 import { assertAlive, fdCount, fdsBackNear, streamByteExact } from './live.js';
 
-/** The daemon's HELLO timeout (server/relay.ts) plus slack. */
+/** The daemon's HELLO timeout (server/paths/ingress.ts) plus slack. */
 const CLOSE_DEADLINE_MS = 12_000;
 
 export function relaySocketTarget(options: { batch?: number } = {}): Target {

@@ -1,29 +1,27 @@
 /**
- * The relay: where a producer's stream goes when its consumer has not attached yet.
+ * The ingress: the relay socket, where a producer's stream enters the daemon when its consumer has
+ * not attached yet (or is on another node, or is reached through the store).
  *
  * A producer first tries its channel's FIFO without waiting; the kernel answers ENXIO while no
  * consumer has opened the other end. The producer then dials `$SLUICE_DIR/relay.sock` and sends
- * its stream there, its HELLO naming the run, the token and the channel. The relay:
+ * its stream there, its HELLO naming the run, the token and the channel. The ingress:
  *
- * 1. checks the token and the channel (SLUICE_UNAUTHORIZED / SLUICE_NOT_FOUND back to the
- *    producer otherwise);
- * 2. buffers up to `relayBufferBytes` of the stream (the reader's high-water mark), then stops
- *    reading: the producer waits, memory stays bounded;
- * 3. waits up to `attachTimeoutMs` for the consumer to open the FIFO (SLUICE_TIMEOUT to the
- *    producer after that), then streams the buffer and the rest into it;
- * 4. acknowledges the producer only when the consumer has verified the stream, so the producer's
- *    `end()` keeps its meaning on this path too.
+ * 1. accepts the connection only with its share of the memory budget (nothing is read before);
+ * 2. reads the HELLO and checks the token and the channel (SLUICE_UNAUTHORIZED / SLUICE_NOT_FOUND
+ *    back to the producer otherwise); on a balance edge, picks the consumer instance and tells the
+ *    others their input went elsewhere;
+ * 3. asks the path choice (server/paths/plan.ts) for the stream's route, and hands the stream to
+ *    the leg that carries it: the peer leg passes it on untouched (server/paths/peer.ts); otherwise
+ *    the stream is verified here (the channel protocol terminated: server/paths/local.ts) and
+ *    carried by local delivery — to a consumer on this node, into the store, or both.
  *
- * The relay verifies the stream on the way (it terminates the channel protocol) and the consumer
- * verifies it again at the end.
+ * An error that escapes a connection's handling ends that connection only (the guard).
  */
 import { join } from 'node:path';
-import { PassThrough, Readable, type Writable } from 'node:stream';
-import { finished, pipeline } from 'node:stream/promises';
+import { Readable, type Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import {
   ChannelReader,
-  ChannelWriter,
   ConnectError,
   ErrorCodes,
   FrameDecoder,
@@ -44,16 +42,17 @@ import {
   type Listener,
   type Grant,
   type MemoryBudget,
-} from '../transports/index.js';
-import type { Lease } from './balance.js';
-import { MIN_RELAY_GRANT, attachConsumer, errorCode, terminate } from './paths/local.js';
-import type { Route } from './paths/plan.js';
-import type { Fallback } from './paths/store.js';
-import type { Metrics } from './metrics.js';
-import type { ChannelInfo, Run, RunRegistry } from './runs.js';
-import type { Edge } from './workflow.js';
+} from '../../transports/index.js';
+import type { Balancer, Lease } from '../balance.js';
+import type { Metrics } from '../metrics.js';
+import type { ChannelInfo, Run, RunRegistry } from '../runs.js';
+import type { Edge } from '../workflow.js';
+import { MIN_RELAY_GRANT, errorCode, terminate, type LocalDelivery } from './local.js';
+import type { PeerLeg } from './peer.js';
+import type { Route } from './plan.js';
 
-export interface RelayOptions {
+export interface IngressOptions {
+  runs: RunRegistry;
   dir: string;
   relayBufferBytes: number;
   attachTimeoutMs: number;
@@ -62,18 +61,14 @@ export interface RelayOptions {
   /** connections beyond this many at once are refused. Default 4096. */
   maxRelays?: number;
   /**
-   * Takes a stream whose consumer is on another node: `conn` is the producer's connection,
-   * `head` the bytes already read from it (its HELLO, maybe more), to be sent on first.
+   * The peer leg: the route of a stream entering here (`routeOf`, the path choice), and the
+   * stream whose consumer is on another node, passed on untouched (`forward`).
    */
-  forward: (run: Run, channel: ChannelInfo, conn: Connection, head: Buffer) => Promise<void>;
-  /** A connection on the peer link for a channel whose consumer is on another node. */
-  link: (run: Run, channel: ChannelInfo) => Promise<Connection>;
-  /** The object-store path: spills, `via: s3`, `persist: true`. */
-  fallback: Fallback;
-  /** The route of a stream entering here for `channel` (the path choice, server/paths/plan.ts); throws a typed error for one that cannot be taken. */
-  plan: (channel: ChannelInfo) => Route;
-  /** Picks the consumer instance of a stream on a balance edge (`Balancer.pick`). */
-  balance: (run: Run, edge: Edge, from: InstanceRef, key: string | undefined) => Promise<Lease>;
+  peer: Pick<PeerLeg, 'routeOf' | 'forward'>;
+  /** Local delivery: carries a stream verified here to its consumer, into the store, or both. */
+  local: Pick<LocalDelivery, 'carry' | 'deliverAnywhere'>;
+  /** Picks the consumer instance of a stream on a balance edge. */
+  balancer: Pick<Balancer, 'pick'>;
   /**
    * The daemon-wide memory budget: each stream verified here buffers at most its grant (up to
    * `relayBufferBytes`, less when the budget is short; one that cannot get `MIN_RELAY_GRANT`
@@ -81,6 +76,7 @@ export interface RelayOptions {
    */
   budget: MemoryBudget;
 }
+
 
 /**
  * What a producer's connection costs the daemon besides its buffer, bytes, charged to the memory
@@ -100,16 +96,6 @@ interface Balanced {
 /** Longest affinity key a producer may name, characters. */
 const MAX_KEY_LENGTH = 256;
 
-/** Copy `source` into two streams, each going at the pace of the slower (back-pressure both ways). */
-function tee(source: Readable): [PassThrough, PassThrough] {
-  const branches: [PassThrough, PassThrough] = [new PassThrough(), new PassThrough()];
-  for (const branch of branches) {
-    source.pipe(branch);
-    branch.on('error', (err) => source.destroy(err));
-  }
-  source.on('error', (err) => branches.forEach((b) => b.destroy(err)));
-  return branches;
-}
 
 /**
  * Read a producer's first frame, which must be a HELLO, without consuming the stream: on success
@@ -176,22 +162,15 @@ function instance(what: string, value: unknown): InstanceRef {
   return { step: checkName(`${what} step`, v.step), index: v.index as number };
 }
 
-export class Relay {
+export class Ingress {
   private listener: Listener | undefined;
   private readonly active = new Set<Connection>();
-  private readonly shutdown = new AbortController();
-  private readonly draining = new AbortController();
-  /** consumers' connections being delivered into */
-  private readonly consumers = new Set<Connection>();
   /** each admitted connection's share of the memory budget, given back when it closes */
   private readonly grants = new WeakMap<Connection, Grant>();
   /** per run, the producers that opened their stream on a balance edge (`from.i>to`): one each */
   private readonly claimed = new WeakMap<Run, Set<string>>();
 
-  constructor(
-    private readonly runs: RunRegistry,
-    private readonly options: RelayOptions,
-  ) {}
+  constructor(private readonly options: IngressOptions) {}
 
   get activeChannels(): number {
     return this.active.size;
@@ -210,21 +189,12 @@ export class Relay {
   }
 
   /**
-   * Draining (SIGTERM): streams waiting for their consumer to attach go to the store now rather
-   * than at the attach timeout, and so do those that start waiting from now on; the next daemon
-   * on this directory feeds them to their consumers.
-   */
-  spillWaiting(): void {
-    this.draining.abort();
-  }
-
-  /**
    * The grace period is over: cut every stream still here. A producer to which nothing was sent
    * back yet (no answer under way, so the next byte it reads starts a frame) is told why first:
    * an ABORT with SLUICE_UNAVAILABLE, rather than a reset it would blame on its consumer.
+   * (The consumers being delivered into are local delivery's to cut: `LocalDelivery.abortInFlight`.)
    */
   abortInFlight(): void {
-    this.shutdown.abort();
     const frame = encodeControl(FrameType.ABORT, 0, { code: ErrorCodes.UNAVAILABLE, message: 'the daemon is stopping (SIGTERM): its grace period ended with this stream in flight' });
     for (const conn of this.active) {
       const out = conn.output as Writable & { bytesWritten?: number };
@@ -236,7 +206,6 @@ export class Relay {
       out.end(frame, () => conn.destroy());
       setTimeout(() => conn.destroy(), 500).unref();
     }
-    for (const conn of this.consumers) conn.destroy();
   }
 
   private admit(conn: Connection): void {
@@ -322,7 +291,7 @@ export class Relay {
   private pass(conn: Connection, bytes: Buffer, run: Run, channel: ChannelInfo, lease: Lease | undefined, failed: (err: unknown, run: unknown) => void): void {
     let route: Route;
     try {
-      route = this.options.plan(channel);
+      route = this.options.peer.routeOf(channel, 'producer');
     } catch (err) {
       // a route that cannot be taken: the producer hears why, typed, once its stream is read
       conn.input.unshift(bytes);
@@ -332,7 +301,7 @@ export class Relay {
       // the consumer is on another node: pass the stream through, bytes untouched; its replay
       // tail (granted on its own) is its buffer, not the relay's
       this.grants.get(conn)?.shrink(CONNECTION_COST);
-      this.options.forward(run, channel, conn, bytes).then(
+      this.options.peer.forward(run, channel, conn, bytes).then(
         () => lease?.end(),
         (err: unknown) => {
           lease?.end(err);
@@ -343,7 +312,7 @@ export class Relay {
     }
     conn.input.unshift(bytes);
     this.relayHere(conn, (reader) =>
-      this.carry(reader, run, channel, route).then(
+      this.options.local.carry(reader, run, channel, route).then(
         () => lease?.end(),
         (err: unknown) => {
           lease?.end(err);
@@ -369,7 +338,7 @@ export class Relay {
     const { run, edge, from } = balanced;
     let lease: Lease;
     try {
-      lease = await this.options.balance(run, edge, from, balanced.key);
+      lease = await this.options.balancer.pick(run, edge, from, balanced.key);
     } catch (err) {
       return refuse(err, run.id);
     }
@@ -390,12 +359,12 @@ export class Relay {
     // a notice, not data: delivered as the channel's route says, with nothing to copy
     let route: Route;
     try {
-      route = { ...this.options.plan(channel), copy: false, late: 'spill' };
+      route = { ...this.options.peer.routeOf(channel, 'producer'), copy: false, late: 'spill' };
     } catch (err) {
       channel.state = 'failed';
       return void this.options.log.warn({ err, run: run.id, channel: channel.name }, 'could not tell a consumer instance that the stream went elsewhere');
     }
-    this.deliverAnywhere(empty, empty, run, channel, route, { elsewhere: replica }).then(
+    this.options.local.deliverAnywhere(empty, empty, run, channel, route, { elsewhere: replica }).then(
       () => {
         channel.state = 'done';
       },
@@ -413,24 +382,6 @@ export class Relay {
     terminate(conn, route, { highWaterMark: relayBufferBytes, granted, budget, budgetWaitMs: attachTimeoutMs, log, metrics });
   }
 
-  /** Carry a stream verified here as its route says: into the store only, to its consumer, or both (a copy beside). */
-  private async carry(reader: ChannelReader, run: Run, channel: ChannelInfo, route: Route): Promise<void> {
-    const { fallback } = this.options;
-    if (route.deliver === 'store') return fallback.write(run, channel, reader, 'forced');
-    if (!route.copy) return this.deliverAnywhere(reader, reader, run, channel, route);
-    const [direct, copy] = tee(reader);
-    await Promise.all([this.deliverAnywhere(direct, reader, run, channel, route), fallback.write(run, channel, copy, 'persist')]);
-  }
-
-  private async deliverAnywhere(source: Readable, held: Readable, run: Run, channel: ChannelInfo, route: Route, extra: Record<string, unknown> = {}): Promise<void> {
-    if (route.deliver === 'local') return this.deliver(source, held, run, channel, route, extra);
-    const observed = this.options.metrics.streamStarted('remote');
-    const writer = new ChannelWriter(await this.options.link(run, channel), { hello: { run: run.id, from: channel.from, to: channel.to, via: 'relay', ...extra } });
-    source.on('data', (chunk: Buffer) => observed.bytes(chunk.length));
-    await pipeline(source, writer);
-    observed.done();
-  }
-
   /**
    * The run and channel a HELLO names, after checking its token; or, for a stream on a balance
    * edge (its `to` names the step and no instance), the edge, to pick the instance.
@@ -441,7 +392,7 @@ export class Relay {
     const to = hello.to as { index?: unknown } | undefined;
     if (typeof to === 'object' && to !== null && to.index === undefined) return this.balanced(runId, from, hello);
     const target = instance('to', to);
-    const run = this.runs.authorize(runId, hello.token);
+    const run = this.options.runs.authorize(runId, hello.token);
     const name = channelName(from, target);
     const channel = run.channels.get(name);
     if (!channel || (channel.path === 'remote' && channel.peer === undefined)) {
@@ -455,7 +406,7 @@ export class Relay {
 
   private balanced(runId: string, from: InstanceRef, hello: Record<string, unknown>): Balanced {
     const step = checkName('to step', (hello.to as { step?: unknown }).step);
-    const run = this.runs.authorize(runId, hello.token);
+    const run = this.options.runs.authorize(runId, hello.token);
     const edge = run.workflow.edges.find((e) => e.from === from.step && e.to === step);
     if (!edge || edge.fanout !== 'balance') {
       throw new RequestError(ErrorCodes.INVALID, `run "${runId}" has no balance edge ${from.step} → ${step}: name the consumer instance`, { details: { run: runId } });
@@ -475,72 +426,5 @@ export class Relay {
       throw new RequestError(ErrorCodes.INVALID, `an affinity key must be a string of 1-${MAX_KEY_LENGTH} characters`, { details: { run: runId } });
     }
     return { run, edge, from, key };
-  }
-
-  /**
-   * Deliver a verified stream to its consumer on this node, or — if the consumer does not attach
-   * within the attach timeout, or the relay buffer (`held`'s) fills first — spill it to the store
-   * and feed the consumer from there once it comes. A persisted stream has its copy written
-   * already: then the direct branch is dropped and the consumer is fed from the copy.
-   */
-  private async deliver(source: Readable, held: Readable, run: Run, channel: ChannelInfo, route: Route, extra: Record<string, unknown> = {}): Promise<void> {
-    const { log, metrics, fallback } = this.options;
-    const runId = run.id;
-    const { name, to, from } = channel;
-    channel.state = 'relaying';
-    metrics.relayChannels.inc();
-    const observed = metrics.streamStarted(channel.path === 'unix' ? 'unix' : 'fifo');
-    const log2 = log.child({ run: runId, channel: name });
-    log2.debug('relaying: waiting for the consumer to attach');
-    try {
-      const conn = await this.attachOrGiveUp(held, run, channel);
-      if (!conn) {
-        log2.info({ buffered: held.readableLength }, 'consumer not attached: the stream goes to the object store');
-        fallback.feed(run, channel);
-        if (route.late === 'spill') return await fallback.write(run, channel, source, 'spill');
-        source.resume();
-        return await finished(source);
-      }
-      // cut with the producers' connections when the grace period ends: a stalled consumer's FIFO
-      // (a persisted stream's direct branch has no producer connection of its own) would keep the process up
-      this.consumers.add(conn);
-      conn.input.once('close', () => this.consumers.delete(conn));
-      const writer = new ChannelWriter(conn, { hello: { run: runId, from, to, via: 'relay', ...extra } });
-      source.on('data', (chunk: Buffer) => {
-        channel.relayedBytes += chunk.length;
-        metrics.relayBytes.inc(chunk.length);
-        observed.bytes(chunk.length);
-      });
-      await pipeline(source, writer);
-      channel.state = 'done';
-      observed.done();
-      log2.info({ bytes: channel.relayedBytes }, 'relayed stream delivered and verified');
-    } catch (err) {
-      channel.state = 'failed';
-      throw err;
-    } finally {
-      metrics.relayChannels.dec();
-    }
-  }
-
-  /** The consumer's connection, or undefined when it did not attach in time or the buffer filled first. */
-  private async attachOrGiveUp(held: Readable, run: Run, channel: ChannelInfo): Promise<Connection | undefined> {
-    const { attachTimeoutMs, relayBufferBytes } = this.options;
-    const giveUp = new AbortController();
-    const timer = setTimeout(() => giveUp.abort(), attachTimeoutMs);
-    // A stream whose grant from the memory budget is smaller than --relay-buffer never gets here:
-    // it waits for its consumer, its producer held back, rather than spill because others buffer.
-    const full = setInterval(() => {
-      if (held.readableLength >= relayBufferBytes) giveUp.abort();
-    }, 20);
-    try {
-      return await attachConsumer(run, channel, Math.max(1, run.expiresAt - Date.now()), AbortSignal.any([giveUp.signal, this.draining.signal, this.shutdown.signal]));
-    } catch (err) {
-      if ((giveUp.signal.aborted || this.draining.signal.aborted) && !this.shutdown.signal.aborted) return undefined;
-      throw err;
-    } finally {
-      clearTimeout(timer);
-      clearInterval(full);
-    }
   }
 }
