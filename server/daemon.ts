@@ -1,5 +1,9 @@
 /**
- * The daemon: runs, relay, peer links and control API put together, started and stopped as one.
+ * The daemon: runs, peer links, the legs of server/paths/ and the control API put together,
+ * started and stopped as one. The objects, each given the others it uses: the memory budget, the
+ * run registry, the peer links, the balancer, the store leg (`Fallback`), the binder, the peer
+ * leg, the cluster (workflows and runs across nodes), local delivery, the relay socket's ingress,
+ * and the control API over them.
  */
 import fs from 'node:fs/promises';
 import { join } from 'node:path';
