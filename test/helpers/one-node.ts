@@ -8,7 +8,7 @@ import { Binder } from '../../server/binding.js';
 import { Cluster } from '../../server/cluster.js';
 import { Fallback } from '../../server/fallback.js';
 import type { Metrics } from '../../server/metrics.js';
-import { Relay } from '../../server/relay.js';
+import { Relay, type RelayOptions } from '../../server/relay.js';
 import type { RunRegistry } from '../../server/runs.js';
 import type { Workflow } from '../../server/workflow.js';
 import { DirectoryStore, MemoryBudget } from '../../transports/index.js';
@@ -17,26 +17,45 @@ export interface OneNode {
   cluster: Cluster;
   relay: Relay;
   binder: Binder;
+  /** the memory budget the relay and the cluster take their buffers from */
+  budget: MemoryBudget;
+  fallback: Fallback;
 }
 
-/** Wire node-a's pieces over `runs`, its store under `dir`/store, binds held up to `bindTimeoutMs`. */
-export function wireOneNode(options: { dir: string; runs: RunRegistry; log: Logger; metrics: Metrics; workflows: Map<string, Workflow>; bindTimeoutMs: number }): OneNode {
+/**
+ * Wire node-a's pieces over `runs`, its store under `dir`/store, binds held up to `bindTimeoutMs`;
+ * by default a 1 s attach timeout, a 64 MiB memory budget, 1 MiB relay buffers and no balance edges.
+ */
+export function wireOneNode(options: {
+  dir: string;
+  runs: RunRegistry;
+  log: Logger;
+  metrics: Metrics;
+  workflows: Map<string, Workflow>;
+  bindTimeoutMs: number;
+  attachTimeoutMs?: number;
+  budgetBytes?: number;
+  relayBufferBytes?: number;
+  balance?: RelayOptions['balance'];
+}): OneNode {
   const { dir, runs, log, metrics, workflows } = options;
+  const attachTimeoutMs = options.attachTimeoutMs ?? 1000;
+  const relayBufferBytes = options.relayBufferBytes ?? 1 << 20;
   const binder = new Binder({ node: 'node-a', runs, timeoutMs: options.bindTimeoutMs, log });
   const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
-  const budget = new MemoryBudget(64 << 20);
-  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
+  const budget = new MemoryBudget(options.budgetBytes ?? 64 << 20);
+  const cluster = new Cluster({ node: 'node-a', runs, peers: undefined, budget, attachTimeoutMs, relayBufferBytes, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
   const relay = new Relay(runs, {
     dir,
     budget,
-    relayBufferBytes: 1 << 20,
-    attachTimeoutMs: 1000,
+    relayBufferBytes,
+    attachTimeoutMs,
     log,
     metrics,
     fallback,
     forward: (...args) => cluster.forward(...args),
     link: (...args) => cluster.link(...args),
-    balance: () => Promise.reject(new Error('no balance edges in these tests')),
+    balance: options.balance ?? (() => Promise.reject(new Error('no balance edges in these tests'))),
   });
-  return { cluster, relay, binder };
+  return { cluster, relay, binder, budget, fallback };
 }
