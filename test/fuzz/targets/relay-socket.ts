@@ -11,7 +11,7 @@
  *
  * A case fails if the daemon keeps a connection open more than `CLOSE_DEADLINE_MS` after the
  * producer half-closed (it must drop it within its HELLO timeout); after each batch the daemon
- * must be alive and back near its baseline of fds; after the last, a real stream through the
+ * must be alive, have printed no MaxListenersExceededWarning, and be back near its baseline of fds; after the last, a real stream through the
  * relay must arrive byte-exact. One case = one connection.
  */
 import { readFileSync } from 'node:fs';
@@ -63,6 +63,8 @@ export function relaySocketTarget(options: { batch?: number; attachTimeoutMs?: n
     },
     async check() {
       assertAlive(daemon);
+      // listeners piling up on a connection (a farewell said twice, ...): the daemon's stderr says so
+      if (daemon.logs().includes('MaxListenersExceededWarning')) throw new Error(`the daemon warned:\n${daemon.logs().split('\n').filter((l) => l.includes('Warning')).join('\n')}`);
       await fdsBackNear(daemon, baseline, 16, 11_000, 10);
     },
     async final() {

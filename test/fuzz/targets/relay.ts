@@ -7,7 +7,8 @@
  *
  * A case fails if the relay keeps a half-closed connection open past `CLOSE_DEADLINE_MS` (its
  * HELLO timeout plus slack); the harness fails a batch on any uncaught exception or unhandled
- * rejection in the process; after each batch the relay must hold no connection
+ * rejection in the process, and a batch on a MaxListenersExceededWarning (listeners piling up on a
+ * connection); after each batch the relay must hold no connection
  * (`activeChannels` 0), every grant of the memory budget must be back, and the process's fds must
  * be back near their baseline. After the last batch a real stream (ChannelWriter → relay →
  * consumer, through the client library) must arrive byte-exact. One case = one connection.
@@ -43,10 +44,21 @@ export function relayTarget(options: { batch?: number; attachTimeoutMs?: number 
   let stopFallback: () => void = () => undefined;
   let baseline = 0;
   let corpus: Buffer[][] = [];
-  const stats: Record<string, number> = { answered: 0, closedByRelay: 0 };
+  const stats: Record<string, number> = { answered: 0, closedByRelay: 0, processWarnings: 0 };
+  /** a MaxListenersExceededWarning on a socket: listeners piling up on one connection (a farewell said twice, ...) */
+  let listenerWarning: Error | undefined;
+  const onWarning = (w: Error): void => {
+    stats.processWarnings!++;
+    if (w.name === 'MaxListenersExceededWarning') listenerWarning ??= w;
+  };
 
   /** Wait up to `timeoutMs` until the relay has let go of every connection and grant, and the fds are back. */
   async function settled(timeoutMs: number): Promise<void> {
+    if (listenerWarning) {
+      const w = listenerWarning;
+      listenerWarning = undefined;
+      throw new Error(`listeners piled up on one emitter: ${w.message}`, { cause: w });
+    }
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const active = relay.activeChannels;
@@ -66,6 +78,7 @@ export function relayTarget(options: { batch?: number; attachTimeoutMs?: number 
     stats,
     describe: (r) => describeRelayInput(relayInput(r, corpus, lingerMaxMs)),
     async setup() {
+      process.on('warning', onWarning);
       dir = mkdtempSync(join(tmpdir(), 'sluice-fuzz-relay-'));
       // FUZZ_DEBUG=1: the relay's debug log on standard output
       const log = pino({ level: process.env.FUZZ_DEBUG ? 'debug' : 'silent' });
@@ -122,6 +135,7 @@ export function relayTarget(options: { batch?: number; attachTimeoutMs?: number 
       stats.rssMiB = Math.round(process.memoryUsage().rss / 2 ** 20);
     },
     async teardown() {
+      process.off('warning', onWarning);
       await api?.close();
       await relay?.stop();
       relay?.abortInFlight();
