@@ -17,9 +17,15 @@ export interface OneNode {
   cluster: Cluster;
   relay: Relay;
   binder: Binder;
+  /** the memory budget the relay and the cluster take their buffers from */
+  budget: MemoryBudget;
+  fallback: Fallback;
 }
 
-/** Wire node-a's pieces over `runs`, its store under `dir`/store, binds held up to `bindTimeoutMs`. */
+/**
+ * Wire node-a's pieces over `runs`, its store under `dir`/store, binds held up to `bindTimeoutMs`;
+ * by default a 1 s attach timeout, a 64 MiB memory budget, 1 MiB relay buffers and no balance edges.
+ */
 export function wireOneNode(options: {
   dir: string;
   runs: RunRegistry;
@@ -27,19 +33,27 @@ export function wireOneNode(options: {
   metrics: Metrics;
   workflows: Map<string, Workflow>;
   bindTimeoutMs: number;
+  /** default 1 s */
+  attachTimeoutMs?: number;
+  /** default 64 MiB */
+  budgetBytes?: number;
+  /** default 1 MiB */
+  relayBufferBytes?: number;
   /** picks the instance of a balance edge; default: refuses (no balance edges) */
   balance?: RelayOptions['balance'];
 }): OneNode {
   const { dir, runs, log, metrics, workflows } = options;
+  const attachTimeoutMs = options.attachTimeoutMs ?? 1000;
+  const relayBufferBytes = options.relayBufferBytes ?? 1 << 20;
   const binder = new Binder({ node: 'node-a', runs, timeoutMs: options.bindTimeoutMs, log });
   const fallback = new Fallback({ store: new DirectoryStore(join(dir, 'store')), segmentBytes: 1 << 20, log, metrics });
-  const budget = new MemoryBudget(64 << 20);
-  const cluster = new Cluster({ node: 'node-a', dir, runs, peers: undefined, budget, attachTimeoutMs: 1000, relayBufferBytes: 1 << 20, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
+  const budget = new MemoryBudget(options.budgetBytes ?? 64 << 20);
+  const cluster = new Cluster({ node: 'node-a', dir, runs, peers: undefined, budget, attachTimeoutMs, relayBufferBytes, replayBytes: 3 << 20, log, metrics, workflows, fallback, onRunReady: (run) => binder.ready(run) });
   const relay = new Relay(runs, {
     dir,
     budget,
-    relayBufferBytes: 1 << 20,
-    attachTimeoutMs: 1000,
+    relayBufferBytes,
+    attachTimeoutMs,
     log,
     metrics,
     fallback,
@@ -48,5 +62,5 @@ export function wireOneNode(options: {
     link: (...args) => cluster.link(...args),
     balance: options.balance ?? (() => Promise.reject(new Error('no balance edges in these tests'))),
   });
-  return { cluster, relay, binder };
+  return { cluster, relay, binder, budget, fallback };
 }
