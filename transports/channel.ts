@@ -484,8 +484,12 @@ export class ChannelReader extends Readable {
     );
   }
 
+  // Once the stream is verified (or failed), what else a medium chunk holds is dropped, as
+  // farewell() drops what comes later: decoded on, a repeated END verified and acknowledged the
+  // stream again, and DATA after it was pushed after the end (ERR_STREAM_PUSH_AFTER_EOF).
   private readonly sink: FrameSink = {
     data: (channel, bytes) => {
+      if (this.state !== 'open') return;
       if (channel !== this.channel) throw new ProtocolError(`DATA for channel ${channel} on channel ${this.channel}`);
       if (!this.hello || this.awaitingResume) throw new ProtocolError('DATA before HELLO');
       if (this.skip > 0) {
@@ -500,6 +504,7 @@ export class ChannelReader extends Readable {
       this.pendingBytes += bytes.length;
     },
     control: (type, channel, fields) => {
+      if (this.state !== 'open') return;
       if (channel !== this.channel) throw new ProtocolError(`${frameTypeName(type)} for channel ${channel} on channel ${this.channel}`);
       // the bytes before a control frame are delivered before what it does (END ends the stream)
       this.flush();

@@ -1,7 +1,8 @@
 /**
  * `npm run fuzz`: every fuzz target with FUZZ_CASES cases (default 1,000,000 each), from
  * FUZZ_SEED (default: random, printed), optionally only FUZZ_TARGET (comma-separated names) or
- * only case FUZZ_CASE (with its batch, for the live targets). Prints cases per second per target;
+ * only case FUZZ_CASE (with its batch, for the live targets), FUZZ_BATCH connections at once for the
+ * relay targets. Prints cases per second per target;
  * a failure names the seed and case that reproduce it. Run by test/fuzz/run.mjs through vitest
  * (vitest.fuzz.config.ts), which builds dist/ first for the daemon targets.
  */
@@ -12,6 +13,11 @@ import { muxTarget } from './targets/mux.js';
 import { peerLinkTarget } from './targets/peer-link.js';
 import { codecTarget, msgpackTarget, recordsTarget } from './targets/pure.js';
 import { relaySocketTarget } from './targets/relay-socket.js';
+import { relayTarget } from './targets/relay.js';
+
+/** FUZZ_BATCH: connections in flight per batch for the relay targets (default 256) */
+const batch = process.env.FUZZ_BATCH === undefined ? undefined : Number(process.env.FUZZ_BATCH);
+const relayOptions = batch === undefined ? {} : { batch };
 
 const targets: Record<string, () => Target> = {
   codec: codecTarget,
@@ -20,7 +26,8 @@ const targets: Record<string, () => Target> = {
   mux: muxTarget,
   'control-api': controlApiTarget,
   'peer-link': peerLinkTarget,
-  'relay-socket': relaySocketTarget,
+  'relay-socket': () => relaySocketTarget(relayOptions),
+  relay: () => relayTarget(relayOptions),
 };
 
 const cases = Number(process.env.FUZZ_CASES ?? 1_000_000);

@@ -10,7 +10,7 @@ import { fuzz } from './harness.js';
 import { relaySocketTarget } from './targets/relay-socket.js';
 
 const seed = Number(process.env.FUZZ_SEED ?? dailySeed());
-const cases = Number(process.env.FUZZ_CI_LIVE_CASES ?? 512);
+const cases = Number(process.env.FUZZ_CI_LIVE_CASES ?? 1024);
 
 describe(`the relay socket under fuzzed producer streams (seed ${seed})`, () => {
   it(`keeps the daemon alive, its fds bounded and a stream through it byte-exact (${cases} connections)`, async () => {
