@@ -463,7 +463,8 @@ export class PeerLinks {
     } else {
       fix = `the certificate of peer "${peer.node}" does not chain to one of Node's default CAs: give the CA that signed it with --tls-ca FILE`;
     }
-    const reason = ((err as Error).cause as Error | undefined)?.message ?? (err as Error).message;
+    // Node 24 appends advice about --use-system-ca to the reason: the fix that applies is ours, below
+    const reason = (((err as Error).cause as Error | undefined)?.message ?? (err as Error).message).replace(/; if the root CA is installed locally, try running Node\.js with --use-system-ca$/, '');
     return new ConnectError(ErrorCodes.UNAUTHORIZED, `TLS verification of peer "${peer.node}" at ${url} failed: ${reason} (${tls}); ${fix}`, {
       cause: err,
       details: { node: peer.node, url, tls },

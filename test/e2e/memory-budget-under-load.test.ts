@@ -68,6 +68,8 @@ describe('the daemon-wide memory budget', () => {
     // the buffers never held more than the budget, and the process grew by about that much
     expect(granted).toBeLessThanOrEqual(BUDGET_MIB);
     expect(granted).toBeGreaterThan(BUDGET_MIB / 2); // it was used: the test loads the budget
-    expect(peak - baseline, `baseline ${baseline.toFixed(0)} MiB, peak ${peak.toFixed(0)} MiB`).toBeLessThan(BUDGET_MIB + 128);
+    // what the process grew by: the budget plus the admitted connections' own cost and the heap
+    // (about +130 MiB on Node 20, +190 on Node 24); without the budget it grew by 530 MiB
+    expect(peak - baseline, `baseline ${baseline.toFixed(0)} MiB, peak ${peak.toFixed(0)} MiB`).toBeLessThan(BUDGET_MIB + 224);
   }, 300_000);
 });
