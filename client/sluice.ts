@@ -257,6 +257,21 @@ export class Input extends Readable {
   }
 }
 
+/** The values of several iterators as each comes, with its iterator's index; ends when every one has ended, throws the first error. */
+async function* asTheyCome<T>(iterators: AsyncIterator<T>[]): AsyncGenerator<{ i: number; value: T }> {
+  const next = (i: number) => iterators[i]!.next().then((result) => ({ i, result }));
+  const pending = new Map(iterators.map((_, i) => [i, next(i)]));
+  while (pending.size > 0) {
+    const { i, result } = await Promise.race(pending.values());
+    if (result.done) {
+      pending.delete(i);
+      continue;
+    }
+    pending.set(i, next(i));
+    yield { i, value: result.value };
+  }
+}
+
 export class Sluice {
   private readonly listeners: Listener[] = [];
 
@@ -368,17 +383,8 @@ export class Sluice {
           readers[i] = reader;
         }),
       );
-      const iterators = readers.map((r) => (r as AsyncIterable<Buffer>)[Symbol.asyncIterator]());
-      const next = (i: number) => iterators[i]!.next().then((result) => ({ i, result }));
-      const pending = new Map(iterators.map((_, i) => [i, next(i)]));
-      while (pending.size > 0) {
-        const { i, result } = await Promise.race(pending.values());
-        if (result.done) {
-          pending.delete(i);
-          continue;
-        }
-        pending.set(i, next(i));
-        yield { from: sources[i]!.from, instance: sources[i]!.instance, chunk: result.value };
+      for await (const { i, value } of asTheyCome(readers.map((r) => (r as AsyncIterable<Buffer>)[Symbol.asyncIterator]()))) {
+        yield { from: sources[i]!.from, instance: sources[i]!.instance, chunk: value };
       }
     } finally {
       settled = true;
@@ -408,18 +414,9 @@ export class Sluice {
   async *merged(): AsyncGenerator<{ from: string; instance: number; value: unknown }> {
     const sources = this.predecessors.flatMap((from) => Array.from({ length: this.manifest.steps[from]!.replicas }, (_, i) => ({ from, instance: i })));
     const readers = await Promise.all(sources.map((s) => this.openConsumer({ step: s.from, index: s.instance })));
-    const iterators = readers.map((r) => decodeRecords(r)[Symbol.asyncIterator]());
-    const next = (i: number) => iterators[i]!.next().then((result) => ({ i, result }));
-    const pending = new Map(iterators.map((_, i) => [i, next(i)]));
     try {
-      while (pending.size > 0) {
-        const { i, result } = await Promise.race(pending.values());
-        if (result.done) {
-          pending.delete(i);
-          continue;
-        }
-        pending.set(i, next(i));
-        yield { from: sources[i]!.from, instance: sources[i]!.instance, value: result.value };
+      for await (const { i, value } of asTheyCome(readers.map((r) => decodeRecords(r)[Symbol.asyncIterator]()))) {
+        yield { from: sources[i]!.from, instance: sources[i]!.instance, value };
       }
     } finally {
       for (const r of readers) if (!r.readableEnded) r.destroy();
