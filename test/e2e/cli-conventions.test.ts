@@ -41,6 +41,8 @@ function start(args: string[], env: NodeJS.ProcessEnv = {}): { child: ReturnType
   let stderr = '';
   child.stdout!.on('data', (c: Buffer) => out.push(c));
   child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  // a test that kills the command may leave a write to its stdin pending: that write fails with EPIPE
+  child.stdin!.on('error', () => undefined);
   const done = once(child, 'exit').then(([code]) => ({ code: code as number | null, stdout: Buffer.concat(out), stderr }));
   return { child, done };
 }
